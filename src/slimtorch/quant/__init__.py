@@ -1,0 +1,32 @@
+"""Quantization: primitives, observers, post-training and quantization-aware schemes, ONNX export.
+
+Entry points: :func:`quantize_` (dispatches on the config type, see :mod:`slimtorch.quant.api`) and
+:func:`export_onnx`. Pure tensor math lives in :mod:`slimtorch.quant.primitives`, range estimation
+in :mod:`slimtorch.quant.observers`.
+"""
+
+from slimtorch.quant.api import QUANTIZERS, QuantReport, quantize_, register_quantizer
+from slimtorch.quant.observers import OBSERVERS, Observer, create_observer, register_observer
+from slimtorch.quant.primitives import (
+    choose_qparams,
+    dequantize_affine,
+    fake_quantize,
+    qrange,
+    quantize_affine,
+)
+
+__all__ = [
+    "OBSERVERS",
+    "QUANTIZERS",
+    "Observer",
+    "QuantReport",
+    "choose_qparams",
+    "create_observer",
+    "dequantize_affine",
+    "fake_quantize",
+    "qrange",
+    "quantize_",
+    "quantize_affine",
+    "register_observer",
+    "register_quantizer",
+]
