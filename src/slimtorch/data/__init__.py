@@ -1,0 +1,40 @@
+"""Datasets: ``load(name, split, root=None, augment=False, **kwargs)``, subsets and loaders.
+
+>>> from slimtorch import data
+>>> train = data.load("digits", "train")          # bundled, needs no files
+>>> x, y = train[0]                               # (1, 8, 8) float32, int64
+>>> calib = data.calibration_subset(train, 128, seed=0)
+
+Registered datasets: ``digits``, ``mnist``, ``cifar10``, ``tinyshakespeare``. Files are looked up in
+``root=``, then ``$SLIMTORCH_DATA``, then ``~/.cache/slimtorch`` (``<base>/<name>/`` or ``<base>/``);
+decoded arrays are cached as ``.npy`` under ``$SLIMTORCH_CACHE`` (default ``~/.cache/slimtorch``).
+"""
+
+from slimtorch.data import cifar, digits, mnist, text  # noqa: F401  (registration)
+from slimtorch.data.cache import cached_arrays, fingerprint
+from slimtorch.data.image_dataset import ImageTensorDataset
+from slimtorch.data.paths import ENV_CACHE, ENV_DATA, cache_dir, search_places
+from slimtorch.data.registry import DATASETS, list_datasets, load, register_dataset
+from slimtorch.data.subsets import calibration_subset, make_loader, stratified_split
+from slimtorch.data.text import CharDataset
+from slimtorch.data.transforms import RandomCropFlip, RandomShift
+
+__all__ = [
+    "DATASETS",
+    "ENV_CACHE",
+    "ENV_DATA",
+    "CharDataset",
+    "ImageTensorDataset",
+    "RandomCropFlip",
+    "RandomShift",
+    "cache_dir",
+    "cached_arrays",
+    "calibration_subset",
+    "fingerprint",
+    "list_datasets",
+    "load",
+    "make_loader",
+    "register_dataset",
+    "search_places",
+    "stratified_split",
+]
