@@ -1,0 +1,192 @@
+"""Latency: median wall time of many runs after warm-up, at a fixed thread count.
+
+Runtimes are a registry: ``torch`` (eager, ``torch.inference_mode()``) and ``onnxruntime`` (the
+model exported to ONNX on the fly, or an existing ``.onnx`` file such as a quantized export). A
+runtime factory prepares one model and returns a zero-argument callable that runs one inference.
+
+Absolute times depend on the machine and its load; compare models with :func:`compare_latency`,
+which times both alternately in one run so they see the same conditions.
+
+Two clocks: ``"wall"`` (default; what a user waits) and ``"cpu"`` (this process's CPU time). On a
+machine shared with other jobs a call that spans a scheduler time slice is stretched by the other
+jobs' slices, which penalises long calls more than short ones and biases wall-clock ratios. At
+``threads=1`` every runtime here computes on the calling thread, so CPU time is the compute time
+without that interference (it equals wall time on an idle machine); it is refused for ``threads > 1``,
+where it would sum the threads' times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimtorch.core.errors import SlimtorchError
+from slimtorch.core.registry import Registry
+from slimtorch.metrics._batches import Inputs, as_tuple, eval_mode
+from slimtorch.metrics.ort import export_onnx_fp32, onnx_session, session_feed
+
+#: A model to time: a module, a ``.onnx`` file (onnxruntime) or a ``.safetensors`` file / run dir (torch).
+ModelLike = nn.Module | str | os.PathLike
+#: ``factory(model, args, threads, stack) -> run_once``; resources are registered on ``stack``.
+RuntimeFactory = Callable[[ModelLike, tuple[torch.Tensor, ...], int, contextlib.ExitStack], Callable[[], Any]]
+
+RUNTIMES: Registry[RuntimeFactory] = Registry("runtime")
+
+#: Clock name -> nanosecond counter.
+CLOCKS: dict[str, Callable[[], int]] = {"wall": time.perf_counter_ns, "cpu": time.process_time_ns}
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Set ``torch.set_num_threads(threads)`` for the block and restore the previous value."""
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+@RUNTIMES.register("torch")
+def _torch_runtime(model: ModelLike, args: tuple[torch.Tensor, ...], threads: int,
+                   stack: contextlib.ExitStack) -> Callable[[], Any]:
+    if not isinstance(model, nn.Module):
+        if Path(model).suffix == ".onnx":
+            raise ValueError(f"{model} is an ONNX file; time it with runtime='onnxruntime'")
+        from slimtorch.storage import load
+
+        model = load(model)
+    stack.enter_context(eval_mode(model))
+    stack.enter_context(torch_threads(threads))
+    module = model
+
+    def run() -> Any:
+        with torch.inference_mode():
+            return module(*args)
+
+    return run
+
+
+@RUNTIMES.register("onnxruntime")
+def _ort_runtime(model: ModelLike, args: tuple[torch.Tensor, ...], threads: int,
+                 stack: contextlib.ExitStack) -> Callable[[], Any]:
+    if isinstance(model, nn.Module):
+        workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="slimtorch-onnx-"))
+        path = export_onnx_fp32(model, args, Path(workdir) / "model.onnx")
+    else:
+        path = Path(model)
+        if path.suffix != ".onnx":
+            raise ValueError(f"runtime 'onnxruntime' needs a module or an .onnx file, got {path}")
+    session = onnx_session(path, threads)
+    feed = session_feed(session, args)
+    return lambda: session.run(None, feed)
+
+
+def time_calls(fn: Callable[[], Any], warmup: int, repeats: int, clock: str = "wall") -> list[float]:
+    """Run ``fn`` ``warmup`` times untimed, then return ``repeats`` times in milliseconds on ``clock``."""
+    now = CLOCKS[clock]
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = now()
+        fn()
+        times.append((now() - t0) / 1e6)
+    return times
+
+
+def _check_counts(threads: int, warmup: int, repeats: int, clock: str) -> None:
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if clock not in CLOCKS:
+        raise ValueError(f"clock: {clock!r} is not one of {sorted(CLOCKS)}")
+    if clock == "cpu" and threads > 1:
+        raise ValueError(f"clock='cpu' sums the CPU time of all threads; use it with threads=1, not "
+                         f"{threads}")
+
+
+def measure_latency(model: ModelLike, example_inputs: Inputs, runtime: str = "torch", threads: int = 1,
+                    warmup: int = 10, repeats: int = 50, clock: str = "wall") -> float:
+    """Median latency in milliseconds of one inference on ``example_inputs``.
+
+    Args:
+        model: a module; for ``onnxruntime`` also an ``.onnx`` file, for ``torch`` a saved slimtorch file.
+        example_inputs: a tensor or tuple of positional tensors (their batch size is what is timed).
+        runtime: ``"torch"`` or ``"onnxruntime"`` (see :data:`RUNTIMES`).
+        threads: intra-op threads (``torch.set_num_threads`` restored afterwards / ORT session option).
+        warmup: untimed runs first (lazy initialisation, caches, allocator).
+        repeats: timed runs; the median is returned.
+        clock: ``"wall"`` or ``"cpu"`` (threads=1 only; see the module docstring).
+    """
+    _check_counts(threads, warmup, repeats, clock)
+    factory = RUNTIMES.get(runtime)
+    args = as_tuple(example_inputs)
+    with contextlib.ExitStack() as stack:
+        run = factory(model, args, threads, stack)
+        return statistics.median(time_calls(run, warmup, repeats, clock))
+
+
+def compare_latency(model_a: ModelLike, model_b: ModelLike, example_inputs: Inputs,
+                    runtime: str | tuple[str, str] = "torch", threads: int = 1, warmup: int = 10,
+                    repeats: int = 50, clock: str = "wall") -> dict[str, Any]:
+    """Time two models alternately in one run; ``speedup = a_ms / b_ms`` (> 1: ``b`` is faster).
+
+    Each round runs both models once, swapping which goes first every round, so both see the same
+    machine load and neither always follows the other's cache state. Medians are taken per model.
+
+    Args:
+        model_a: the baseline (e.g. the dense fp32 model).
+        model_b: the candidate (e.g. the pruned model, or an int8 ``.onnx`` file).
+        example_inputs: the inputs both models get.
+        runtime: one runtime for both, or ``(runtime_a, runtime_b)``.
+        threads: intra-op threads for both.
+        warmup: untimed runs of each model first.
+        repeats: timed runs of each model.
+        clock: ``"wall"`` or ``"cpu"`` (threads=1 only; see the module docstring).
+
+    Returns:
+        ``{"a_ms", "b_ms", "speedup", "runtime", "threads", "repeats", "clock"}``.
+    """
+    _check_counts(threads, warmup, repeats, clock)
+    runtime_a, runtime_b = (runtime, runtime) if isinstance(runtime, str) else runtime
+    factory_a, factory_b = RUNTIMES.get(runtime_a), RUNTIMES.get(runtime_b)
+    args = as_tuple(example_inputs)
+    times_a: list[float] = []
+    times_b: list[float] = []
+    with contextlib.ExitStack() as stack:
+        run_a = factory_a(model_a, args, threads, stack)
+        run_b = factory_b(model_b, args, threads, stack)
+        for _ in range(warmup):
+            run_a()
+            run_b()
+        for i in range(repeats):
+            order = ((run_a, times_a), (run_b, times_b))
+            for run, times in order if i % 2 == 0 else order[::-1]:
+                times.extend(time_calls(run, 0, 1, clock))
+    a_ms, b_ms = statistics.median(times_a), statistics.median(times_b)
+    if b_ms <= 0:
+        raise SlimtorchError("model_b ran faster than the timer resolution; use a larger batch")
+    return {
+        "a_ms": a_ms,
+        "b_ms": b_ms,
+        "speedup": a_ms / b_ms,
+        "runtime": runtime_a if runtime_a == runtime_b else f"{runtime_a}/{runtime_b}",
+        "threads": threads,
+        "repeats": repeats,
+        "clock": clock,
+    }
