@@ -108,3 +108,22 @@ def test_bad_arguments(tmp_path):
     path = export_onnx_fp32(model, x, tmp_path / "m.onnx")
     with pytest.raises(ValueError, match="the ONNX graph takes 1 inputs"):
         measure_latency(path, (x, x), runtime="onnxruntime")
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("char_gpt", dict(block_size=16, n_layer=1, n_embd=32, n_head=4)),
+    ("vit_tiny", dict(dim=32, depth=1, heads=2)),
+    ("vit_tiny", dict(dim=32, depth=1, heads=2, attn="torch")),  # nn.MultiheadAttention
+    ("mobilenetv2_cifar", dict(width_mult=0.25)),
+])
+def test_zoo_models_export_and_agree(tmp_path, name, kwargs):
+    from slimtorch.metrics import example_inputs_for, session_feed
+
+    model = create(name, **kwargs).eval()
+    x = example_inputs_for(model, 2)
+    x = torch.randint(0, 65, x.shape) if not x.is_floating_point() else torch.randn_like(x)
+    session = onnx_session(export_onnx_fp32(model, x, tmp_path / "m.onnx"))
+    x3 = torch.cat([x, x[:1]])  # dynamic batch
+    (out,) = session.run(None, session_feed(session, x3))
+    with torch.no_grad():
+        np.testing.assert_allclose(out, model(x3).numpy(), atol=1e-4)

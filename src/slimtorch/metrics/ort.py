@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import onnxruntime as ort
@@ -51,7 +52,12 @@ def export_onnx_fp32(model: nn.Module, example_inputs: Inputs, path: str | os.Pa
     names = input_names(len(args))
     axes = {n: {0: "batch"} for n in [*names, "output"]} if dynamic_batch else None
     try:
-        with eval_mode(model), torch.no_grad():
+        # Not under no_grad: in eval mode without grad nn.MultiheadAttention takes its fused fast path
+        # (aten::_native_multi_head_attention), which the TorchScript exporter cannot translate.
+        # Tracer warnings (Python-side shape checks frozen into the trace) concern shapes other than
+        # the batch, which the export keeps fixed anyway.
+        with eval_mode(model), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(model, args, str(p), dynamo=False, opset_version=opset, input_names=names,
                               output_names=["output"], dynamic_axes=axes, do_constant_folding=True)
     except Exception as e:  # the exporter raises many unrelated types; report them uniformly
