@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+import slimtorch
 from slimtorch.core.errors import SlimtorchError
 from slimtorch.metrics import compare_latency, export_onnx_fp32, measure_latency, onnx_session
 from slimtorch.models import create
@@ -45,8 +46,11 @@ def test_onnxruntime_output_equals_torch_with_dynamic_batch(tmp_path):
     (ort_out,) = onnx_session(path, threads=1).run(None, {"input": x.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(ort_out, model(x).numpy(), atol=1e-4)
-    # an existing .onnx file can be timed directly (e.g. a quantized export)
+    # an existing .onnx file can be timed directly (e.g. a quantized export), a saved model too
     assert measure_latency(path, x, runtime="onnxruntime", warmup=1, repeats=3) > 0
+    saved = slimtorch.save(model, tmp_path / "run")
+    for runtime in ("torch", "onnxruntime"):
+        assert measure_latency(saved, x, runtime=runtime, warmup=1, repeats=3) > 0
 
 
 def test_parametrized_model_exports_its_effective_weights(tmp_path):

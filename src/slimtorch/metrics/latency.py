@@ -34,7 +34,8 @@ from slimtorch.core.registry import Registry
 from slimtorch.metrics._batches import Inputs, as_tuple, eval_mode
 from slimtorch.metrics.ort import export_onnx_fp32, onnx_session, session_feed
 
-#: A model to time: a module, a ``.onnx`` file (onnxruntime) or a ``.safetensors`` file / run dir (torch).
+#: A model to time: a module, a saved slimtorch model (``.safetensors`` file or run directory), or for
+#: ``onnxruntime`` an ``.onnx`` file.
 ModelLike = nn.Module | str | os.PathLike
 #: ``factory(model, args, threads, stack) -> run_once``; resources are registered on ``stack``.
 RuntimeFactory = Callable[[ModelLike, tuple[torch.Tensor, ...], int, contextlib.ExitStack], Callable[[], Any]]
@@ -58,15 +59,20 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(prev)
 
 
+def _load_module(path: str | os.PathLike) -> nn.Module:
+    """A model saved by :func:`slimtorch.save` (file or run directory)."""
+    from slimtorch.storage import load  # storage sits beside the layers; imported lazily
+
+    return load(path)
+
+
 @RUNTIMES.register("torch")
 def _torch_runtime(model: ModelLike, args: tuple[torch.Tensor, ...], threads: int,
                    stack: contextlib.ExitStack) -> Callable[[], Any]:
     if not isinstance(model, nn.Module):
         if Path(model).suffix == ".onnx":
             raise ValueError(f"{model} is an ONNX file; time it with runtime='onnxruntime'")
-        from slimtorch.storage import load
-
-        model = load(model)
+        model = _load_module(model)
     stack.enter_context(eval_mode(model))
     stack.enter_context(torch_threads(threads))
     module = model
@@ -81,13 +87,12 @@ def _torch_runtime(model: ModelLike, args: tuple[torch.Tensor, ...], threads: in
 @RUNTIMES.register("onnxruntime")
 def _ort_runtime(model: ModelLike, args: tuple[torch.Tensor, ...], threads: int,
                  stack: contextlib.ExitStack) -> Callable[[], Any]:
-    if isinstance(model, nn.Module):
-        workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="slimtorch-onnx-"))
-        path = export_onnx_fp32(model, args, Path(workdir) / "model.onnx")
-    else:
+    if not isinstance(model, nn.Module) and Path(model).suffix == ".onnx":
         path = Path(model)
-        if path.suffix != ".onnx":
-            raise ValueError(f"runtime 'onnxruntime' needs a module or an .onnx file, got {path}")
+    else:
+        module = model if isinstance(model, nn.Module) else _load_module(model)
+        workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="slimtorch-onnx-"))
+        path = export_onnx_fp32(module, args, Path(workdir) / "model.onnx")
     session = onnx_session(path, threads)
     feed = session_feed(session, args)
     return lambda: session.run(None, feed)
@@ -125,7 +130,7 @@ def measure_latency(model: ModelLike, example_inputs: Inputs, runtime: str = "to
     """Median latency in milliseconds of one inference on ``example_inputs``.
 
     Args:
-        model: a module; for ``onnxruntime`` also an ``.onnx`` file, for ``torch`` a saved slimtorch file.
+        model: a module, a saved slimtorch model (file or run dir), or (``onnxruntime``) an ``.onnx`` file.
         example_inputs: a tensor or tuple of positional tensors (their batch size is what is timed).
         runtime: ``"torch"`` or ``"onnxruntime"`` (see :data:`RUNTIMES`).
         threads: intra-op threads (``torch.set_num_threads`` restored afterwards / ORT session option).
