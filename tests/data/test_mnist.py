@@ -167,3 +167,27 @@ def test_shared_mnist(shared_data):
     assert abs(float(px.mean()) - 0.1307) < 1e-3 and abs(float(px.std()) - 0.3081) < 1e-3
     x, y = test[0]
     assert x.shape == (1, 28, 28) and int(y) == 7  # the famous first test digit
+
+
+def test_loader_batches_equal_items_and_augment_per_image(tmp_path):
+    write_mnist(tmp_path / "mnist")
+    ds = data.load("mnist", root=tmp_path)
+    xb, yb = next(iter(data.make_loader(ds, 8)))  # goes through the batched __getitems__
+    assert torch.equal(xb, torch.stack([ds[i][0] for i in range(8)]))
+    assert yb.tolist() == ds.targets[:8].tolist()
+    sub = data.calibration_subset(ds, 5, seed=1)
+    xs, ys = next(iter(data.make_loader(sub, 5)))
+    assert torch.equal(xs, ds.data[sub.indices]) and ys.tolist() == ds.targets[sub.indices].tolist()
+
+    aug = data.load("mnist", root=tmp_path, augment=True)
+    from slimtorch.data.transforms import normalize, shift
+
+    xa, _ = next(iter(data.make_loader(aug, 30)))
+    shifts = set()
+    for k in range(30):
+        x = ds.images[k].float() / 255
+        m = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+             if torch.allclose(xa[k], normalize(shift(x, dy, dx), ds.mean, ds.std))]
+        assert m
+        shifts.add(m[0])
+    assert len(shifts) > 5  # each image draws its own shift

@@ -100,6 +100,22 @@ class ImageTensorDataset(Dataset):
             x = self.augment(x)
         return normalize(x, self.mean, self.std), self.targets[i]
 
+    def __getitems__(self, indices: list[int]) -> list[tuple[Tensor, Tensor]]:
+        """Items ``indices`` computed as one batch (``DataLoader`` calls this instead of ``__getitem__``).
+
+        Normalizing and augmenting a whole batch costs a few microseconds per image instead of ~100
+        for item-by-item work; the transforms give each image its own random draw.
+        """
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        if self.augment is None and self._data is not None:
+            x = self._data[idx]
+        else:
+            x = self.images[idx].float() / self.scale  # (B, C, H, W) in [0, 1]
+            if self.augment is not None:
+                x = self.augment(x)
+            x = normalize(x, self.mean, self.std)
+        return list(zip(x.unbind(0), self.targets[idx].unbind(0)))
+
     def __repr__(self) -> str:
         aug = f", augment={self.augment}" if self.augment is not None else ""
         return f"ImageTensorDataset({self.name or '?'}, n={len(self)}, shape={self.input_shape}{aug})"

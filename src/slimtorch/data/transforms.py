@@ -65,14 +65,12 @@ def random_shift(x: Tensor, max_shift: int, generator: torch.Generator | None = 
     b, c, h, w = x.shape
     p = max_shift
     padded = F.pad(x, (p, p, p, p))  # (B, C, H+2p, W+2p)
-    # Crop origin (oy, ox) in the padded image; the content moves by (p - oy, p - ox).
+    # Every HxW window of the padded image, as a strided view (no copy): (B, C, 2p+1, 2p+1, H, W).
+    windows = padded.unfold(2, h, 1).unfold(3, w, 1)
+    # Window origin (oy, ox) per image; the content moves by (p - oy, p - ox).
     oy = torch.randint(0, 2 * p + 1, (b,), generator=generator)
     ox = torch.randint(0, 2 * p + 1, (b,), generator=generator)
-    rows = (oy[:, None] + torch.arange(h))[:, None, :, None]  # (B, 1, H, 1)
-    cols = (ox[:, None] + torch.arange(w))[:, None, None, :]  # (B, 1, 1, W)
-    bi = torch.arange(b)[:, None, None, None]
-    ci = torch.arange(c)[None, :, None, None]
-    return padded[bi, ci, rows, cols]  # (B, C, H, W)
+    return windows[torch.arange(b), :, oy, ox]  # (B, C, H, W)
 
 
 def random_hflip(x: Tensor, p: float = 0.5, generator: torch.Generator | None = None) -> Tensor:
