@@ -6,6 +6,7 @@ in :mod:`slimtorch.quant.observers`.
 """
 
 from slimtorch.quant.api import QUANTIZERS, QuantReport, quantize_, register_quantizer
+from slimtorch.quant.equalization import CrossLayerEqualization, equalize_
 from slimtorch.quant.observers import OBSERVERS, Observer, create_observer, register_observer
 from slimtorch.quant.primitives import (
     choose_qparams,
@@ -14,8 +15,12 @@ from slimtorch.quant.primitives import (
     qrange,
     quantize_affine,
 )
+from slimtorch.quant.weight_only import WeightOnly
 
 __all__ = [
+    "CrossLayerEqualization",
+    "WeightOnly",
+    "equalize_",
     "OBSERVERS",
     "QUANTIZERS",
     "Observer",

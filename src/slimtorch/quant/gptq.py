@@ -1,0 +1,264 @@
+"""GPTQ: accurate post-training quantization of weights from second-order information.
+
+Frantar, Ashkboos, Hoefler, Alistarh, "GPTQ: Accurate Post-Training Quantization for Generative
+Pre-trained Transformers", ICLR 2023 (arXiv 2210.17323).
+
+For one linear layer with weight ``W`` (rows = output features, columns = input features) and
+calibration inputs ``X`` (columns = samples), GPTQ minimises the layer's output error
+``||W X - Q X||_F^2`` whose Hessian w.r.t. each row of ``W`` is ``H = 2 X X^T`` (shared by all rows).
+It quantizes the columns one at a time (Optimal Brain Quantization) and after quantizing column ``j``
+to ``q_j`` moves the not-yet-quantized columns to compensate:
+
+    err_j   = (w_j - q_j) / [H^-1]_jj                       # (rows,)
+    W[:, j+1:] -= err_j [H^-1]_{j, j+1:}                     # rank-1 update
+
+With ``U = chol(H^-1)^T`` (upper Cholesky factor of the inverse) the rows of ``U`` are exactly the
+``[H^-1]_{j, j:} / sqrt([H^-1]_jj)`` needed after the previous columns were eliminated, so the whole
+sweep needs one Cholesky decomposition. Updates are applied lazily: inside a block of ``block_size``
+columns they are rank-1, and the accumulated block error ``E`` (rows, block) updates the rest of the
+matrix once per block as ``W[:, end:] -= E U[block, end:]``.
+
+Options (same names as the reference implementation):
+  * ``percdamp``: ``H += percdamp * mean(diag(H)) * I`` before inversion (numerical stability).
+  * Dead inputs (``H_jj == 0``: the input was always zero) get ``H_jj = 1`` and a zero weight column.
+  * ``act_order``: process columns by decreasing ``diag(H)`` (the most activated inputs first), then
+    un-permute. With ``group_size`` set we use **static groups** (the reference's ``--static-groups``):
+    each group's scale and zero point are computed from the original weights of the contiguous group
+    before the sweep, so the stored layout stays "contiguous groups of ``group_size`` input columns"
+    and no ``g_idx`` permutation index is needed at inference time. Without act-order, a group's
+    parameters are chosen from the (already error-compensated) weights when the sweep reaches the
+    group's first column, as in the reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from slimtorch.quant.groupwise import GroupCodes, fake_quantize_columns, group_qparams
+
+
+@dataclass
+class GPTQStats:
+    """What GPTQ reports for one layer.
+
+    Attributes:
+        loss: the OBQ proxy loss ``sum_j ||w_j - q_j||^2 / (2 [H^-1]_jj)`` summed over columns.
+        damp: the damping actually added to the diagonal.
+        dead: number of input columns whose Hessian diagonal was zero.
+    """
+
+    loss: float
+    damp: float
+    dead: int
+
+
+def accumulate_hessian(hessian: torch.Tensor, count: int, x: torch.Tensor) -> int:
+    """Add a batch of layer inputs to a running ``H = 2/n sum_i x_i x_i^T`` (in place).
+
+    Args:
+        hessian: (in, in) float64 running mean, updated in place.
+        count: number of samples already in ``hessian``.
+        x: (..., in) inputs of the layer; every leading position is one sample.
+
+    Returns:
+        The new sample count.
+    """
+    x = x.reshape(-1, x.shape[-1]).to(torch.float64)  # (n, in)
+    n = x.shape[0]
+    if n == 0:
+        return count
+    # Running mean keeps H at the scale of one sample regardless of how many batches are seen.
+    hessian.mul_(count / (count + n))
+    hessian.addmm_(x.T, x, alpha=2.0 / (count + n))
+    return count + n
+
+
+def gptq_quantize(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    *,
+    bits: int,
+    group_size: int | None = None,
+    symmetric: bool = False,
+    block_size: int = 128,
+    percdamp: float = 0.01,
+    act_order: bool = False,
+) -> tuple[GroupCodes, GPTQStats]:
+    """Quantize ``weight`` (out, in) with GPTQ given the input Hessian ``hessian`` (in, in).
+
+    Args:
+        weight: (out, in) float weight.
+        hessian: (in, in) ``2 X X^T / n`` of the calibration inputs.
+        bits: 2-8.
+        group_size: input columns sharing one scale/zero point per output row; ``None`` = per row.
+        symmetric: symmetric (zero point fixed) instead of asymmetric quantization.
+        block_size: columns per lazy-update block (128 in the paper).
+        percdamp: damping as a fraction of the mean Hessian diagonal.
+        act_order: process columns by decreasing Hessian diagonal (static groups, see module docstring).
+
+    Returns:
+        The integer codes with their per-group scales / zero points, and :class:`GPTQStats`.
+    """
+    rows, cols = weight.shape
+    if hessian.shape != (cols, cols):
+        raise ValueError(f"hessian shape {tuple(hessian.shape)} does not match weight columns {cols}")
+    g = group_size or cols
+    w = weight.detach().to(torch.float64).clone()  # (out, in), updated in place by the sweep
+    h = hessian.detach().to(torch.float64).clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+
+    # Static groups (act-order) or all-columns-at-once (no groups): parameters from the original W.
+    static = None
+    if act_order or group_size is None:
+        static = group_qparams(w, bits, g, symmetric)  # (out, in/g) each
+    perm = torch.arange(cols)
+    if act_order:
+        perm = torch.argsort(torch.diag(h), descending=True)
+        w, h = w[:, perm], h[perm][:, perm]
+    inv_perm = torch.argsort(perm)
+
+    damp = percdamp * torch.mean(torch.diag(h)).item()
+    h += damp * torch.eye(cols, dtype=h.dtype)
+    # U: upper Cholesky factor of H^-1, so that U_jj^2 = [H^-1]_jj after eliminating columns < j.
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)  # (in, in)
+
+    q = torch.zeros_like(w)  # dequantized values, permuted order
+    n_groups = cols // g
+    scale = torch.zeros(rows, n_groups, dtype=torch.float32)
+    zero = torch.zeros(rows, n_groups, dtype=torch.int32)
+    if static is not None:
+        scale, zero = static
+    loss = 0.0
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        w1 = w[:, i1:i2].clone()  # (out, b)
+        err1 = torch.zeros_like(w1)
+        u1 = u[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i  # position in processing order
+            orig = int(perm[col])  # original column index
+            gi = orig // g
+            if static is None and orig % g == 0:
+                # Choose the group's parameters from the current, error-compensated weights.
+                cur = torch.cat([w1[:, i:], w[:, i2:]], dim=1)[:, :g]  # (out, g)
+                s, z = group_qparams(cur, bits, g, symmetric)
+                scale[:, gi], zero[:, gi] = s[:, 0], z[:, 0]
+            wc = w1[:, i]  # (out,)
+            qc = fake_quantize_columns(wc, scale[:, gi], zero[:, gi], bits, symmetric)
+            q[:, col] = qc
+            d = u1[i, i]
+            loss += ((wc - qc) ** 2).sum().item() / (2 * d.item() ** 2)
+            e = (wc - qc) / d  # (out,)
+            w1[:, i:] -= e.unsqueeze(1) * u1[i, i:].unsqueeze(0)
+            err1[:, i] = e
+        w[:, i2:] -= err1 @ u[i1:i2, i2:]  # lazy batch update of the remaining columns
+
+    q = q[:, inv_perm]
+    # q already lies on the grid, so rounding it again recovers its integer codes exactly.
+    codes = GroupCodes.from_params(q, scale, zero, bits, symmetric, g)
+    return codes, GPTQStats(loss=loss, damp=damp, dead=int(dead.sum()))
+
+
+class _Stop(Exception):
+    """Raised from a forward hook to end a calibration pass early."""
+
+
+def sequential_hessians(
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    batches: Callable[[], Iterable[tuple[torch.Tensor, ...]]],
+    input_matrix: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+) -> dict[str, tuple[torch.Tensor, int]]:
+    """One calibration pass collecting ``H = 2 X X^T / n`` for each of ``layers``.
+
+    The forward pass stops as soon as every layer in ``layers`` has run at least once on the batch, so
+    quantizing a model layer by layer costs about half a full pass per layer group on average.
+
+    Args:
+        model: the (partly quantized) model.
+        layers: fqn -> layer whose inputs are collected.
+        batches: callable returning an iterable of positional-argument tuples for ``model``.
+        input_matrix: fqn -> function turning the layer's input into samples ``(n, fan_in)`` (e.g.
+            ``unfold`` for a convolution); default: flatten leading dimensions (Linear).
+
+    Returns:
+        fqn -> (hessian (in, in) float64, sample count).
+    """
+    input_matrix = input_matrix or {}
+    stats = {}
+    for n, m in layers.items():
+        k = m.weight[0].numel()  # fan-in
+        stats[n] = [torch.zeros(k, k, dtype=torch.float64), 0]
+    seen: set[str] = set()
+
+    def make_hook(name: str) -> Callable:
+        def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            st = stats[name]
+            x = inputs[0].detach()
+            x = input_matrix[name](x) if name in input_matrix else x
+            st[1] = accumulate_hessian(st[0], st[1], x)
+            seen.add(name)
+            if len(seen) == len(layers):
+                raise _Stop
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(make_hook(n)) for n, m in layers.items()]
+    try:
+        with torch.no_grad():
+            for args in batches():
+                seen.clear()
+                try:
+                    model(*args)
+                except _Stop:
+                    pass
+    finally:
+        for hd in handles:
+            hd.remove()
+    return {n: (st[0], st[1]) for n, st in stats.items()}
+
+
+def layer_groups(
+    model: nn.Module, layers: dict[str, nn.Module], args: tuple[torch.Tensor, ...]
+) -> list[list[str]]:
+    """Order ``layers`` by execution and group consecutive layers that read the same input tensor.
+
+    Layers in one group (e.g. the q, k and v projections of an attention block) see identical inputs,
+    so GPTQ can quantize them from one calibration pass; a later group's inputs depend on the earlier
+    groups' quantized outputs and are collected after those are quantized (sequential GPTQ).
+    Layers that never run are returned last, one group each.
+    """
+    # The input tensors are kept alive (not just their ids) so identity tests cannot hit a reused id.
+    order: list[tuple[str, torch.Tensor]] = []
+
+    def make_hook(name: str) -> Callable:
+        def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            if name not in {n for n, _ in order}:
+                order.append((name, inputs[0]))
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(make_hook(n)) for n, m in layers.items()]
+    try:
+        with torch.no_grad():
+            model(*args)
+    finally:
+        for hd in handles:
+            hd.remove()
+    groups: list[list[str]] = []
+    last: torch.Tensor | None = None
+    for name, t in order:
+        if groups and t is last:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+        last = t
+    ran = {n for n, _ in order}
+    groups += [[n] for n in layers if n not in ran]
+    return groups
