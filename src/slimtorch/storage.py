@@ -35,7 +35,7 @@ MODEL_FILE = "model.safetensors"
 STRUCTURAL_ATTRS: list[str] = [
     "in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
     "normalized_shape", "num_embeddings", "embedding_dim", "num_heads", "embed_dim", "head_dim",
-    "num_groups", "num_channels", "use_res",
+    "num_groups", "num_channels", "use_res", "kdim", "vdim",
 ]
 
 
@@ -100,6 +100,19 @@ def save(model: nn.Module, path: str | os.PathLike[str], metadata: dict[str, Any
     spec = _spec(model)
     if metadata:
         spec["metadata"] = metadata
+    return write_safetensors(p, tensors, spec)
+
+
+def model_spec(model: nn.Module) -> dict[str, Any]:
+    """The JSON spec :func:`save` stores for ``model`` (format, zoo name and kwargs, changed layers)."""
+    return _spec(model)
+
+
+def write_safetensors(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor],
+                      spec: dict[str, Any]) -> Path:
+    """Write ``tensors`` with ``spec`` as the ``slimtorch`` metadata entry, atomically."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-", suffix=".safetensors")
     os.close(fd)
     try:
@@ -109,6 +122,19 @@ def save(model: nn.Module, path: str | os.PathLike[str], metadata: dict[str, Any
         if os.path.exists(tmp):
             os.unlink(tmp)
     return p
+
+
+def model_from_spec(spec: dict[str, Any], path: str | os.PathLike[str] = "") -> nn.Module:
+    """Rebuild the (possibly pruned) zoo model a spec describes, with uninitialised weights."""
+    if "model" not in spec:
+        raise SlimtorchError(
+            f"{path or 'the file'} holds no architecture spec (it was not saved from a zoo model); pass the "
+            "skeleton: slimtorch.load(path, model=MyNet())"
+        )
+    zoo = spec["model"]
+    model = create(zoo["name"], **zoo["kwargs"])
+    _apply_structure(model, spec.get("changed", {}))
+    return model
 
 
 def read_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -180,18 +206,15 @@ def load(path: str | os.PathLike[str], model: nn.Module | None = None, *, trust_
     if p.suffix in (".pt", ".pth", ".bin", ".ckpt"):
         return _load_torch_file(p, model, trust_pickle, map_location)
     spec = read_spec(p)
+    if "sparse" in spec:
+        raise SlimtorchError(
+            f"{p} was written by slimtorch.prune.save_sparse; read it with slimtorch.prune.load_sparse"
+        )
     from safetensors.torch import load_file
 
     state = load_file(str(p), device=map_location)
     if model is None:
-        if "model" not in spec:
-            raise SlimtorchError(
-                f"{p} holds no architecture spec (it was not saved from a zoo model); pass the "
-                "skeleton: slimtorch.load(path, model=MyNet())"
-            )
-        zoo = spec["model"]
-        model = create(zoo["name"], **zoo["kwargs"])
-        _apply_structure(model, spec.get("changed", {}))
+        model = model_from_spec(spec, p)
     load_state_into(model, state)
     return model.eval()
 

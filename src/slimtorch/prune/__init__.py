@@ -1,0 +1,56 @@
+"""Pruning: weight masks (unstructured magnitude, N:M, with schedules) and structured channel removal.
+
+>>> from slimtorch.prune import prune_, Magnitude, AGP, make_permanent_
+>>> report = prune_(model, Magnitude(sparsity=0.9, scope="global"))
+>>> print(report.table())
+>>> make_permanent_(model)          # bake the zeros in, drop the masks
+
+Masks keep shapes (smaller on disk with :func:`save_sparse`, faster only on sparse hardware); the
+structured part (``Channel``) returns a physically smaller dense model.
+"""
+
+from slimtorch.prune.api import METHODS, PRUNERS, prune_, register_pruner
+from slimtorch.prune.magnitude import CRITERIA, Magnitude, global_masks, layer_masks, lowest_k_mask
+from slimtorch.prune.masks import WeightMask, apply_mask_, get_mask, make_permanent_, masked_layers
+from slimtorch.prune.nm import NM, check_nm, nm_mask
+from slimtorch.prune.pruner import MaskPruner, iterative_prune_
+from slimtorch.prune.report import LayerReport, PruneReport
+from slimtorch.prune.schedules import AGP, Iterative, OneShot, Schedule, agp_sparsity, iterative_sparsity
+from slimtorch.prune.selection import DEFAULT_TYPES, select_layers
+from slimtorch.prune.sparse import from_csr, load_sparse, save_sparse, to_csr
+
+__all__ = [
+    "AGP",
+    "CRITERIA",
+    "DEFAULT_TYPES",
+    "METHODS",
+    "NM",
+    "PRUNERS",
+    "Iterative",
+    "LayerReport",
+    "Magnitude",
+    "MaskPruner",
+    "OneShot",
+    "PruneReport",
+    "Schedule",
+    "WeightMask",
+    "agp_sparsity",
+    "apply_mask_",
+    "check_nm",
+    "from_csr",
+    "get_mask",
+    "global_masks",
+    "iterative_prune_",
+    "iterative_sparsity",
+    "layer_masks",
+    "load_sparse",
+    "lowest_k_mask",
+    "make_permanent_",
+    "masked_layers",
+    "nm_mask",
+    "prune_",
+    "register_pruner",
+    "save_sparse",
+    "select_layers",
+    "to_csr",
+]

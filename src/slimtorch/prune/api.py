@@ -1,0 +1,95 @@
+"""``prune_(model, config)``: one in-place verb, dispatching on the config's type through a registry.
+
+A pruning method is a config class plus a handler::
+
+    @register_pruner(MyConfig, name="mine")          # name: the CLI's --method value (optional)
+    def prune_mine(model, config, example_inputs=None, data=None) -> PruneReport: ...
+
+The handler changes ``model`` in place and returns a :class:`PruneReport`.
+
+CLI hook (``slimtorch prune --method NAME``): a config class registered with a ``name`` provides
+
+* ``add_cli_arguments(parser)`` (staticmethod): adds its own flags (each flag name unique across
+  methods; the CLI itself owns ``RUN --method --data --finetune-epochs --lr --batch-size --out``);
+* ``from_cli_args(args) -> config`` (classmethod): builds the config from the parsed namespace.
+
+``slimtorch.cli.prune`` builds ``--method``'s choices from :data:`METHODS`, so registering a config
+is all it takes for a new method to appear on the command line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimtorch.core.config import Config
+from slimtorch.core.registry import Registry
+from slimtorch.prune.report import PruneReport
+
+Inputs = torch.Tensor | tuple[torch.Tensor, ...]
+PrunerFn = Callable[..., PruneReport]
+
+#: Config type -> handler. Looked up along the config's MRO, so a subclass reuses its parent's handler.
+PRUNERS: dict[type, PrunerFn] = {}
+#: CLI method name -> config type (``slimtorch prune --method NAME``).
+METHODS: Registry[type[Config]] = Registry("prune method")
+
+
+def register_pruner(config_type: type[Config], name: str | None = None) -> Callable[[PrunerFn], PrunerFn]:
+    """Decorator registering ``handler(model, config, example_inputs=None, data=None) -> PruneReport``.
+
+    Args:
+        config_type: the config class the handler accepts.
+        name: if given, the method name the CLI offers (``--method name``); the config class must then
+            define ``add_cli_arguments(parser)`` and ``from_cli_args(args)`` (see the module docstring).
+    """
+
+    def deco(handler: PrunerFn) -> PrunerFn:
+        if config_type in PRUNERS and PRUNERS[config_type] is not handler:
+            raise ValueError(f"a pruner for {config_type.__name__} is already registered")
+        if name is not None:
+            missing = [a for a in ("add_cli_arguments", "from_cli_args") if not hasattr(config_type, a)]
+            if missing:
+                raise ValueError(
+                    f"{config_type.__name__} is registered as CLI method {name!r} but lacks {missing}"
+                )
+            METHODS.register(name, config_type, overwrite=True)
+        PRUNERS[config_type] = handler
+        return handler
+
+    return deco
+
+
+def prune_(
+    model: nn.Module, config: Config, example_inputs: Inputs | None = None, data: Any = None
+) -> PruneReport:
+    """Prune ``model`` in place as ``config`` says and report what changed.
+
+    Args:
+        model: any module.
+        config: a pruning config (``Magnitude``, ``NM``, ``Channel``, or one you registered).
+        example_inputs: a batch of inputs (tensor or tuple); needed for MACs in the report and by
+            methods that trace the model.
+        data: what the method needs beyond weights: training data for schedules that fine-tune
+            (``Iterative``/``AGP``; a Dataset, an iterable of ``(x, y)`` batches, or for ``Iterative`` a
+            callable ``finetune(model, round)``), calibration batches for data-driven importance.
+
+    Returns:
+        A :class:`PruneReport` (per-layer shapes or sparsity, params, nonzeros, MACs).
+    """
+    handler = _handler_for(config)
+    return handler(model, config, example_inputs=example_inputs, data=data)
+
+
+def _handler_for(config: Any) -> PrunerFn:
+    for cls in type(config).__mro__:
+        if cls in PRUNERS:
+            return PRUNERS[cls]
+    known = sorted(c.__name__ for c in PRUNERS)
+    raise ValueError(
+        f"no pruner is registered for {type(config).__name__}; known configs: {known}. Register one "
+        "with @slimtorch.prune.register_pruner(YourConfig)"
+    )
