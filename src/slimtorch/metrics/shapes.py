@@ -7,6 +7,7 @@ is not checked.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -50,6 +51,9 @@ def check_input_shape(model: nn.Module, sample: Any, batched: bool = False) -> N
         raise SlimtorchError(f"{name} takes floating-point inputs but the data holds {x.dtype} tensors")
     fits = got == expected or (tokens and len(got) == len(expected)
                                and all(g <= e for g, e in zip(got, expected)))
+    # Models that flatten their input first (MLPs: ``flattens_input = True``) take any shape of that size.
+    if getattr(model, "flattens_input", False) and math.prod(got) == math.prod(expected):
+        fits = True
     if not fits:
         rule = "at most" if tokens else "exactly"
         raise SlimtorchError(

@@ -31,6 +31,7 @@ class MLP(nn.Module):
     ) -> None:
         super().__init__()
         self.input_shape = (in_features,)
+        self.flattens_input = True  # any input of in_features elements per sample is accepted
         self.num_classes = num_classes
         layers: list[nn.Module] = [nn.Flatten()]
         if input_dropout > 0:

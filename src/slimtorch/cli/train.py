@@ -1,0 +1,47 @@
+"""``slimtorch train``: train a zoo model on a dataset into a run folder."""
+
+from __future__ import annotations
+
+import argparse
+
+from slimtorch import data as sdata
+from slimtorch.cli.common import add_data_arguments, build_model, check_out_dir, parse_kv, write_json
+from slimtorch.metrics import example_inputs_for, profile, render_table
+from slimtorch.train import fit
+
+NAME = "train"
+HELP = "Train a zoo model on a dataset; writes model.safetensors, checkpoint.pt, metrics.jsonl, profile.json."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="zoo model name (slimtorch.models.list_models())")
+    p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="constructor argument (repeatable)")
+    add_data_arguments(p)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"])
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"])
+    p.add_argument("--augment", action="store_true", help="train-time augmentation (shifts/crops/flips)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = check_out_dir(args.out, args.overwrite, args.resume)
+    train_set = sdata.load(args.data, "train", root=args.root, augment=args.augment)
+    test_set = sdata.load(args.data, "test", root=args.root)
+    model = build_model(args.model, train_set, parse_kv(args.model_arg))
+    result = fit(model, train_set, args.epochs, eval_data=test_set, optimizer=args.optimizer, lr=args.lr,
+                 weight_decay=args.weight_decay, schedule=args.schedule, batch_size=args.batch_size, out_dir=out,
+                 resume=args.resume, overwrite=args.overwrite, seed=args.seed, progress=not args.no_progress)
+    prof = profile(model(model))
+    prof.update({k: v for k, v in result.final.items() if k.startswith("val_")})
+    write_json(out / "profile.json", prof)
+    print(render_table([{"model": args.model, **prof}]))
+    print(f"saved run to {out}")
+    return 0

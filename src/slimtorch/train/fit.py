@@ -1,0 +1,312 @@
+"""``fit``: one model-agnostic training loop.
+
+It trains any ``nn.Module`` on any dataset or iterable of ``(inputs, targets)`` batches, with a loss
+callable (cross-entropy by default) or a *loss module*: a module with ``computes_loss = True`` (the
+distillation ``Distiller``) is called as ``module(inputs, targets)`` and returns a dict with ``loss``
+(what is backpropagated) and ``output`` (logits, for accuracy); its other entries are logged.
+
+Per epoch it evaluates, appends a line to ``metrics.jsonl`` and writes ``checkpoint.pt`` atomically.
+``resume=True`` continues from the last checkpoint; because every epoch's data order is drawn from a
+generator seeded with ``(seed, epoch)`` and the RNG states are checkpointed, a killed-and-resumed run ends
+with exactly the weights of an uninterrupted one. Under ``torchrun`` it trains with DDP (gloo).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from slimtorch.core.errors import SlimtorchError
+from slimtorch.metrics import check_input_shape, evaluate
+from slimtorch.storage import MODEL_FILE
+from slimtorch.storage import save as save_model
+from slimtorch.train import distributed as dist_utils
+from slimtorch.train.checkpoint import CHECKPOINT_FILE, atomic_torch_save, load_checkpoint, rng_state, set_rng_state
+from slimtorch.train.optim import build_optimizer, build_schedule
+from slimtorch.train.state import FitResult, TrainState
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+METRICS_FILE = "metrics.jsonl"
+
+
+def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy that also takes language-model logits ``(B, T, V)`` with targets ``(B, T)``."""
+    if outputs.dim() > 2:
+        return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1))
+    return F.cross_entropy(outputs, targets)
+
+
+def product_module(model: nn.Module) -> nn.Module:
+    """The module a run produces: the student of a loss module, else the model itself."""
+    if getattr(model, "computes_loss", False) and isinstance(getattr(model, "student", None), nn.Module):
+        return model.student
+    return model
+
+
+def fit(
+    model: nn.Module,
+    train_data: Dataset | Iterable[Any],
+    epochs: int = 1,
+    *,
+    loss_fn: LossFn | None = None,
+    eval_data: Dataset | Iterable[Any] | None = None,
+    optimizer: str | torch.optim.Optimizer = "sgd",
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    schedule: str = "cosine",
+    warmup_epochs: float = 0.0,
+    batch_size: int = 128,
+    eval_batch_size: int = 512,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    seed: int = 0,
+    callbacks: Sequence[Any] = (),
+    progress: bool = True,
+    grad_clip: float | None = None,
+    device: str | torch.device = "cpu",
+    log_every: int = 10,
+) -> FitResult:
+    """Train ``model`` for ``epochs`` epochs.
+
+    Args:
+        model: the module to train (or a loss module, see the module docstring).
+        train_data: a Dataset (batched and shuffled here, seeded) or any iterable of ``(x, y)`` batches.
+        epochs: number of epochs.
+        loss_fn: ``loss_fn(outputs, targets) -> scalar``; cross-entropy by default.
+        eval_data: evaluated after every epoch (loss, accuracy, perplexity) when given.
+        optimizer: ``"sgd"`` (Nesterov momentum), ``"adam"``, ``"adamw"`` or an optimizer instance.
+        lr, momentum, weight_decay: optimizer settings (ignored for an optimizer instance, except lr schedule).
+        schedule: ``"cosine"``, ``"step"`` (x0.1 at 50% and 75%) or ``"constant"``, applied per step.
+        warmup_epochs: linear learning-rate warm-up length in epochs (fractions allowed).
+        batch_size, eval_batch_size: batch sizes when datasets are given.
+        out_dir: run directory for ``checkpoint.pt``, ``metrics.jsonl`` and the final ``model.safetensors``.
+        resume: continue from ``out_dir/checkpoint.pt`` if it exists.
+        overwrite: discard a previous run in ``out_dir`` (otherwise a previous run is an error).
+        seed: seeds the data order and the RNGs.
+        callbacks: objects with any of ``on_train_begin/on_step_end/on_epoch_end(state)``.
+        progress: show a progress bar with running loss and throughput (rank 0 only).
+        grad_clip: clip the global gradient norm to this value.
+        device: where to train.
+        log_every: refresh the progress bar every this many steps.
+
+    Returns:
+        A :class:`FitResult` with the trained model and the per-epoch history.
+    """
+    if not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if lr <= 0 or not math.isfinite(lr):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    distributed = dist_utils.maybe_init()
+    is_main = dist_utils.rank() == 0
+    out = Path(out_dir) if out_dir is not None else None
+    ckpt_path = out / CHECKPOINT_FILE if out else None
+    if out is not None and is_main:
+        _prepare_out_dir(out, resume, overwrite)
+    dist_utils.barrier()
+
+    torch.manual_seed(seed)
+    device = torch.device(device)
+    model.to(device)
+    is_loss_module = bool(getattr(model, "computes_loss", False))
+    loss_fn = loss_fn or cross_entropy
+    loader, sampler = _make_loader(train_data, batch_size, seed, distributed)
+    _check_first_batch(product_module(model), loader)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters (every parameter has requires_grad=False)")
+    opt = build_optimizer(optimizer, params, lr, momentum, weight_decay)
+    steps_per_epoch = _num_batches(loader)
+    total_steps = steps_per_epoch * epochs
+    sched = build_schedule(opt, schedule, total_steps, int(round(warmup_epochs * steps_per_epoch)))
+    net: nn.Module = model
+    if distributed:
+        net = nn.parallel.DistributedDataParallel(model)
+
+    state = TrainState(model=model, optimizer=opt, epochs=epochs, total_steps=total_steps)
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    if resume and ckpt_path is not None and ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        start_epoch, state.step, history = ck["epoch"], ck["step"], list(ck["history"])
+        set_rng_state(ck["rng"])
+    _call(callbacks, "on_train_begin", state)
+
+    for epoch in range(start_epoch, epochs):
+        state.epoch = epoch
+        record = _train_one_epoch(net, model, loader, sampler, epoch, seed, opt, sched, loss_fn, is_loss_module,
+                                  grad_clip, device, state, callbacks, progress and is_main, log_every)
+        if eval_data is not None:
+            # A loss module is judged by what it produces (the student), with the plain task loss.
+            ev = evaluate(product_module(model), eval_data, batch_size=eval_batch_size)
+            record.update({f"val_{k}": v for k, v in ev.items()})
+        record["lr"] = opt.param_groups[0]["lr"]
+        history.append(record)
+        state.metrics = record
+        _call(callbacks, "on_epoch_end", state)
+        if out is not None and is_main:
+            with open(out / METRICS_FILE, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            atomic_torch_save(
+                {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                 "epoch": epoch + 1, "step": state.step, "history": history, "rng": rng_state()},
+                ckpt_path,
+            )
+        dist_utils.barrier()
+
+    if out is not None and is_main:
+        save_model(_without_parametrizations(product_module(model)), out,
+                   metadata={"history": history[-1:] if history else []})
+    return FitResult(model=model, history=history)
+
+
+def _train_one_epoch(net, model, loader, sampler, epoch, seed, opt, sched, loss_fn, is_loss_module, grad_clip,
+                     device, state, callbacks, show, log_every) -> dict[str, float]:
+    from tqdm.auto import tqdm
+
+    net.train()
+    if sampler is not None:
+        sampler.set_epoch(epoch)
+    if hasattr(loader, "generator_seed"):
+        loader.generator.manual_seed(loader.generator_seed * 100_003 + epoch)
+    bar = tqdm(loader, total=_num_batches(loader), desc=f"epoch {epoch + 1}/{state.epochs}", disable=not show,
+               leave=False, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    loss_sum, correct, seen, n_batches = 0.0, 0.0, 0, 0
+    extras: dict[str, float] = {}
+    for batch in bar:
+        x, y = _split_batch(batch)
+        x, y = x.to(device), y.to(device)
+        if is_loss_module:
+            out = net(x, y)
+            if not isinstance(out, dict) or "loss" not in out:
+                raise SlimtorchError(f"{type(model).__name__} has computes_loss=True but did not return a dict "
+                                     "with a 'loss' entry")
+            loss, logits = out["loss"], out.get("output")
+            for k, v in out.items():
+                if k not in ("loss", "output") and isinstance(v, torch.Tensor) and v.numel() == 1:
+                    extras[k] = extras.get(k, 0.0) + float(v.detach())
+        else:
+            logits = net(x)
+            loss = loss_fn(logits, y)
+            out = logits
+        if not torch.isfinite(loss):
+            raise SlimtorchError(f"loss became {float(loss)} at epoch {epoch + 1}, step {state.step}; lower the "
+                                 "learning rate or check the data")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip is not None:
+            nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], grad_clip)
+        opt.step()
+        sched.step()
+        state.step += 1
+        n = y.shape[0]
+        loss_sum += float(loss.detach()) * n
+        seen += n
+        n_batches += 1
+        if logits is not None and logits.dim() >= 2 and y.dtype == torch.long:
+            correct += float((logits.argmax(-1) == y).float().mean()) * n  # also right for (B, T) targets
+        state.metrics = {"loss": float(loss.detach())}
+        state.batch_output = out
+        _call(callbacks, "on_step_end", state)
+        if show and state.step % log_every == 0:
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", ips=f"{seen / (time.perf_counter() - t0):.0f}/s")
+    bar.close()
+    wall = time.perf_counter() - t0
+    record = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
+              "time_s": wall, "samples_per_s": seen / max(wall, 1e-9)}
+    record.update({f"train_{k}": v / max(1, n_batches) for k, v in extras.items()})
+    return record
+
+
+def _prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    holds_run = (out / CHECKPOINT_FILE).exists() or (out / MODEL_FILE).exists()
+    if holds_run and overwrite:
+        for name in (CHECKPOINT_FILE, MODEL_FILE, METRICS_FILE):
+            (out / name).unlink(missing_ok=True)
+    elif holds_run and not resume:
+        raise FileExistsError(f"{out} already holds a run; pass resume=True (--resume) to continue it or "
+                              "overwrite=True (--overwrite) to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+class _SeededLoader(DataLoader):
+    """A DataLoader whose shuffle generator is re-seeded from ``(seed, epoch)`` every epoch."""
+
+    generator_seed: int
+
+
+def _make_loader(data: Any, batch_size: int, seed: int, distributed: bool):
+    if isinstance(data, Dataset) and hasattr(data, "__len__"):
+        if len(data) == 0:
+            raise ValueError("train_data is empty")
+        if distributed:
+            sampler = DistributedSampler(data, shuffle=True, seed=seed)
+            return DataLoader(data, batch_size=batch_size, sampler=sampler), sampler
+        g = torch.Generator().manual_seed(seed)
+        loader = _SeededLoader(data, batch_size=batch_size, shuffle=True, generator=g)
+        loader.generator_seed = seed
+        return loader, None
+    if isinstance(data, Iterable):
+        return data, None
+    raise ValueError(f"train_data must be a Dataset or an iterable of (inputs, targets) batches, got "
+                     f"{type(data).__name__}")
+
+
+def _num_batches(loader: Any) -> int:
+    try:
+        return len(loader)
+    except TypeError:
+        raise ValueError("train_data has no len(); pass a Dataset, a DataLoader or a list of batches") from None
+
+
+def _split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch[0], batch[1]
+    raise ValueError(f"training batches must be (inputs, targets) pairs, got {type(batch).__name__}")
+
+
+def _check_first_batch(model: nn.Module, loader: Any) -> None:
+    if not hasattr(model, "input_shape"):
+        return
+    dataset = getattr(loader, "dataset", None)
+    if dataset is not None and len(dataset) > 0:
+        check_input_shape(model, dataset[0][0])
+
+
+def _without_parametrizations(model: nn.Module) -> nn.Module:
+    """A copy with parametrizations (e.g. pruning masks) baked into plain weights, for saving."""
+    if not any(hasattr(m, "parametrizations") for m in model.modules()):
+        return model
+    from torch.nn.utils import parametrize
+
+    clone = copy.deepcopy(model)
+    for m in clone.modules():
+        if hasattr(m, "parametrizations"):
+            for name in list(m.parametrizations.keys()):
+                parametrize.remove_parametrizations(m, name, leave_parametrized=True)
+    return clone
+
+
+def _call(callbacks: Sequence[Any], hook: str, state: TrainState) -> None:
+    for cb in callbacks:
+        fn = getattr(cb, hook, None)
+        if fn is not None:
+            fn(state)
