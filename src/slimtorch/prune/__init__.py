@@ -18,10 +18,12 @@ from slimtorch.prune.report import LayerReport, PruneReport
 from slimtorch.prune.schedules import AGP, Iterative, OneShot, Schedule, agp_sparsity, iterative_sparsity
 from slimtorch.prune.selection import DEFAULT_TYPES, select_layers
 from slimtorch.prune.sparse import from_csr, load_sparse, save_sparse, to_csr
+from slimtorch.prune.structured import Channel, build_dependency_graph, register_importance, register_surgery
 
 __all__ = [
     "AGP",
     "CRITERIA",
+    "Channel",
     "DEFAULT_TYPES",
     "METHODS",
     "NM",
@@ -36,6 +38,7 @@ __all__ = [
     "WeightMask",
     "agp_sparsity",
     "apply_mask_",
+    "build_dependency_graph",
     "check_nm",
     "from_csr",
     "get_mask",
@@ -49,7 +52,9 @@ __all__ = [
     "masked_layers",
     "nm_mask",
     "prune_",
+    "register_importance",
     "register_pruner",
+    "register_surgery",
     "save_sparse",
     "select_layers",
     "to_csr",

@@ -1,0 +1,456 @@
+"""Structured channel pruning: ``prune_(model, Channel(ratio=0.5))`` returns a smaller dense model.
+
+Steps: trace the model into groups of coupled channels (:mod:`.graph`), score every removable unit
+(:mod:`.importance`), choose how many units each group loses (uniform ratio, global ranking, per-layer
+overrides, ``round_to``, or a MAC target), then cut every coupled layer (:mod:`.surgery`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from slimtorch.core.config import Config, check_choice, check_positive, check_range
+from slimtorch.core.selection import _matches
+from slimtorch.prune.api import register_pruner
+from slimtorch.prune.report import LayerReport, PruneReport
+from slimtorch.prune.structured.graph import ChannelGroup, DependencyGraph, build_dependency_graph
+from slimtorch.prune.structured.importance import IMPORTANCE, NEEDS_GRADIENTS, CoupledTensor
+from slimtorch.prune.structured.surgery import WeightSlice, find_surgery, slice_tensor_
+
+ALLOCATIONS = ("uniform", "global")
+
+
+@dataclass
+class Channel(Config):
+    """Remove whole channels (filters, attention heads, hidden units) through a dependency graph.
+
+    Args:
+        ratio: fraction of the units of each group removed (``allocation="uniform"``), or of all
+            units ranked together (``"global"``); in ``[0, 1)``. Each group keeps
+            ``floor(n * (1 - ratio))`` units, rounded up to a multiple of ``round_to``, and at least one.
+        target_macs: if set, the ratio is searched (bisection) until the model's MACs are ``<=`` this:
+            a fraction of the current MACs if ``<= 1`` (``0.5`` = half), else an absolute count.
+        importance: criterion name from :data:`IMPORTANCE` (``l1``, ``l2``, ``bn_scale``, ``taylor``,
+            ``fpgm``, ``lamp``, ``random``). ``taylor`` needs calibration batches as ``data=``.
+        round_to: kept channel counts are multiples of this (e.g. 8 for SIMD-friendly widths).
+        ignore: fnmatch patterns of module names whose channels are kept (opaque layers). The model's
+            outputs never change size, so the classifier / LM head keeps its output width by default.
+        overrides: ``{pattern: ratio}`` per-layer ratios; a group takes the first pattern that
+            matches a layer whose output channels are in the group (e.g. ``"layer3.*"``) and is then
+            pruned at that ratio (also under ``global``).
+        allocation: ``"uniform"`` (same ratio in every group) or ``"global"`` (rank all units by score
+            normalized by its group's mean score, remove the lowest).
+        group_reduce: how a unit's scores over its coupled tensors combine: ``"mean"`` or ``"sum"``.
+        tracer: ``"auto"`` (torch.fx, falling back to running forward), ``"fx"`` or ``"concrete"``.
+        max_batches: calibration batches used by gradient criteria (None = all of ``data``).
+        seed: seed of the ``random`` criterion.
+    """
+
+    ratio: float = 0.5
+    target_macs: float | None = None
+    importance: str = "l1"
+    round_to: int = 1
+    ignore: tuple[str, ...] = ()
+    overrides: dict[str, float] = field(default_factory=dict)
+    allocation: str = "uniform"
+    group_reduce: str = "mean"
+    tracer: str = "auto"
+    max_batches: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_range("ratio", self.ratio, 0.0, 1.0, hi_open=True)
+        if self.target_macs is not None:
+            check_positive("target_macs", self.target_macs)
+        IMPORTANCE.get(self.importance)  # unknown names list the valid ones
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
+            raise ValueError(f"round_to must be an integer >= 1, got {self.round_to!r}")
+        if isinstance(self.ignore, str):
+            self.ignore = (self.ignore,)
+        self.ignore = tuple(self.ignore)
+        for pattern, r in self.overrides.items():
+            check_range(f"overrides[{pattern!r}]", r, 0.0, 1.0, hi_open=True)
+        check_choice("allocation", self.allocation, ALLOCATIONS)
+        check_choice("group_reduce", self.group_reduce, ("mean", "sum"))
+        check_choice("tracer", self.tracer, ("auto", "fx", "concrete"))
+        if self.max_batches is not None:
+            check_positive("max_batches", self.max_batches)
+
+    # ---- CLI hook (slimtorch prune --method channel) --------------------------------------------
+    @staticmethod
+    def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+        """Flags of ``slimtorch prune --method channel``."""
+        g = parser.add_argument_group("channel pruning (--method channel)")
+        g.add_argument("--ratio", type=float, default=0.5, help="fraction of channels removed per group")
+        g.add_argument(
+            "--target-macs",
+            type=float,
+            default=None,
+            help="prune until MACs <= this (<= 1: fraction of the current MACs)",
+        )
+        g.add_argument("--importance", default="l1", help=f"one of {IMPORTANCE.names()}")
+        g.add_argument("--round-to", type=int, default=1, help="kept channel counts are multiples of this")
+        g.add_argument("--ignore", nargs="*", default=[], help="module name patterns whose channels are kept")
+        g.add_argument("--allocation", default="uniform", choices=ALLOCATIONS)
+
+    @classmethod
+    def from_cli_args(cls, args: argparse.Namespace) -> Channel:
+        """The config from parsed ``slimtorch prune`` arguments."""
+        return cls(
+            ratio=args.ratio,
+            target_macs=args.target_macs,
+            importance=args.importance,
+            round_to=args.round_to,
+            ignore=tuple(args.ignore or ()),
+            allocation=args.allocation,
+        )
+
+
+# ---- scores --------------------------------------------------------------------------------------
+def _owner(model: nn.Module, key: tuple[str, str, str]) -> tuple[nn.Module, str]:
+    """(module, attribute) of a space key of kind "param"."""
+    mod, _, attr = key[1].rpartition(".")
+    return (model.get_submodule(mod) if mod else model), attr
+
+
+def group_slices(model: nn.Module, group: ChannelGroup) -> list[tuple[WeightSlice, np.ndarray]]:
+    """Every weight slice coupled in ``group`` with the ``(n_units, k)`` positions it is indexed by."""
+    out = []
+    for key, pos in group.members.items():
+        if key[0] == "module":
+            m = model.get_submodule(key[1]) if key[1] else model
+            for ws in find_surgery(type(m)).tensors(m, key[2]):  # type: ignore[union-attr]
+                out.append((ws, pos))
+        else:
+            m, attr = _owner(model, key)
+            out.append((WeightSlice("param", getattr(m, attr), int(key[2])), pos))
+    return out
+
+
+def _take(t: torch.Tensor, ws: WeightSlice, pos: np.ndarray) -> torch.Tensor:
+    """Rows ``(n_units, -1)`` of ``ws.view(t)`` at ``pos`` (``(n, k)`` positions, ``block`` entries each)."""
+    v = ws.view(t).movedim(ws.dim, 0)
+    idx = torch.as_tensor(pos)[..., None] * ws.block + torch.arange(ws.block)  # (n, k, block)
+    n = pos.shape[0]
+    return v[idx.reshape(-1)].reshape(n, -1)
+
+
+def coupled_tensors(
+    model: nn.Module, group: ChannelGroup, grads: dict[int, list[torch.Tensor]] | None = None
+) -> list[CoupledTensor]:
+    """The group's :class:`CoupledTensor` list (what importance criteria score)."""
+    out = []
+    for ws, pos in group_slices(model, group):
+        values = _take(ws.param.detach().double(), ws, pos)
+        g = [_take(gr.double(), ws, pos) for gr in (grads or {}).get(id(ws.param), [])]
+        out.append(CoupledTensor(values, ws.role, g))
+    return out
+
+
+def _batches(data: Any, max_batches: int | None) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    from torch.utils.data import DataLoader, Dataset
+
+    source = DataLoader(data, batch_size=64) if isinstance(data, Dataset) else data
+    for i, b in enumerate(source):
+        if max_batches is not None and i >= max_batches:
+            return
+        if not isinstance(b, (tuple, list)) or len(b) != 2:
+            raise ValueError("taylor importance needs (inputs, targets) batches in data=")
+        yield b[0], b[1]
+
+
+def collect_gradients(
+    model: nn.Module, data: Any, max_batches: int | None = None
+) -> dict[int, list[torch.Tensor]]:
+    """Per-batch gradients of the cross-entropy loss for every parameter: ``{id(param): [grad_b, ...]}``.
+
+    The model runs in eval mode (BatchNorm statistics are left untouched); logits ``(B, T, V)`` are
+    flattened for language models.
+    """
+    import torch.nn.functional as F
+
+    from slimtorch.metrics.accuracy import flatten_logits
+
+    if data is None:
+        raise ValueError("importance='taylor' needs calibration batches: prune_(..., data=loader)")
+    params = [p for p in model.parameters()]
+    flags = [p.requires_grad for p in params]
+    was_training = model.training
+    grads: dict[int, list[torch.Tensor]] = {id(p): [] for p in params}
+    model.eval()
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        n = 0
+        for x, y in _batches(data, max_batches):
+            model.zero_grad(set_to_none=True)
+            logits, targets = flatten_logits(model(x), y)
+            F.cross_entropy(logits, targets).backward()
+            for p in params:
+                if p.grad is not None:
+                    grads[id(p)].append(p.grad.detach().clone())
+            n += 1
+        if n == 0:
+            raise ValueError("data= gave no batches for the taylor importance")
+    finally:
+        model.zero_grad(set_to_none=True)
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+        model.train(was_training)
+    return grads
+
+
+def score_groups(
+    model: nn.Module, graph: DependencyGraph, config: Channel, data: Any = None
+) -> list[torch.Tensor]:
+    """One score tensor ``(n_units,)`` per group of ``graph`` under ``config.importance``."""
+    fn = IMPORTANCE.get(config.importance)
+    grads = (
+        collect_gradients(model, data, config.max_batches)
+        if config.importance.lower() in NEEDS_GRADIENTS
+        else None
+    )
+    scores = []
+    for g in graph.groups:
+        s = fn(coupled_tensors(model, g, grads), reduce=config.group_reduce, seed=config.seed)
+        scores.append(torch.as_tensor(s, dtype=torch.float64))
+    return scores
+
+
+# ---- allocation ----------------------------------------------------------------------------------
+def _unit_width(group: ChannelGroup) -> int:
+    """Channels per unit in the group's output spaces (1 for plain channels, head_dim for heads)."""
+    ks = [p.shape[1] for k, p in group.members.items() if k[0] == "module" and k[2] == "out"]
+    return max(ks) if ks else 1
+
+
+def _group_ratio(group: ChannelGroup, config: Channel, ratio: float) -> tuple[float, bool]:
+    for pattern, r in config.overrides.items():
+        if any(_matches(m, (pattern,)) for m in (group.producers or group.modules)):
+            return r, True
+    return ratio, False
+
+
+def _min_keep(group: ChannelGroup, config: Channel) -> int:
+    return min(group.n_units, config.round_to if _unit_width(group) == 1 else 1)
+
+
+def _round_keep(group: ChannelGroup, keep: int, config: Channel) -> int:
+    if _unit_width(group) == 1 and config.round_to > 1:
+        keep = math.ceil(keep / config.round_to) * config.round_to
+    return max(_min_keep(group, config), min(group.n_units, keep))
+
+
+def allocate(
+    graph: DependencyGraph,
+    scores: list[torch.Tensor],
+    config: Channel,
+    ratio: float,
+    warn: list[str] | None = None,
+) -> list[np.ndarray]:
+    """Units to remove in each group (sorted index arrays), following ``config``'s allocation.
+
+    Uniform: group ``g`` with ``n`` units keeps ``floor(n (1 - r_g))`` (rounded up to ``round_to``, at
+    least one), removing its lowest-scored units. Global: scores are divided by their group's mean
+    and the lowest ``floor(ratio * N)`` of all ``N`` units go, each group keeping at least one.
+    """
+    removed: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(graph.groups)
+    pool = []
+    for gi, (g, s) in enumerate(zip(graph.groups, scores)):
+        r, overridden = _group_ratio(g, config, ratio)
+        if config.allocation == "global" and not overridden:
+            pool.append(gi)
+            continue
+        want = int(math.floor(g.n_units * (1.0 - r) + 1e-9))
+        keep = _round_keep(g, want, config)
+        if want == 0 and r > 0 and warn is not None:
+            warn.append(f"ratio {r} would remove all {g.n_units} units of group '{g.name}'; keeping {keep}")
+        removed[gi] = np.sort(torch.argsort(s, stable=True)[: g.n_units - keep].numpy())
+    if pool:
+        norm = []
+        for gi in pool:
+            s = scores[gi]
+            m = s.mean()
+            norm += [(float(v / m) if m > 0 else float(v), gi, u) for u, v in enumerate(s.tolist())]
+        norm.sort()
+        total = int(math.floor(sum(graph.groups[gi].n_units for gi in pool) * ratio + 1e-9))
+        count = {gi: 0 for gi in pool}
+        chosen: dict[int, list[int]] = {gi: [] for gi in pool}
+        for _, gi, u in norm:
+            if total <= 0:
+                break
+            g = graph.groups[gi]
+            if g.n_units - count[gi] - 1 < _min_keep(g, config):
+                continue
+            chosen[gi].append(u)
+            count[gi] += 1
+            total -= 1
+        for gi in pool:
+            g = graph.groups[gi]
+            keep = _round_keep(g, g.n_units - count[gi], config)
+            removed[gi] = np.sort(np.array(chosen[gi][: g.n_units - keep], dtype=np.int64))
+    return removed
+
+
+# ---- surgery -------------------------------------------------------------------------------------
+def apply_removal(model: nn.Module, graph: DependencyGraph, removed: list[np.ndarray]) -> None:
+    """Cut ``removed[g]`` units of every group ``g`` out of ``model`` (in place; modules found by name)."""
+    drop: dict[tuple[str, str, str], set[int]] = {}
+    for g, units in zip(graph.groups, removed):
+        if len(units) == 0:
+            continue
+        for key, pos in g.members.items():
+            drop.setdefault(key, set()).update(pos[units].reshape(-1).tolist())
+    for key, positions in drop.items():
+        keep = torch.tensor(sorted(set(range(graph.space_sizes[key])) - positions), dtype=torch.long)
+        if key[0] == "module":
+            m = model.get_submodule(key[1]) if key[1] else model
+            find_surgery(type(m)).prune(m, key[2], keep)  # type: ignore[union-attr]
+        else:
+            m, attr = _owner(model, key)
+            slice_tensor_(m, attr, int(key[2]), keep)
+
+
+# ---- handler -------------------------------------------------------------------------------------
+def _example(model: nn.Module, example_inputs: Any) -> Any:
+    if example_inputs is not None:
+        return example_inputs
+    from slimtorch.metrics.shapes import example_inputs_for
+
+    return example_inputs_for(model)
+
+
+def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {n: tuple(p.shape) for n, p in model.named_parameters()}
+
+
+def _macs(model: nn.Module, ex: Any) -> int:
+    from slimtorch.metrics import count_macs
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return int(count_macs(model, ex))  # type: ignore[arg-type]
+
+
+def _search_ratio(
+    model: nn.Module,
+    graph: DependencyGraph,
+    scores: list[torch.Tensor],
+    config: Channel,
+    ex: Any,
+    target: float,
+) -> tuple[float, int]:
+    """Smallest ratio (to 1e-3) whose pruned copy has MACs ``<= target``; MACs are monotone in it."""
+
+    def macs_at(r: float) -> int:
+        m = copy.deepcopy(model)
+        apply_removal(m, graph, allocate(graph, scores, config, r))
+        return _macs(m, ex)
+
+    hi = 0.999
+    best = macs_at(hi)
+    if best > target:
+        raise ValueError(
+            f"target_macs={config.target_macs} ({int(target)} MACs) is out of reach: even ratio {hi} leaves "
+            f"{best} MACs (pinned channels and at least one unit per group remain)"
+        )
+    lo = 0.0
+    while hi - lo > 1e-3:
+        mid = (lo + hi) / 2
+        m = macs_at(mid)
+        if m <= target:
+            hi, best = mid, m
+        else:
+            lo = mid
+    return hi, best
+
+
+@register_pruner(Channel, name="channel")
+def prune_channels_(
+    model: nn.Module, config: Channel, example_inputs: Any = None, data: Any = None
+) -> PruneReport:
+    """Handler of :class:`Channel`: trace, score, allocate, cut. See :class:`Channel`.
+
+    Args:
+        model: changed in place into a smaller dense model.
+        config: the :class:`Channel` config.
+        example_inputs: inputs for tracing and MACs (default: zeros of ``model.input_shape``).
+        data: calibration ``(x, y)`` batches for gradient criteria (``taylor``).
+
+    Returns:
+        A :class:`~slimtorch.prune.PruneReport`; ``extra`` holds the groups (units before/after),
+        the final ratio, notes on kept channels and warnings.
+    """
+    ex = _example(model, example_inputs)
+    graph = build_dependency_graph(model, ex, config.ignore, config.tracer)
+    scores = score_groups(model, graph, config, data)
+    macs_before = _macs(model, ex)
+    ratio = config.ratio
+    if config.target_macs is not None:
+        target = config.target_macs * macs_before if config.target_macs <= 1 else config.target_macs
+        ratio, _ = _search_ratio(model, graph, scores, config, ex, target)
+    warn: list[str] = []
+    removed = allocate(graph, scores, config, ratio, warn)
+    for w in warn:
+        warnings.warn(w, stacklevel=2)
+    before = _shapes(model)
+    params_before = sum(int(np.prod(s)) for s in before.values())
+    apply_removal(model, graph, removed)
+    after = _shapes(model)
+    layers = []
+    for name, shape in before.items():
+        if after.get(name) != shape:
+            n0, n1 = int(np.prod(shape)), int(np.prod(after[name]))
+            layers.append(
+                LayerReport(
+                    name.rpartition(".")[0] if name.endswith((".weight", ".in_proj_weight")) else name,
+                    "channel",
+                    shape,
+                    after[name],
+                    n0,
+                    n1,
+                    n0,
+                    n1,
+                )
+            )
+    params_after = sum(int(np.prod(s)) for s in after.values())
+    groups = [
+        {
+            "name": g.name,
+            "units": g.n_units,
+            "removed": int(len(r)),
+            "unit_width": _unit_width(g),
+            "modules": g.modules,
+        }
+        for g, r in zip(graph.groups, removed)
+    ]
+    return PruneReport(
+        method="Channel",
+        layers=layers,
+        params_before=params_before,
+        params_after=params_after,
+        nonzeros_before=params_before,
+        nonzeros_after=params_after,
+        macs_before=macs_before,
+        macs_after=_macs(model, ex),
+        extra={
+            "ratio": ratio,
+            "importance": config.importance,
+            "allocation": config.allocation,
+            "groups": groups,
+            "notes": graph.notes,
+            "warnings": warn,
+            "tracer": graph.tracer,
+            "graph_build_s": graph.build_s,
+        },
+    )

@@ -1,0 +1,153 @@
+"""The Channel config: validation, allocation (uniform, global, overrides, round_to, MAC target), errors."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+from torch import nn
+
+from slimtorch.metrics import count_macs
+from slimtorch.models import create
+from slimtorch.prune import METHODS, prune_
+from slimtorch.prune.structured import Channel, allocate, build_dependency_graph, score_groups
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5, float("nan")])
+def test_ratio_outside_0_1_is_rejected(ratio: float) -> None:
+    with pytest.raises(ValueError, match="ratio"):
+        Channel(ratio=ratio)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"overrides": {"fc*": 1.0}}, r"overrides\['fc\*'\]"),
+        ({"round_to": 0}, "round_to must be an integer >= 1"),
+        ({"importance": "magic"}, "unknown importance 'magic'; valid: .*l1"),
+        ({"allocation": "greedy"}, "allocation: 'greedy' is not one of"),
+        ({"target_macs": -5}, "target_macs must be > 0"),
+        ({"tracer": "jit"}, "tracer"),
+    ],
+)
+def test_bad_options_name_the_option(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        Channel(**kwargs)
+
+
+def test_config_round_trips_and_cli_hook_builds_it() -> None:
+    c = Channel(ratio=0.25, importance="fpgm", round_to=4, ignore=("fc",), overrides={"layer3*": 0.1})
+    assert Channel.from_dict(c.to_dict()) == c
+    assert METHODS.get("channel") is Channel
+    parser = argparse.ArgumentParser()
+    Channel.add_cli_arguments(parser)
+    args = parser.parse_args(
+        ["--ratio", "0.4", "--importance", "taylor", "--round-to", "8", "--ignore", "fc"]
+    )
+    assert Channel.from_cli_args(args) == Channel(ratio=0.4, importance="taylor", round_to=8, ignore=("fc",))
+
+
+def test_ratio_that_would_remove_every_channel_keeps_one_and_says_so() -> None:
+    net = nn.Sequential(nn.Linear(4, 1), nn.ReLU(), nn.Linear(1, 2))
+    with pytest.warns(UserWarning, match="would remove all 1 units"):
+        report = prune_(net, Channel(ratio=0.5), example_inputs=torch.randn(1, 4))
+    assert net[0].out_features == 1
+    assert any("keeping 1" in w for w in report.extra["warnings"])
+
+
+def test_round_to_keeps_multiples() -> None:
+    model = create("resnet20")
+    x = torch.randn(1, 3, 32, 32)
+    prune_(model, Channel(ratio=0.3, round_to=8), example_inputs=x)
+    # floor(16*.7)=11 -> 16, floor(32*.7)=22 -> 24, floor(64*.7)=44 -> 48
+    assert (
+        model.conv1.out_channels,
+        model.layer2[0].conv2.out_channels,
+        model.layer3[0].conv2.out_channels,
+    ) == (16, 24, 48)
+    assert all(m.out_channels % 8 == 0 for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_overrides_and_ignore() -> None:
+    model = create("resnet20")
+    x = torch.randn(1, 3, 32, 32)
+    prune_(
+        model, Channel(ratio=0.5, overrides={"layer3.*": 0.0}, ignore=("layer1.0.conv1",)), example_inputs=x
+    )
+    assert model.layer1[0].conv1.out_channels == 16  # ignored: opaque, channels kept
+    assert model.layer1[1].conv1.out_channels == 8
+    assert model.layer3[1].conv1.out_channels == 64 and model.layer3[0].conv2.out_channels == 64
+    assert model.layer2[1].conv1.out_channels == 16
+
+
+def test_global_allocation_removes_the_lowest_normalized_units() -> None:
+    model = create("resnet20")
+    x = torch.randn(1, 3, 32, 32)
+    config = Channel(ratio=0.4, allocation="global")
+    graph = build_dependency_graph(model, x)
+    scores = score_groups(model, graph, config)
+    removed = allocate(graph, scores, config, 0.4)
+    total = sum(g.n_units for g in graph.groups)
+    assert sum(len(r) for r in removed) == int(total * 0.4)
+    norm = [s / s.mean() for s in scores]
+    cut = max(float(n[r].max()) for n, r in zip(norm, removed) if len(r))
+    kept_min = min(
+        float(n[[i for i in range(len(n)) if i not in set(r.tolist())]].min()) for n, r in zip(norm, removed)
+    )
+    assert cut <= kept_min  # nothing kept scores below anything removed
+    report = prune_(model, config, example_inputs=x)
+    assert report.macs_after < report.macs_before and model(x).shape == (1, 10)
+
+
+@pytest.mark.parametrize("target", [0.5, 20_000_000])
+def test_target_macs_reaches_the_target_with_the_smallest_ratio(target: float) -> None:
+    model = create("resnet20")
+    x = torch.randn(1, 3, 32, 32)
+    macs0 = count_macs(model, x)
+    goal = target * macs0 if target <= 1 else target
+    report = prune_(model, Channel(target_macs=target), example_inputs=x)
+    assert report.macs_after <= goal
+    assert report.macs_after > 0.8 * goal  # not pruned far past the target
+    looser = create("resnet20")
+    r = prune_(looser, Channel(ratio=max(0.0, report.extra["ratio"] - 0.01)), example_inputs=x)
+    assert r.macs_after > goal or r.macs_after == report.macs_after
+
+
+def test_unreachable_mac_target_is_an_error() -> None:
+    with pytest.raises(ValueError, match="out of reach"):
+        prune_(create("mlp"), Channel(target_macs=10), example_inputs=torch.randn(1, 784))
+
+
+def test_untraceable_model_says_where_and_suggests_ignore() -> None:
+    model = create("char_gpt", block_size=8, n_layer=1, n_head=2, n_embd=8)
+    x = torch.zeros(1, 8, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"torch.fx cannot trace CharGPT.*control flow.*ignore="):
+        prune_(model, Channel(ratio=0.5, tracer="fx"), example_inputs=x)
+    report = prune_(model, Channel(ratio=0.5), example_inputs=x)  # auto falls back to concrete tracing
+    assert report.extra["tracer"] == "concrete" and model(x).shape == (1, 8, 65)
+
+
+class Broken(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.a(x))
+
+
+def test_forward_failing_under_tracing_names_the_module() -> None:
+    with pytest.raises(
+        ValueError, match=r"cannot trace Broken: the forward raised in module 'b'.*ignore=\('b',\)"
+    ):
+        prune_(Broken(), Channel(ratio=0.5, tracer="concrete"), example_inputs=torch.randn(1, 4))
+
+
+def test_report_lists_changed_layers() -> None:
+    model = create("mlp", hidden=(8, 4))
+    report = prune_(model, Channel(ratio=0.5), example_inputs=torch.randn(1, 784))
+    rows = {r.name: (r.shape_before, r.shape_after) for r in report.layers}
+    assert rows["net.1"] == ((8, 784), (4, 784)) and rows["net.3"] == ((4, 8), (2, 4))
+    assert rows["net.5"] == ((10, 4), (10, 2))
+    assert "Channel" in report.table()
