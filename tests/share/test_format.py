@@ -131,7 +131,7 @@ def _section(data: bytes, layer: str, section: str) -> tuple[int, int]:
 
 def _header(data: bytes) -> tuple[dict, int]:
     _, _, _, n, _ = _PREFIX.unpack_from(data, 0)
-    return json.loads(data[_PREFIX.size : _PREFIX.size + n]), _PREFIX.size + n
+    return json.loads(zlib.decompress(data[_PREFIX.size : _PREFIX.size + n])), _PREFIX.size + n
 
 
 def test_truncated_file_names_the_part(slim_bytes):
@@ -205,7 +205,7 @@ def _rewrite_section(data: bytes, layer_i: int, section: str, mutate) -> bytes:
     mutate(payload)
     body[off : off + length] = payload
     header["layers"][layer_i]["sections"][section][2] = zlib.crc32(bytes(payload))
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = zlib.compress(json.dumps(header, separators=(",", ":")).encode())
     return _PREFIX.pack(MAGIC, 1, 0, len(head), zlib.crc32(head)) + head + bytes(body)
 
 
@@ -250,3 +250,27 @@ def test_report(tmp_path):
     assert abs(compression_report(path)["dense_bytes"] - rep["dense_bytes"]) < 256
     text = format_report(rep)
     assert "net.1.weight" in text and "total .slim" in text
+
+
+def _with_header(head: bytes) -> bytes:
+    return _PREFIX.pack(MAGIC, 1, 0, len(head), zlib.crc32(head)) + head
+
+
+def test_bad_headers_behind_a_valid_checksum(monkeypatch):
+    from slimtorch.share import format as slim_format
+
+    monkeypatch.setattr(slim_format, "MAX_HEADER_BYTES", 1000)
+    with pytest.raises(SlimFormatError, match="header: does not inflate to a complete header of <= 1000"):
+        loads(_with_header(zlib.compress(b" " * 5000)))
+    with pytest.raises(SlimFormatError, match="header: not valid deflated JSON"):
+        loads(_with_header(zlib.compress(b"{bad")))
+    with pytest.raises(SlimFormatError, match="header: not a JSON object"):
+        loads(_with_header(zlib.compress(b"[1, 2]")))
+    with pytest.raises(SlimFormatError, match="header: missing field 'layers'"):
+        loads(_with_header(zlib.compress(b"{}")))
+    bad_layer = (
+        b'{"layers": [{"name": "w", "encoding": "lz4", "shape": [2], "dtype": "float32", '
+        b'"sections": {}}], "tensors": []}'
+    )
+    with pytest.raises(SlimFormatError, match="layer 'w': unknown encoding 'lz4'"):
+        loads(_with_header(zlib.compress(bad_layer)))

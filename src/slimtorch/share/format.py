@@ -7,7 +7,8 @@ file holds exactly that, so its size on disk *is* the compressed size.
 Layout (integers little-endian)::
 
     prefix  8 bytes magic b"SLIMTRCH" | u16 version | u16 flags (0) | u32 header length | u32 header CRC32
-    header  compact JSON: {"spec": architecture (slimtorch.storage), "layers": [...], "tensors": [...]}
+    header  deflated (zlib) compact JSON: {"spec": architecture (slimtorch.storage), "layers": [...],
+            "tensors": [...]}; the CRC covers the deflated bytes
     data    the sections, at the offsets the header gives; each section carries its own CRC32
 
 Weight tensors are written in one of three encodings, chosen per tensor:
@@ -55,6 +56,8 @@ _PREFIX = struct.Struct("<8sHHII")
 INDEX_BITS_CHOICES = range(1, 17)
 #: Largest codebook a file may hold (16-bit indices).
 MAX_CODEBOOK = 1 << 16
+#: Largest header (inflated JSON) a reader accepts.
+MAX_HEADER_BYTES = 64 << 20
 #: Plain (not clustered) weights with at most this many distinct nonzero values are tried as ``shared``
 #: (e.g. a model decoded from a ``.slim`` file and saved again); more is not weight sharing any more.
 MAX_PLAIN_CODEBOOK = 1 << 12
@@ -309,7 +312,7 @@ def save(
         header["tensors"].append(dict(meta, data=sec.ref(offset)))
         blobs.append(sec.payload)
         offset += len(sec.payload)
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
     prefix = _PREFIX.pack(MAGIC, VERSION, 0, len(head), zlib.crc32(head))
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".tmp-{p.name}")
@@ -353,10 +356,19 @@ def _parse_prefix(data: bytes, path: Path) -> tuple[dict[str, Any], int]:
     head = data[_PREFIX.size : end]
     if zlib.crc32(head) != head_crc:
         raise _err(path, "header", "checksum mismatch (the file is corrupted)")
+    inflate = zlib.decompressobj()
     try:
-        header = json.loads(head.decode())
-    except (UnicodeDecodeError, ValueError) as e:
-        raise _err(path, "header", f"not valid JSON: {e}") from None
+        # Bounded inflate: a header may not expand past MAX_HEADER_BYTES (no decompression bombs).
+        text = inflate.decompress(head, MAX_HEADER_BYTES)
+        if inflate.unconsumed_tail or not inflate.eof:
+            raise _err(
+                path, "header", f"does not inflate to a complete header of <= {MAX_HEADER_BYTES} bytes"
+            )
+        header = json.loads(text.decode())
+    except (zlib.error, UnicodeDecodeError, ValueError) as e:
+        if isinstance(e, SlimFormatError):
+            raise
+        raise _err(path, "header", f"not valid deflated JSON: {e}") from None
     if not isinstance(header, dict):
         raise _err(path, "header", "not a JSON object")
     return header, end

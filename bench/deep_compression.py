@@ -1,0 +1,421 @@
+"""Han et al. 2016 ("Deep Compression"), Table 1: prune -> share -> Huffman on LeNet-300-100 and LeNet-5.
+
+Starts from the magnitude-pruned checkpoints of ``bench/prune_lenet.py``
+(``bench/checkpoints/<model>_pruned*.safetensors``; if none exists, trains and prunes here with the same
+``Magnitude`` config), then
+
+1. P: the pruned model written as a ``.slim`` file (raw fp32 kept weights + Huffman-coded positions);
+2. P+Q: k-means weight sharing (``conv`` 8 bits, ``fc`` 5 bits for LeNet-5; 6 bits for 300-100, as the
+   paper) with shared-centroid fine-tuning; its size is computed for fixed-width indices and positions
+   (no file: that is the paper's P+Q column);
+3. P+Q+H: the ``.slim`` file (codebooks + Huffman-coded indices and positions) -- its size on disk is
+   the reported size, and the reported error is that of the model *loaded back from the file*.
+
+Ratios are against the fp32 safetensors file of the dense model (``slimtorch.save``).
+
+    .venv/bin/python bench/deep_compression.py                # full run
+    .venv/bin/python bench/deep_compression.py --quick        # smoke test on a data subset, writes nothing
+    .venv/bin/python bench/deep_compression.py --distill      # also fine-tune with a teacher (KD)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import CHECKPOINTS_DIR, DATA_ROOT, Timer, check, print_table, write_result  # noqa: E402
+
+import slimtorch  # noqa: E402
+from slimtorch import share  # noqa: E402
+from slimtorch.data import load as load_data  # noqa: E402
+from slimtorch.metrics import accuracy  # noqa: E402
+from slimtorch.models import create  # noqa: E402
+from slimtorch.train import fit  # noqa: E402
+
+SEED = 0
+
+#: Paper numbers (Han et al. 2016, Table 1 and Tables 2-3) and our floors (BENCHMARKS.md).
+SETUPS: dict[str, dict[str, Any]] = {
+    "lenet_300_100": {
+        "bits": {"fc": 6},
+        "paper": {
+            "dense_kb": 1070,
+            "compressed_kb": 27,
+            "ratio": 40,
+            "error_pct": 1.58,
+            "dense_error_pct": 1.64,
+        },
+        "floor_ratio": 40.0,
+        "floor_error": 1.65,
+        # Fallback pruning recipe (only used when bench/prune_lenet.py left no checkpoint).
+        "dense_epochs": 10,
+        "lr": 0.1,
+        "targets": {"net.1": 0.94, "net.3": 0.93, "net.5": 0.80},
+    },
+    "lenet5": {
+        "bits": {"conv": 8, "fc": 5},
+        "paper": {
+            "dense_kb": 1720,
+            "compressed_kb": 44,
+            "ratio": 39,
+            "error_pct": 0.74,
+            "dense_error_pct": 0.80,
+        },
+        "floor_ratio": 39.0,
+        "floor_error": 0.85,
+        "dense_epochs": 8,
+        "lr": 0.05,
+        "targets": {"features.0": 0.50, "features.3": 0.90, "classifier.1": 0.94, "classifier.3": 0.85},
+    },
+}
+
+
+class Batches:
+    """Shuffled mini-batches over in-memory tensors (a new order per pass); cheap on one thread."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> None:
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return (len(self.x) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        order = torch.randperm(len(self.x), generator=self.gen)
+        for i in range(0, len(order), self.batch_size):
+            idx = order[i : i + self.batch_size]
+            yield self.x[idx], self.y[idx]
+
+
+def tensors(split: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    ds = load_data("mnist", split, root=DATA_ROOT)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    xs, ys = zip(*(ds[i] for i in range(n)))
+    return torch.stack(xs), torch.as_tensor(ys)
+
+
+def error_pct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    return round(100.0 * (1.0 - accuracy(model, torch.utils.data.TensorDataset(x, y), batch_size=1000)), 2)
+
+
+def weight_kept(model: torch.nn.Module) -> float:
+    w = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    return sum(int(torch.count_nonzero(t)) for t in w) / sum(t.numel() for t in w)
+
+
+def pruned_start(
+    name: str, setup: dict[str, Any], data: dict[str, torch.Tensor], quick: bool, choice: str
+) -> tuple[torch.nn.Module, str]:
+    """The pruned model to compress: a prune_lenet checkpoint, or one pruned here."""
+    candidates = {
+        "15x": CHECKPOINTS_DIR / f"{name}_pruned15x.safetensors",
+        "12x": CHECKPOINTS_DIR / f"{name}_pruned.safetensors",
+    }
+    if not quick:
+        order = [choice] if choice in candidates else ["15x", "12x"]
+        for key in order:
+            if candidates[key].exists():
+                return slimtorch.load(candidates[key]), str(
+                    candidates[key].relative_to(CHECKPOINTS_DIR.parent.parent)
+                )
+    from slimtorch.prune import Iterative, Magnitude, make_permanent_, prune_
+
+    dense_ckpt = CHECKPOINTS_DIR / f"{name}.safetensors"
+    train = Batches(data["xtr"], data["ytr"], 128, SEED)
+    epochs = 1 if quick else setup["dense_epochs"]
+    if dense_ckpt.exists() and not quick:
+        model = slimtorch.load(dense_ckpt)
+    else:
+        model = create(name)
+        fit(model, train, epochs, lr=setup["lr"], weight_decay=1e-4, progress=False, seed=SEED)
+    finetune = dict(lr=0.01, weight_decay=1e-4, progress=False, seed=SEED)
+    config = Magnitude(
+        sparsity=0.0,
+        scope="layer",
+        overrides=setup["targets"],
+        schedule=Iterative(rounds=1 if quick else 3, epochs=1 if quick else 2, finetune=finetune),
+    )
+    prune_(model, config, example_inputs=torch.zeros(1, *model.input_shape), data=train)
+    return make_permanent_(model), "pruned here (Magnitude, layer targets)"
+
+
+def pq_size(model: torch.nn.Module, tmp: Path) -> int:
+    """Fixed-width size of the shared model: each entry (kept weight or filler) costs bits + index_bits."""
+    path = share.save(model, tmp / "pq.slim")
+    header = share.read_header(path)
+    data = path.read_bytes()
+    start = header["header_bytes"]
+    total = header["header_bytes"] + sum(t["data"][1] for t in header["tensors"])
+    from slimtorch.share import huffman
+
+    for layer in header["layers"]:
+        sec = layer["sections"]
+        off, length, _ = sec["indices"]
+        n_entries = len(huffman.unpack(data[start + off : start + off + length]))
+        index_bits = layer["index_bits"] if "positions" in sec else 0
+        total += sec["codebook"][1] + (n_entries * (layer["bits"] + index_bits) + 7) // 8
+    return total
+
+
+def kd_loss_module(student: torch.nn.Module, teacher: torch.nn.Module, temperature: float, weight: float):
+    """Hinton et al. 2015 soft targets plus the hard labels, as a loss module for ``fit``."""
+    from slimtorch.distill import KD, Distiller
+
+    return Distiller(student, teacher, [KD(temperature=temperature, weight=weight)], task_weight=1.0)
+
+
+def finetune(
+    model: torch.nn.Module,
+    train: Batches,
+    epochs: int,
+    lr: float,
+    teacher: torch.nn.Module | None,
+    kd: dict[str, float],
+) -> None:
+    target: torch.nn.Module = model
+    if teacher is not None:
+        target = kd_loss_module(model, teacher, kd["temperature"], kd["weight"])
+    fit(
+        target,
+        train,
+        epochs,
+        optimizer="adam",
+        lr=lr,
+        weight_decay=0.0,
+        schedule="cosine",
+        progress=False,
+        seed=SEED,
+    )
+    model.eval()
+
+
+def run_model(
+    name: str,
+    args: argparse.Namespace,
+    data: dict[str, torch.Tensor],
+    tmp: Path,
+    teacher: torch.nn.Module | None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    setup = SETUPS[name]
+    paper = setup["paper"]
+    torch.manual_seed(SEED)
+    # Images stay (B, 1, 28, 28): the MLPs flatten inside, so any teacher can see the same batches.
+    xte = data["xte"]
+    train = Batches(data["xtr"], data["ytr"], 128, SEED)
+    dense_file = slimtorch.save(create(name), tmp / f"{name}-dense.safetensors")
+    dense_bytes = dense_file.stat().st_size
+    rows: list[dict[str, Any]] = []
+
+    def row(
+        stage: str,
+        model: torch.nn.Module | None,
+        size: int,
+        err: float,
+        note: str,
+        paper_kb: Any,
+        paper_err: Any,
+        wall: float,
+    ) -> None:
+        r = {
+            "model": name,
+            "stage": stage,
+            "error_pct": err,
+            "bytes": size,
+            "ratio_x": round(dense_bytes / size, 1),
+            "paper_kb": paper_kb,
+            "paper_ratio_x": round(paper["dense_kb"] / paper_kb, 1)
+            if isinstance(paper_kb, (int, float))
+            else "",
+            "paper_error_pct": paper_err,
+            "note": note,
+            "wall_s": round(wall, 1),
+        }
+        if model is not None:
+            r["weights_kept_pct"] = round(100 * weight_kept(model), 2)
+        rows.append(r)
+        print_table(rows[-1:])
+
+    t = Timer()
+    dense_ckpt = CHECKPOINTS_DIR / f"{name}.safetensors"
+    if dense_ckpt.exists() and not args.quick:
+        dense = slimtorch.load(dense_ckpt)
+        row(
+            "dense",
+            dense,
+            dense_bytes,
+            error_pct(dense, xte, data["yte"]),
+            "fp32 safetensors",
+            paper["dense_kb"],
+            paper["dense_error_pct"],
+            t.elapsed,
+        )
+
+    t = Timer()
+    model, source = pruned_start(name, setup, data, args.quick, args.checkpoint)
+    model.eval()
+    p_file = share.save(model, tmp / f"{name}-p.slim")
+    row(
+        "P (pruned)",
+        model,
+        p_file.stat().st_size,
+        error_pct(model, xte, data["yte"]),
+        f"{source}; .slim sparse: fp32 values + Huffman positions",
+        "",
+        "",
+        t.elapsed,
+    )
+
+    t = Timer()
+    bits = args.bits or setup["bits"]
+    share.cluster_(model, bits=bits, init=args.init)
+    err_q0 = error_pct(model, xte, data["yte"])
+    epochs = 1 if args.quick else args.finetune_epochs
+    finetune(model, train, epochs, args.lr, None, {})
+    err_q = error_pct(model, xte, data["yte"])
+    row(
+        "P+Q (shared, fine-tuned)",
+        model,
+        pq_size(model, tmp),
+        err_q,
+        f"bits {bits}, {args.init} init; before fine-tuning {err_q0}%; fixed-width indices (computed)",
+        "",
+        "",
+        t.elapsed,
+    )
+
+    t = Timer()
+    slim = share.save(model, tmp / f"{name}.slim")
+    loaded = share.load(slim)
+    err_h = error_pct(loaded, xte, data["yte"])
+    x = xte[:64]
+    identical = bool(torch.equal(loaded(x), model(x)))
+    row(
+        "P+Q+H (.slim file)",
+        loaded,
+        slim.stat().st_size,
+        err_h,
+        f"file on disk, model loaded back (bit-identical outputs: {identical})",
+        paper["compressed_kb"],
+        paper["error_pct"],
+        t.elapsed,
+    )
+    report = share.compression_report(slim, dense_file)
+    print(share.format_report(report))
+    extra: dict[str, Any] = {"report": report, "bit_identical": identical, "source": source}
+
+    if teacher is not None:
+        t = Timer()
+        distilled, _ = pruned_start(name, setup, data, args.quick, args.checkpoint)
+        share.cluster_(distilled, bits=bits, init=args.init)
+        finetune(
+            distilled, train, epochs, args.lr, teacher, {"temperature": args.kd_t, "weight": args.kd_weight}
+        )
+        slim_kd = share.save(distilled, tmp / f"{name}-kd.slim")
+        loaded_kd = share.load(slim_kd)
+        row(
+            "P+Q+H, KD fine-tuning",
+            loaded_kd,
+            slim_kd.stat().st_size,
+            error_pct(loaded_kd, xte, data["yte"]),
+            f"teacher {args.teacher} (T={args.kd_t}, KD weight {args.kd_weight})",
+            "",
+            "",
+            t.elapsed,
+        )
+    return rows, extra
+
+
+def checks_for(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for name, setup in SETUPS.items():
+        r = next((r for r in rows if r["model"] == name and r["stage"] == "P+Q+H (.slim file)"), None)
+        if r is None:
+            continue
+        out.append(
+            check(
+                f"{name}: .slim file vs fp32 dense file",
+                r["ratio_x"],
+                f">= {setup['floor_ratio']}x",
+                r["ratio_x"] >= setup["floor_ratio"],
+            )
+        )
+        out.append(
+            check(
+                f"{name}: test error of the model loaded from the .slim file, %",
+                r["error_pct"],
+                f"<= {setup['floor_error']}",
+                r["error_pct"] <= setup["floor_error"],
+            )
+        )
+    return out
+
+
+def load_teacher(name: str) -> torch.nn.Module:
+    path = CHECKPOINTS_DIR / f"{name}.safetensors"
+    if not path.exists():
+        raise SystemExit(f"--distill needs a teacher checkpoint at {path}")
+    return slimtorch.load(path).eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke test on 3000 images; writes no results")
+    parser.add_argument("--models", nargs="*", default=list(SETUPS), choices=list(SETUPS))
+    parser.add_argument(
+        "--checkpoint",
+        default="auto",
+        choices=["auto", "12x", "15x"],
+        help="which prune_lenet checkpoint to start from (auto: 15x, else 12x)",
+    )
+    parser.add_argument("--bits", type=json.loads, default=None, help="override, e.g. '{\"fc\": 5}'")
+    parser.add_argument("--init", default="linear", choices=share.KMEANS_INITS.names())
+    parser.add_argument("--finetune-epochs", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of centroid fine-tuning")
+    parser.add_argument("--distill", action="store_true", help="add a KD fine-tuning row")
+    parser.add_argument("--teacher", default="lenet5", help="teacher checkpoint name in bench/checkpoints")
+    parser.add_argument("--kd-t", type=float, default=4.0)
+    parser.add_argument("--kd-weight", type=float, default=1.0, help="weight of the KD term (task loss: 1)")
+    parser.add_argument("--out-dir", default=None, help="keep the .slim files here")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    wall = Timer()
+    limit = 3000 if args.quick else None
+    xtr, ytr = tensors("train", limit)
+    xte, yte = tensors("test", 1000 if args.quick else None)
+    data = {"xtr": xtr, "ytr": ytr, "xte": xte, "yte": yte}
+    rows: list[dict[str, Any]] = []
+    extras: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(args.out_dir) if args.out_dir else Path(t)
+        tmp.mkdir(parents=True, exist_ok=True)
+        for name in args.models:
+            teacher = None
+            if args.distill:
+                teacher = load_teacher(args.teacher)
+            r, extra = run_model(name, args, data, tmp, teacher)
+            rows += r
+            extras[name] = extra
+    if args.quick:
+        print_table(rows)
+        return
+    write_result(
+        "deep_compression",
+        rows,
+        checks_for(rows),
+        seeds=[SEED],
+        wall_s=wall.elapsed,
+        extra={"details": extras},
+    )
+
+
+if __name__ == "__main__":
+    main()
