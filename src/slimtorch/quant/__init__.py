@@ -7,6 +7,9 @@ in :mod:`slimtorch.quant.observers`.
 
 from slimtorch.quant.api import QUANTIZERS, QuantReport, quantize_, register_quantizer
 from slimtorch.quant.equalization import CrossLayerEqualization, equalize_
+from slimtorch.quant.export import compare_with_onnx, export_float_onnx, export_onnx
+from slimtorch.quant.fold import fold_bn_
+from slimtorch.quant.modules import FakeQuantize, QuantConv2d, QuantLinear
 from slimtorch.quant.observers import OBSERVERS, Observer, create_observer, register_observer
 from slimtorch.quant.primitives import (
     choose_qparams,
@@ -15,6 +18,7 @@ from slimtorch.quant.primitives import (
     qrange,
     quantize_affine,
 )
+from slimtorch.quant.ptq import Int8Dynamic, Int8Static, calibrate, convert_, prepare_
 from slimtorch.quant.weight_only import WeightOnly
 
 __all__ = [
@@ -22,6 +26,18 @@ __all__ = [
     "WeightOnly",
     "equalize_",
     "OBSERVERS",
+    "FakeQuantize",
+    "Int8Dynamic",
+    "Int8Static",
+    "QuantConv2d",
+    "QuantLinear",
+    "calibrate",
+    "compare_with_onnx",
+    "convert_",
+    "export_float_onnx",
+    "export_onnx",
+    "fold_bn_",
+    "prepare_",
     "QUANTIZERS",
     "Observer",
     "QuantReport",

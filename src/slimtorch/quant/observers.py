@@ -193,6 +193,7 @@ class HistogramObserver(Observer):
         b_hi = float(v.max())
         if self.num_batches == 0:
             new_lo, new_hi = b_lo, b_hi
+            self.hist.zero_()
         else:
             new_lo, new_hi = min(b_lo, float(self.hist_lo)), max(b_hi, float(self.hist_hi))
         if new_hi <= new_lo:  # constant data: give the histogram a tiny non-empty span

@@ -1,0 +1,281 @@
+"""Export a fake-quant model to an ONNX QDQ model that ONNX Runtime runs with integer kernels.
+
+The fake-quant modules emit, during ``torch.onnx.export`` (legacy TorchScript exporter):
+
+* ``QuantizeLinear -> DequantizeLinear`` for every activation quantizer, with our scale and zero point;
+* ``DequantizeLinear(int8 codes, per-channel scales, axis=0)`` for weights, the codes being constants
+  computed by :func:`slimtorch.quant.primitives.quantize_affine`;
+* ``DequantizeLinear(int32 codes, s_in * s_w)`` for biases.
+
+ONNX Runtime's graph optimizer fuses ``DQ -> Conv -> Q`` into ``QLinearConv`` and ``DQ -> Gemm``
+into ``QGemm`` (U8S8 kernels). After export the graph is tidied so the file is close to one byte per
+weight: constants become initializers, tensor names are shortened, all-zero bias zero points (an
+optional input) are dropped, and the ``model.slimtorch.*`` metadata records the scheme.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from slimtorch.core.errors import SlimtorchError
+
+#: Opset of exported models (per-axis QuantizeLinear/DequantizeLinear need >= 13).
+OPSET = 17
+
+
+def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
+    return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+
+
+def export_float_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: Any,
+                      dynamic_batch: bool = True) -> Path:
+    """Plain fp32 ONNX export with a dynamic batch dimension (the baseline int8 is compared with)."""
+    return _export(model, Path(path), _as_tuple(example_inputs), dynamic_batch, tidy=False)
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: Any,
+                dynamic_batch: bool = True) -> Path:
+    """Write the quantized ``model`` as an ONNX QDQ model carrying our scales and zero points.
+
+    Args:
+        model: a model quantized by :func:`slimtorch.quant.quantize_` (a float model exports as
+            plain fp32 ONNX).
+        path: output ``.onnx`` file.
+        example_inputs: a tensor or tuple of tensors of the model's input (any batch size).
+        dynamic_batch: make the first dimension of inputs and outputs symbolic.
+
+    Returns:
+        The path written.
+
+    Raises:
+        SlimtorchError: if the model cannot be exported (e.g. a layer quantized below 8 bits).
+    """
+    return _export(model, Path(path), _as_tuple(example_inputs), dynamic_batch, tidy=True)
+
+
+def _export(model: nn.Module, path: Path, inputs: tuple[Any, ...], dynamic_batch: bool, tidy: bool) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    in_names = [f"input{i}" if len(inputs) > 1 else "input" for i in range(len(inputs))]
+    axes = {n: {0: "batch"} for n in [*in_names, "output"]} if dynamic_batch else None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            torch.onnx.export(model, inputs, str(path), dynamo=False, opset_version=OPSET,
+                              input_names=in_names,
+                              output_names=["output"], dynamic_axes=axes, do_constant_folding=True)
+    except ValueError as e:
+        raise SlimtorchError(f"ONNX export failed: {e}") from None
+    finally:
+        model.train(was_training)
+    if tidy:
+        proto = onnx.load(str(path))
+        tidy_qdq_graph(proto)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(path))
+    return path
+
+
+def tidy_qdq_graph(proto: onnx.ModelProto) -> None:
+    """Shrink an exported QDQ graph in place without changing what it computes.
+
+    ``Constant`` nodes become initializers, internal tensor names become short (``t12``), and
+    ``DequantizeLinear`` zero points that are all zero and int32 (biases) are dropped: the operator
+    defaults to zero.
+    """
+    g = proto.graph
+    inits = {t.name: t for t in g.initializer}
+    keep = []
+    for node in g.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            t = onnx.TensorProto()
+            t.CopyFrom(node.attribute[0].t)
+            t.name = node.output[0]
+            inits[t.name] = t
+        else:
+            keep.append(node)
+    for node in keep:
+        if node.op_type == "DequantizeLinear" and len(node.input) == 3 and node.input[2] in inits:
+            zp = inits[node.input[2]]
+            if zp.data_type == onnx.TensorProto.INT32 and not np.any(numpy_helper.to_array(zp)):
+                del node.input[2]
+    keep = propagate_qdq(keep, inits, {o.name for o in g.output})
+    used = {i for n in keep for i in n.input} | {o.name for o in g.output}
+    graph_io = {i.name for i in g.input} | {o.name for o in g.output}
+    rename: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in graph_io:
+            return name
+        if name not in rename:
+            rename[name] = f"t{len(rename)}"
+        return rename[name]
+
+    for i, node in enumerate(keep):
+        node.name = f"n{i}"
+        node.doc_string = ""
+        for j, name in enumerate(node.input):
+            node.input[j] = short(name)
+        for j, name in enumerate(node.output):
+            node.output[j] = short(name)
+    new_inits = []
+    for name, t in inits.items():
+        if name in used:
+            t.name = short(name)
+            new_inits.append(t)
+    del g.node[:]
+    g.node.extend(keep)
+    del g.initializer[:]
+    g.initializer.extend(new_inits)
+    del g.value_info[:]
+    for vi in list(g.input):
+        if vi.name in inits and vi.name not in used:
+            g.input.remove(vi)
+    proto.doc_string = ""
+    proto.producer_name = "slimtorch"
+
+
+#: Ops that map values on a quantization grid to values on the same grid (data movement, max).
+GRID_PRESERVING = {"MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity"}
+
+
+def _params(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> tuple[Any, ...] | None:
+    """(scale, zero point, axis) of a per-tensor Q/DQ node with constant parameters, else None."""
+    if len(node.input) < 3 or node.input[1] not in inits or node.input[2] not in inits:
+        return None
+    s, z = numpy_helper.to_array(inits[node.input[1]]), numpy_helper.to_array(inits[node.input[2]])
+    if s.size != 1:
+        return None
+    return float(s), int(z), z.dtype.str
+
+
+def propagate_qdq(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto], outputs: set[str]
+                  ) -> list[onnx.NodeProto]:
+    """Make grid-preserving ops run on integers in ONNX Runtime; exact, the values do not change.
+
+    * ``DQ(p) -> Relu`` with ``p``'s zero point at the grid minimum: the ReLU is a no-op (every value
+      is already >= 0) and is removed.
+    * ``DQ(p) -> op`` for ``op`` in :data:`GRID_PRESERVING`: ``Q(p) -> DQ(p)`` is inserted after ``op``
+      (its output is on the same grid), so ONNX Runtime runs ``op`` on int8 data.
+    * ``DQ(p) -> Q(p)`` with identical parameters: ``Q(DQ(q)) == q``, the pair is bypassed.
+
+    Nodes must be in topological order (as exported); dead nodes are removed at the end.
+    """
+    producer: dict[str, onnx.NodeProto] = {}
+    out: list[onnx.NodeProto] = []
+    alias: dict[str, str] = {}
+    counter = [0]
+
+    def fresh(base: str) -> str:
+        counter[0] += 1
+        return f"{base}__qdq{counter[0]}"
+
+    def grid_min(p: tuple[Any, ...]) -> int:
+        return -128 if p[2].endswith("i1") else 0
+
+    for node in nodes:
+        for j, name in enumerate(node.input):
+            node.input[j] = alias.get(name, name)
+        src = producer.get(node.input[0]) if node.input else None
+        p = _params(src, inits) if src is not None and src.op_type == "DequantizeLinear" else None
+        if node.op_type == "Relu" and p is not None and p[1] == grid_min(p) and node.output[0] not in outputs:
+            alias[node.output[0]] = node.input[0]
+            continue
+        if node.op_type == "QuantizeLinear" and p is not None and _params(node, inits) == p:
+            alias[node.output[0]] = src.input[0]
+            continue
+        out.append(node)
+        for o in node.output:
+            producer[o] = node
+        if node.op_type in GRID_PRESERVING and p is not None and node.output[0] not in outputs:
+            q_out, dq_out = fresh(node.output[0]), fresh(node.output[0])
+            q = onnx.helper.make_node("QuantizeLinear", [node.output[0], src.input[1], src.input[2]], [q_out])
+            dq = onnx.helper.make_node("DequantizeLinear", [q_out, src.input[1], src.input[2]], [dq_out])
+            out += [q, dq]
+            producer[q_out], producer[dq_out] = q, dq
+            alias[node.output[0]] = dq_out
+            # the op itself keeps its original output name, consumed only by the new Q
+            q.input[0] = node.output[0]
+    # drop nodes whose outputs nobody reads
+    changed = True
+    while changed:
+        used = {i for n in out for i in n.input} | outputs
+        kept = [n for n in out if any(o in used for o in n.output)]
+        changed = len(kept) != len(out)
+        out = kept
+    return out
+
+
+def onnx_qdq_summary(path: str | os.PathLike[str]) -> dict[str, int]:
+    """Operator counts of an ONNX file (e.g. how many QuantizeLinear / DequantizeLinear it has)."""
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path)).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def ort_session(path: str | os.PathLike[str], threads: int = 1, optimized_path: str | None = None) -> Any:
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads (all graph optimizations on)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if optimized_path:
+        so.optimized_model_filepath = optimized_path
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def runtime_ops(path: str | os.PathLike[str], tmp_dir: str | os.PathLike[str]) -> dict[str, int]:
+    """Operator counts of the graph ONNX Runtime actually executes (after its QDQ fusions)."""
+    out = Path(tmp_dir) / (Path(path).stem + ".ort-optimized.onnx")
+    ort_session(path, optimized_path=str(out))
+    return onnx_qdq_summary(out)
+
+
+@torch.no_grad()
+def compare_with_onnx(model: nn.Module, path: str | os.PathLike[str], batches: Sequence[torch.Tensor] | Any,
+                      threads: int = 1) -> dict[str, float]:
+    """Run ``model`` (our simulation) and the ONNX file on the same inputs and compare.
+
+    Args:
+        model: the fake-quant model.
+        path: its exported ONNX file.
+        batches: iterable of input tensors or ``(x, y)`` pairs.
+        threads: ONNX Runtime threads.
+
+    Returns:
+        ``max_abs_diff`` (largest output difference), ``mean_abs_diff``, ``top1_agreement`` (fraction
+        of samples whose arg-max agrees; for non-classifier outputs it compares the last axis) and
+        ``samples``.
+    """
+    from slimtorch.quant.calibration import batch_inputs
+
+    sess = ort_session(path, threads)
+    name = sess.get_inputs()[0].name
+    model.eval()
+    max_diff, sum_diff, n_el, agree, n = 0.0, 0.0, 0, 0, 0
+    for batch in batches:
+        x = batch_inputs(batch)
+        ours = model(x).float()
+        theirs = torch.from_numpy(sess.run(None, {name: x.numpy()})[0]).float()
+        d = (ours - theirs).abs()
+        max_diff = max(max_diff, float(d.max()))
+        sum_diff += float(d.sum())
+        n_el += d.numel()
+        agree += int((ours.argmax(-1) == theirs.argmax(-1)).sum())
+        n += ours.argmax(-1).numel()
+    if n == 0:
+        raise SlimtorchError("compare_with_onnx got no batches")
+    return {"max_abs_diff": max_diff, "mean_abs_diff": sum_diff / n_el, "top1_agreement": agree / n,
+            "samples": n}

@@ -1,0 +1,413 @@
+"""Post-training int8 quantization: static (calibrated activations) and dynamic (per-token scales).
+
+Static PTQ in three phases, each public (DESIGN.md, API style 4)::
+
+    report = prepare_(model, Int8Static(observer="percentile"))   # fold BN, wrap layers, observers
+    calibrate(model, loader)                                      # run batches, observers record ranges
+    convert_(model)                                               # freeze scales: fake-quant simulation
+
+or all at once with ``quantize_(model, Int8Static(...), calib_data=loader)``.
+
+What is quantized (Jacob et al. 2018; Krishnamoorthi 2018; Nagel et al. 2021, "A White Paper on
+Neural Network Quantization", §3): every selected ``Conv2d``/``Linear`` gets int8 weights (symmetric,
+per output channel by default; BatchNorm folded first) and a uint8 asymmetric quantizer on its input.
+When the model traces with ``torch.fx``, each layer's *output* is quantized too (after the ReLU that
+follows it, if any) and the next layer's input quantizer is tied to it when only grid-preserving ops
+(ReLU, max-pooling, flatten, reshape, dropout) lie between them. That is the form integer runtimes
+execute: ONNX Runtime turns ``DQ -> Conv -> Q`` into ``QLinearConv`` only if the output is quantized.
+"""
+
+from __future__ import annotations
+
+import operator
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from slimtorch.core.config import Config, check_choice, check_positive
+from slimtorch.core.errors import SlimtorchError
+from slimtorch.core.selection import Selector, set_submodule
+from slimtorch.quant.api import QuantReport, register_quantizer
+from slimtorch.quant.calibration import iter_calibration
+from slimtorch.quant.fold import find_conv_bn_pairs, fold_bn_
+from slimtorch.quant.modules import QUANT_MODULES, FakeQuantize, QuantConv2d, QuantLinear
+from slimtorch.quant.observers import OBSERVERS, create_observer
+from slimtorch.quant.primitives import check_bits, qrange
+
+_RELU_FUNCS = {F.relu, torch.relu, torch.relu_}
+# Ops that map grid values to grid values with the same scale/zero point, so a quantizer after them
+# can reuse the parameters of the one before (max commutes with a monotone rounding; reshapes move data).
+_PASS_MODULES = (nn.Identity, nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Dropout,
+                 nn.AdaptiveMaxPool2d)
+_PASS_FUNCS = {F.relu, torch.relu, torch.flatten, F.max_pool2d, F.dropout, operator.getitem}
+_PASS_METHODS = {"relu", "view", "reshape", "flatten", "contiguous"}
+_MATMUL_FUNCS = {torch.matmul, torch.bmm, operator.matmul, F.scaled_dot_product_attention, torch.einsum}
+
+
+@dataclass
+class Int8Static(Config):
+    """Static int8 post-training quantization.
+
+    Args:
+        observer: activation range estimator (a name in ``OBSERVERS``: minmax, moving_average,
+            percentile, mse, kl).
+        observer_kwargs: extra arguments for the activation observer (e.g. ``{"percentile": 99.9}``).
+        weight_observer: weight range estimator (minmax, or mse when ``per_channel=False``).
+        per_channel: one weight scale per output channel (else one per tensor).
+        symmetric_weights: int8 symmetric weights (zero point 0), as integer kernels expect.
+        symmetric_activations: int8 symmetric activations instead of uint8 asymmetric.
+        weight_bits: weight bits (8 for ONNX Runtime; 2..8 in simulation).
+        act_bits: activation bits (8 for ONNX Runtime; 2..8 in simulation).
+        fold_bn: fold BatchNorm into the preceding conv before quantizing.
+        quantize_outputs: also quantize layer outputs (needed for integer kernels on ONNX Runtime).
+        num_batches: use at most this many calibration batches (None: all).
+        include: fnmatch patterns of layer names to quantize (empty: all Conv2d/Linear).
+        exclude: patterns of layer names to keep in float.
+        filter_fn: extra predicate ``filter_fn(module, fqn) -> bool``.
+    """
+
+    observer: str = "minmax"
+    observer_kwargs: dict[str, Any] = field(default_factory=dict)
+    weight_observer: str = "minmax"
+    per_channel: bool = True
+    symmetric_weights: bool = True
+    symmetric_activations: bool = False
+    weight_bits: int = 8
+    act_bits: int = 8
+    fold_bn: bool = True
+    quantize_outputs: bool = True
+    num_batches: int | None = None
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    filter_fn: Callable[[nn.Module, str], bool] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        check_choice("observer", self.observer, OBSERVERS.names())
+        check_choice("weight_observer", self.weight_observer, ["minmax", "mse"])
+        if self.weight_observer == "mse" and self.per_channel:
+            raise ValueError("weight_observer 'mse' is per-tensor; set per_channel=False or use 'minmax'")
+        check_bits(self.weight_bits, "weight_bits")
+        check_bits(self.act_bits, "act_bits")
+        if self.num_batches is not None:
+            check_positive("num_batches", self.num_batches)
+        self.include, self.exclude = tuple(self.include), tuple(self.exclude)
+
+
+@dataclass
+class Int8Dynamic(Config):
+    """Dynamic int8 quantization of Linear layers: int8 weights, activation scales computed per call.
+
+    Args:
+        granularity: ``"token"`` (one scale per row of the input, i.e. per token) or ``"tensor"``
+            (one per call, what ONNX Runtime's ``DynamicQuantizeLinear`` does).
+        per_channel: per-output-channel weight scales.
+        include: patterns of layer names to quantize.
+        exclude: patterns to keep in float.
+        filter_fn: extra predicate.
+    """
+
+    granularity: str = "token"
+    per_channel: bool = True
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    filter_fn: Callable[[nn.Module, str], bool] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        check_choice("granularity", self.granularity, ["token", "tensor"])
+        self.include, self.exclude = tuple(self.include), tuple(self.exclude)
+
+
+def trace_graph(model: nn.Module) -> tuple[fx.Graph | None, str]:
+    """The model's dataflow graph from ``torch.fx`` (None and the reason when it cannot be traced)."""
+    try:
+        return fx.symbolic_trace(model).graph, ""
+    except Exception as e:  # tracing fails on data-dependent control flow; we then work per layer
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+
+
+def _is_relu(node: fx.Node, mods: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(mods.get(str(node.target)), nn.ReLU)
+    if node.op == "call_function":
+        return node.target in _RELU_FUNCS
+    return node.op == "call_method" and node.target in ("relu", "relu_")
+
+
+def _is_passthrough(node: fx.Node, mods: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(mods.get(str(node.target)), _PASS_MODULES)
+    if node.op == "call_function":
+        return node.target in _PASS_FUNCS
+    return node.op == "call_method" and node.target in _PASS_METHODS
+
+
+def _single_user(node: fx.Node) -> fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+@dataclass
+class _LayerPlan:
+    output_relu: bool = False
+    quantize_output: bool = False
+    tied_to: str | None = None  # fqn of the layer whose output quantizer this layer's input reuses
+
+
+def plan_layers(model: nn.Module, graph: fx.Graph | None, names: list[str], quantize_outputs: bool
+                ) -> dict[str, _LayerPlan]:
+    """Decide from the dataflow graph which outputs to quantize, which ReLUs to fuse, which inputs to tie."""
+    plans = {n: _LayerPlan() for n in names}
+    if graph is None or not quantize_outputs:
+        return plans
+    mods = dict(model.named_modules())
+    node_of = {str(n.target): n for n in graph.nodes if n.op == "call_module" and str(n.target) in plans}
+    for name, node in node_of.items():
+        plan = plans[name]
+        cur = node
+        nxt = _single_user(cur)
+        while (nxt is not None and nxt.op == "call_module"
+               and isinstance(mods.get(str(nxt.target)), nn.Identity)):
+            cur, nxt = nxt, _single_user(nxt)  # folded BatchNorms are Identity now
+        if nxt is not None and _is_relu(nxt, mods):
+            plan.output_relu = True
+        plan.quantize_output = True
+        # follow grid-preserving ops to the next quantized layer
+        while nxt is not None and _is_passthrough(nxt, mods):
+            cur, nxt = nxt, _single_user(nxt)
+        if (nxt is not None and nxt.op == "call_module" and str(nxt.target) in plans
+                and nxt.args[:1] == (cur,)):
+            plans[str(nxt.target)].tied_to = name
+        elif isinstance(mods[name], nn.Linear):
+            # a Linear whose output feeds no quantized layer (e.g. the logits) stays float: ONNX Runtime
+            # runs DQ -> Gemm/MatMul as an integer matmul with float output without it
+            plan.quantize_output = False
+    return plans
+
+
+def _float_leftovers(model: nn.Module, quantized: set[str], excluded: set[str], graph: fx.Graph | None
+                     ) -> dict[str, str]:
+    """Layers with parameters (or functional matmuls) that stay in float, with the reason."""
+    out: dict[str, str] = {}
+    for name, m in model.named_modules():
+        if not name or name in quantized or any(name.startswith(q + ".") for q in quantized):
+            continue
+        if isinstance(m, (FakeQuantize, nn.Identity)) or not any(True for _ in m.parameters(recurse=False)):
+            if isinstance(m, nn.MultiheadAttention):
+                out[name] = "nn.MultiheadAttention has no quantized form (its attention matmuls stay float)"
+            continue
+        if name in excluded:
+            out[name] = "excluded by include/exclude/filter_fn"
+        else:
+            out[name] = f"{type(m).__name__} has no quantized form"
+    if graph is not None:
+        for node in graph.nodes:
+            if node.op == "call_function" and node.target in _MATMUL_FUNCS:
+                out[f"<{node.name}>"] = "activation x activation matmul (e.g. attention) stays float"
+    return out
+
+
+def prepare_(model: nn.Module, config: Int8Static) -> QuantReport:
+    """Phase 1: fold BatchNorms, wrap the selected layers, quantize weights, insert activation observers.
+
+    Returns:
+        A report (``quantized``, ``folded``, ``skipped``); ``details["traced"]`` says whether the
+        dataflow graph was available.
+    """
+    if not isinstance(config, Int8Static):
+        raise ValueError(f"prepare_ expects an Int8Static config, got {type(config).__name__}")
+    model.eval()
+    graph, why = trace_graph(model)
+    folded = fold_bn_(model, find_conv_bn_pairs(model, graph)) if config.fold_bn else []
+    selector = Selector(tuple(QUANT_MODULES), config.include, config.exclude, config.filter_fn)
+    candidates = [n for n, m in model.named_modules() if n and type(m) in QUANT_MODULES]
+    names = [n for n, m in selector.select(model) if type(m) in QUANT_MODULES]
+    plans = plan_layers(model, graph, names, config.quantize_outputs)
+
+    def act_quant() -> FakeQuantize:
+        sym = config.symmetric_activations
+        obs = create_observer(config.observer, bits=config.act_bits, symmetric=sym, signed=sym,
+                              **config.observer_kwargs)
+        return FakeQuantize(obs)
+
+    for name in names:
+        layer = model.get_submodule(name)
+        plan = plans[name]
+        sym = config.symmetric_activations
+        if plan.tied_to is not None:
+            inp = FakeQuantize(None, bits=config.act_bits, signed=sym)
+        else:
+            inp = act_quant()
+        w_obs = create_observer(config.weight_observer, bits=config.weight_bits,
+                                symmetric=config.symmetric_weights,
+                                signed=True, axis=0 if config.per_channel else None)
+        out = act_quant() if plan.quantize_output else None
+        wrap = QUANT_MODULES[type(layer)].from_float
+        wrapper = wrap(layer, inp, FakeQuantize(w_obs), out, plan.output_relu)
+        wrapper.input_source = plan.tied_to
+        wrapper.calibrate_weight()
+        set_submodule(model, name, wrapper)
+    excluded = set(candidates) - set(names)
+    skipped = _float_leftovers(model, set(names), excluded, graph)
+    details: dict[str, Any] = {"traced": graph is not None, "config": config.to_dict()}
+    details["config"].pop("filter_fn", None)
+    if graph is None:
+        details["trace_error"] = why
+    return QuantReport("int8_static", quantized=names, skipped=skipped, folded=folded, details=details)
+
+
+def quant_layers(model: nn.Module) -> list[tuple[str, QuantConv2d | QuantLinear]]:
+    """``(fqn, layer)`` of every fake-quant Conv/Linear in ``model``."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (QuantConv2d, QuantLinear))]
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, calib_data: Iterable[Any], num_batches: int | None = None
+              ) -> dict[str, float]:
+    """Phase 2: run calibration batches through a prepared model so the observers record ranges.
+
+    Returns:
+        ``{"batches", "samples", "seconds", "samples_per_s"}``.
+
+    Raises:
+        SlimtorchError: empty data, a batch of the wrong shape or with NaN/inf (naming the batch).
+    """
+    if not quant_layers(model):
+        raise ValueError("the model has no quantized layers; call prepare_(model, config) first")
+    model.eval()
+    batches = samples = 0
+    t0 = time.perf_counter()
+    for i, x in enumerate(iter_calibration(calib_data, model, num_batches)):
+        try:
+            model(x)
+        except RuntimeError as e:
+            raise SlimtorchError(f"calibration batch {i} of shape {tuple(x.shape)} failed in the model: "
+                                 f"{str(e).splitlines()[0]}") from None
+        batches += 1
+        samples += x.shape[0] if x.dim() else 1
+    dt = time.perf_counter() - t0
+    return {"batches": batches, "samples": samples, "seconds": dt, "samples_per_s": samples / max(dt, 1e-9)}
+
+
+def convert_(model: nn.Module) -> None:
+    """Phase 3: freeze every observer's range into scale/zero point; tie inputs to upstream outputs.
+
+    Raises:
+        ValueError: if a quantizer saw no data (the layer was never reached during calibration).
+    """
+    layers = dict(quant_layers(model))
+    for name, layer in layers.items():
+        for role, q in layer.quantizers().items():
+            if q.observing and q.observer is not None:
+                if not q.observer.has_data:
+                    raise ValueError(f"the {role} quantizer of layer {name!r} saw no calibration data; "
+                                     "is the layer used in forward()?")
+                q.freeze()
+    for name, layer in layers.items():
+        src = getattr(layer, "input_source", None)
+        if src is not None and layer.input_quant is not None:
+            up = layers[src].output_quant
+            if up is None or not up.quantizing:
+                raise ValueError(f"layer {name!r} is tied to the output of {src!r}, which is not quantized")
+            layer.input_quant.set_qparams(up.scale, up.zero_point)
+
+
+@register_quantizer(Int8Static)
+def _int8_static(model: nn.Module, config: Int8Static, calib_data: Iterable[Any] | None) -> QuantReport:
+    if calib_data is None:
+        raise SlimtorchError("Int8Static needs calibration data: "
+                             "quantize_(model, Int8Static(), calib_data=...)")
+    report = prepare_(model, config)
+    report.details["calibration"] = calibrate(model, calib_data, config.num_batches)
+    convert_(model)
+    return report
+
+
+def dynamic_fake_quantize(x: torch.Tensor, granularity: str = "token", bits: int = 8) -> torch.Tensor:
+    """Asymmetric unsigned fake quantization with the range of ``x`` itself (STE gradient).
+
+    ``granularity="token"``: one ``[min, max]`` per row (over the last dimension), shape ``(..., 1)``;
+    ``"tensor"``: one for all of ``x``. Both ranges are widened to contain 0, as in ONNX
+    ``DynamicQuantizeLinear``.
+    """
+    qmin, qmax = qrange(bits, False)
+    if granularity == "token":
+        lo = x.detach().amin(-1, keepdim=True).clamp(max=0)  # (..., 1)
+        hi = x.detach().amax(-1, keepdim=True).clamp(min=0)
+    else:
+        lo, hi = x.detach().min().clamp(max=0), x.detach().max().clamp(min=0)
+    s = ((hi - lo) / (qmax - qmin)).clamp_min(1e-8)
+    z = torch.clamp(qmin - torch.round(lo / s), qmin, qmax)
+    q = torch.clamp(torch.round(x / s) + z, qmin, qmax)
+    return x + ((q - z) * s - x).detach()
+
+
+class _DynamicQDQ(torch.autograd.Function):
+    """Export form of per-tensor dynamic quantization: ``DynamicQuantizeLinear -> DequantizeLinear``."""
+
+    @staticmethod
+    def forward(ctx, x):  # noqa: ANN001
+        return dynamic_fake_quantize(x, "tensor")
+
+    @staticmethod
+    def symbolic(g, x):  # noqa: ANN001
+        y, s, z = g.op("DynamicQuantizeLinear", x, outputs=3)
+        return g.op("DequantizeLinear", y, s, z)
+
+
+class DynamicFakeQuantize(FakeQuantize):
+    """Activation quantizer whose scale/zero point are computed from each input (asymmetric uint8).
+
+    ``granularity="token"``: one range per row (all but the last dimension index a token);
+    ``"tensor"``: one range per call.
+    """
+
+    dynamic = True
+
+    def __init__(self, granularity: str = "token", bits: int = 8) -> None:
+        super().__init__(None, bits=bits, signed=False)
+        check_choice("granularity", granularity, ["token", "tensor"])
+        self.granularity = granularity
+        self.quantizing = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():
+            if self.granularity != "tensor" or self.bits != 8:
+                raise ValueError("ONNX export of dynamic quantization needs "
+                                 "Int8Dynamic(granularity='tensor') (ONNX DynamicQuantizeLinear "
+                                 "computes one scale per tensor)")
+            return _DynamicQDQ.apply(x)
+        return dynamic_fake_quantize(x, self.granularity, self.bits)
+
+    def extra_repr(self) -> str:
+        return f"dynamic, granularity={self.granularity}, bits={self.bits}"
+
+
+@register_quantizer(Int8Dynamic)
+def _int8_dynamic(model: nn.Module, config: Int8Dynamic, calib_data: Iterable[Any] | None) -> QuantReport:
+    model.eval()
+    graph, _ = trace_graph(model)
+    selector = Selector((nn.Linear,), config.include, config.exclude, config.filter_fn)
+    candidates = [n for n, m in model.named_modules() if n and type(m) is nn.Linear]
+    names = [n for n, m in selector.select(model) if type(m) is nn.Linear]
+    for name in names:
+        layer = model.get_submodule(name)
+        w_obs = create_observer("minmax", bits=8, symmetric=True, signed=True,
+                                axis=0 if config.per_channel else None)
+        wrapper = QuantLinear.from_float(layer, DynamicFakeQuantize(config.granularity), FakeQuantize(w_obs),
+                                         None, False, quantize_bias=False)
+        wrapper.input_source = None
+        wrapper.calibrate_weight()
+        set_submodule(model, name, wrapper)
+    skipped = _float_leftovers(model, set(names), set(candidates) - set(names), graph)
+    return QuantReport("int8_dynamic", quantized=names, skipped=skipped,
+                       details={"granularity": config.granularity})
+
+
+__all__ = ["DynamicFakeQuantize", "Int8Dynamic", "Int8Static", "calibrate", "convert_",
+           "plan_layers", "prepare_", "quant_layers", "trace_graph"]
