@@ -1,0 +1,120 @@
+"""``slimtorch distill``: train a zoo student from a trained teacher run (Hinton et al. 2015 soft targets,
+optionally FitNets hints), through ``slimtorch.train.fit``."""
+
+from __future__ import annotations
+
+import argparse
+
+import slimtorch
+from slimtorch import data as sdata
+from slimtorch.cli.common import add_data_arguments, build_model, check_out_dir, parse_kv, write_json
+from slimtorch.distill import KD, Distiller, Hint
+from slimtorch.metrics import count_params, evaluate, render_table
+from slimtorch.train import fit
+
+NAME = "distill"
+HELP = (
+    "Distill a teacher run into a zoo student (soft targets at temperature T, optional hints); writes the "
+    "student's run folder."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--teacher", required=True, help="teacher run folder or .safetensors file (slimtorch.save)"
+    )
+    p.add_argument("--student", required=True, help="zoo model name for the student (e.g. mlp_800_800)")
+    p.add_argument("--student-arg", action="append", metavar="KEY=VALUE", help="student constructor argument")
+    add_data_arguments(p)
+    p.add_argument(
+        "--T",
+        "--temperature",
+        dest="temperature",
+        type=float,
+        default=4.0,
+        help="softmax temperature of the soft targets (> 0; Hinton et al. used 20 on MNIST)",
+    )
+    p.add_argument("--kd-weight", type=float, default=1.0, help="weight of the T^2-scaled soft-target loss")
+    p.add_argument("--task-weight", type=float, default=0.1, help="weight of the hard-label cross-entropy")
+    p.add_argument(
+        "--hint",
+        action="append",
+        metavar="STUDENT_LAYER:TEACHER_LAYER",
+        help="FitNets hint between two named modules, through a learned adapter (repeatable)",
+    )
+    p.add_argument("--hint-weight", type=float, default=1.0)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"])
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"])
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        help="train-time augmentation (teacher runs on the same augmented inputs)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="run folder for the student")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _losses(args: argparse.Namespace) -> list:
+    losses: list = [KD(temperature=args.temperature, weight=args.kd_weight)]
+    for spec in args.hint or []:
+        s, sep, t = spec.partition(":")
+        if not sep or not s or not t:
+            raise ValueError(f"--hint expects STUDENT_LAYER:TEACHER_LAYER (e.g. net.4:net.6), got {spec!r}")
+        losses.append(Hint(s, t, weight=args.hint_weight, name=f"hint:{s}"))
+    return losses
+
+
+def run(args: argparse.Namespace) -> int:
+    losses = _losses(args)  # validates T and the weights before anything is loaded
+    teacher = slimtorch.load(args.teacher)
+    train_set = sdata.load(args.data, "train", root=args.root, augment=args.augment)
+    test_set = sdata.load(args.data, "test", root=args.root)
+    student = build_model(args.student, train_set, parse_kv(args.student_arg))
+    distiller = Distiller(student, teacher, losses, task_weight=args.task_weight)
+    out = check_out_dir(args.out, args.overwrite, args.resume)
+    result = fit(
+        distiller,
+        train_set,
+        args.epochs,
+        eval_data=test_set,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
+        batch_size=args.batch_size,
+        out_dir=out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    t_eval = evaluate(teacher, test_set)
+    summary = {
+        "teacher": str(args.teacher),
+        "student": args.student,
+        "losses": [{"type": type(c).__name__, **c.to_dict()} for c in losses],
+        "task_weight": args.task_weight,
+        "teacher_params": count_params(teacher),
+        "student_params": count_params(student),
+        "teacher_accuracy": t_eval["accuracy"],
+        **{k: v for k, v in result.final.items() if k.startswith(("val_", "train_"))},
+    }
+    write_json(out / "distill.json", summary)
+    rows = [
+        {"model": "teacher", "params": summary["teacher_params"], "accuracy": t_eval["accuracy"]},
+        {
+            "model": f"student ({args.student})",
+            "params": summary["student_params"],
+            "accuracy": result.final.get("val_accuracy", float("nan")),
+        },
+    ]
+    print(render_table(rows))
+    print(f"saved student run to {out}")
+    return 0
