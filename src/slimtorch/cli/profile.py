@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     path = Path(args.model)
     model = slimtorch.load(path)
-    prof = profile(model(model, args.batch), runtimes=tuple(args.runtime or ["torch"]),
+    prof = profile(model, example_inputs_for(model, args.batch), runtimes=tuple(args.runtime or ["torch"]),
                    threads=args.threads)
     stored = path / "model.safetensors" if path.is_dir() else path
     prof["file_bytes"] = file_size(stored)

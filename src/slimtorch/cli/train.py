@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     result = fit(model, train_set, args.epochs, eval_data=test_set, optimizer=args.optimizer, lr=args.lr,
                  weight_decay=args.weight_decay, schedule=args.schedule, batch_size=args.batch_size, out_dir=out,
                  resume=args.resume, overwrite=args.overwrite, seed=args.seed, progress=not args.no_progress)
-    prof = profile(model(model))
+    prof = profile(model, example_inputs_for(model))
     prof.update({k: v for k, v in result.final.items() if k.startswith("val_")})
     write_json(out / "profile.json", prof)
     print(render_table([{"model": args.model, **prof}]))

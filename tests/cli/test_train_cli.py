@@ -1,0 +1,77 @@
+"""CLI train / eval / profile on the bundled digits data, and their user errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import slimtorch
+from slimtorch.cli.main import main
+
+
+def test_train_then_load_eval_and_profile(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--model", "mlp", "--model-arg", "hidden=[32]", "--data", "digits", "--epochs", "3",
+                 "--lr", "0.1", "--out", str(out), "--no-progress"]) == 0
+    for name in ("model.safetensors", "checkpoint.pt", "metrics.jsonl", "profile.json"):
+        assert (out / name).exists(), name
+    prof = json.loads((out / "profile.json").read_text())
+    assert prof["params"] == 64 * 32 + 32 + 32 * 10 + 10
+    assert prof["val_accuracy"] > 0.85
+    model = slimtorch.load(out)
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    capsys.readouterr()
+    assert main(["eval", str(out), "--data", "digits"]) == 0
+    assert "%" in capsys.readouterr().out
+    assert main(["profile", str(out), "--runtime", "torch", "--runtime", "onnxruntime",
+                 "--json", str(tmp_path / "p.json")]) == 0
+    p = json.loads((tmp_path / "p.json").read_text())
+    assert p["file_bytes"] == (out / "model.safetensors").stat().st_size
+    assert p["latency_ms_torch"] > 0 and p["latency_ms_onnxruntime"] > 0
+
+
+def test_existing_run_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--model", "mlp", "--model-arg", "hidden=[8]", "--data", "digits", "--epochs", "1",
+            "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "already holds a run; pass --overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "nonet", "--data", "digits"], "unknown model 'nonet'; valid: .*lenet5"),
+        (["--model", "mlp", "--data", "imagenet"], "unknown dataset 'imagenet'; valid: .*mnist"),
+        (["--model", "resnet20", "--data", "digits"], r"shape \(1, 8, 8\) does not match .* \(1, 32, 32\)"),
+        (["--model", "mlp", "--model-arg", "hidden", "--data", "digits"], "expected KEY=VALUE"),
+    ],
+)
+def test_user_errors_exit_2_with_message(tmp_path, capsys, args, message):
+    assert main(["train", *args, "--epochs", "1", "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    assert pytest.importorskip("re").search(message, capsys.readouterr().err)
+
+
+def test_missing_data_files_list_every_place(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SLIMTORCH_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("SLIMTORCH_CACHE", str(tmp_path / "cache"))
+    code = main(["train", "--model", "lenet5", "--data", "mnist", "--root", str(tmp_path / "empty"), "--epochs", "1",
+                 "--out", str(tmp_path / "r"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert str(tmp_path / "empty") in err and str(tmp_path / "nowhere") in err and "SLIMTORCH_DATA" in err
+
+
+def test_help_for_every_command(capsys):
+    from slimtorch.cli.main import COMMAND_MODULES
+
+    for cmd in COMMAND_MODULES:
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--help"])
+        assert e.value.code == 0
+        assert "usage: slimtorch" in capsys.readouterr().out
