@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from slimtorch.core.errors import SlimtorchError
 
 #: Sub-command modules under ``slimtorch.cli``, in the order ``--help`` lists them.
-COMMAND_MODULES: list[str] = ["train", "eval", "profile", "demo", "distill", "share"]
+COMMAND_MODULES: list[str] = ["train", "eval", "profile", "demo", "distill", "share", "prune"]
 
 
 def build_parser() -> argparse.ArgumentParser:

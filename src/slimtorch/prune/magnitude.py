@@ -151,10 +151,10 @@ class Magnitude(Config):
         return self.sparsity if o is None else o
 
     def compute_masks(
-        self, layers: list[tuple[str, nn.Module]], t: int
+        self, layers: list[tuple[str, nn.Module]], t: int, schedule: Schedule | None = None
     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Keep-masks at schedule time ``t`` and the thresholds used."""
-        schedule = self.active_schedule
+        """Keep-masks at time ``t`` of ``schedule`` (default: this config's) and the thresholds used."""
+        schedule = schedule or self.active_schedule
         score_fn = CRITERIA.get(self.criterion)
         scores = {n: score_fn(m.weight, reference_std(m)) for n, m in layers}
         own = {n for n, _ in layers if self.scope == "layer" or override_for(n, self.overrides) is not None}
@@ -189,7 +189,9 @@ class Magnitude(Config):
             default=None,
             help="AGP: optimizer steps between pruning steps (default: 20 pruning steps in the first 3/4)",
         )
-        g.add_argument("--exclude", nargs="*", default=[], help="module-name patterns left dense")
+        g.add_argument(
+            "--exclude", nargs="*", default=[], help="module-name patterns left dense (magnitude, nm)"
+        )
 
     @classmethod
     def from_cli_args(cls, args: Any) -> Magnitude:

@@ -102,8 +102,9 @@ class NM(Config):
         return layers
 
     def compute_masks(
-        self, layers: list[tuple[str, nn.Module]], t: int = 0
+        self, layers: list[tuple[str, nn.Module]], t: int = 0, schedule: Schedule | None = None
     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """N:M keep-masks (one-shot: ``t`` and ``schedule`` do not change them)."""
         masks = {n: nm_mask(m.weight, self.n, self.m, n) for n, m in layers}
         return masks, {"n": self.n, "m": self.m}
 

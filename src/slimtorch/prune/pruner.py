@@ -37,7 +37,7 @@ class MaskMethod(Protocol):
     def select(self, model: nn.Module) -> list[tuple[str, nn.Module]]: ...
 
     def compute_masks(
-        self, layers: list[tuple[str, nn.Module]], t: int
+        self, layers: list[tuple[str, nn.Module]], t: int, schedule: Schedule | None = None
     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]: ...
 
 
@@ -77,7 +77,7 @@ class MaskPruner:
 
     def prune_at(self, t: int) -> float:
         """Prune to the schedule's sparsity at time ``t``; returns the sparsity of the pruned layers."""
-        masks, extra = self.config.compute_masks(self.layers, t)
+        masks, extra = self.config.compute_masks(self.layers, t, self.schedule)
         for name, module in self.layers:
             apply_mask_(module, masks[name])
         self.extra = extra
