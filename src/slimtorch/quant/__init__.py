@@ -9,6 +9,7 @@ from slimtorch.quant.api import QUANTIZERS, QuantReport, quantize_, register_qua
 from slimtorch.quant.equalization import CrossLayerEqualization, equalize_
 from slimtorch.quant.export import compare_with_onnx, export_float_onnx, export_onnx
 from slimtorch.quant.fold import fold_bn_
+from slimtorch.quant.mixed_precision import MixedPrecision
 from slimtorch.quant.modules import FakeQuantize, QuantConv2d, QuantLinear
 from slimtorch.quant.observers import OBSERVERS, Observer, create_observer, register_observer
 from slimtorch.quant.primitives import (
@@ -19,12 +20,17 @@ from slimtorch.quant.primitives import (
     quantize_affine,
 )
 from slimtorch.quant.ptq import Int8Dynamic, Int8Static, calibrate, convert_, prepare_
+from slimtorch.quant.qat import QAT, convert_qat_, prepare_qat_
 from slimtorch.quant.weight_only import WeightOnly
 
 __all__ = [
+    "QAT",
     "CrossLayerEqualization",
+    "MixedPrecision",
     "WeightOnly",
+    "convert_qat_",
     "equalize_",
+    "prepare_qat_",
     "OBSERVERS",
     "FakeQuantize",
     "Int8Dynamic",
