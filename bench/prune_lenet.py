@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import CHECKPOINTS_DIR, DATA_ROOT, Timer, check, print_table, write_result  # noqa: E402
+from bench.common import CHECKPOINTS_DIR, DATA_ROOT, RESULTS_DIR, Timer, check, print_table, write_result  # noqa: E402
 
 import slimtorch  # noqa: E402
 from slimtorch.data import load as load_data  # noqa: E402
@@ -176,7 +177,11 @@ def run_model(
     setup = SETUPS[name]
     flat = setup["flatten"]
     torch.manual_seed(SEED)
-    ckpt_dir = CHECKPOINTS_DIR if not args.quick else tmp
+    setup = {**setup, **{k: v for k, v in args.overrides.items() if v is not None}}
+    ckpt_dir = CHECKPOINTS_DIR if not (args.quick or args.dry) else tmp
+    if args.dry and (CHECKPOINTS_DIR / f"{name}.safetensors").exists():
+        ckpt_dir = tmp
+        (tmp / f"{name}.safetensors").write_bytes((CHECKPOINTS_DIR / f"{name}.safetensors").read_bytes())
     dense_path = ckpt_dir / f"{name}.safetensors"
     train = Batches(data["xtr"], data["ytr"], 128, SEED, args.augment, flat)
     fit_kw = dict(
@@ -188,6 +193,7 @@ def run_model(
         seed=SEED,
     )
     scale = 0.1 if args.quick else 1.0
+
     def ep(e: int) -> int:
         return max(1, int(round(e * scale)))
 
@@ -205,6 +211,7 @@ def run_model(
     err = error_pct(model, data["xte"], data["yte"], flat)
     rows = [stage_row(name, "dense", model, err, setup, dense_params, t.elapsed, tmp)]
     rows[-1]["trained_now"] = trained
+    rows[-1]["dense_epochs"] = setup["dense_epochs"]
     print_table(rows[-1:])
 
     finetune = dict(fit_kw, lr=setup["ft_lr"])
@@ -225,6 +232,7 @@ def run_model(
         rows.append(stage_row(name, stage, model, err, setup, dense_params, t.elapsed, tmp))
         rows[-1]["rounds"] = rounds
         rows[-1]["retrain_epochs_per_round"] = ep(epochs)
+        rows[-1]["retrain_lr"] = setup["ft_lr"]
         rows[-1]["macs_dense"] = report.macs_before
         rows[-1]["macs_nonzero"] = report.macs_after
         print_table(rows[-1:])
@@ -236,6 +244,16 @@ def run_model(
             metadata={"bench": "prune_lenet", "stage": stage, "error_pct": err},
         )
     return rows
+
+
+def previous_rows(exclude: list[str]) -> list[dict[str, Any]]:
+    """Rows of models not re-run now, from the last result file (each row keeps its own command)."""
+    path = RESULTS_DIR / "prune_lenet.json"
+    if not path.exists():
+        return []
+    doc = json.loads(path.read_text())
+    kept = [r for r in doc["rows"] if r["model"] not in exclude]
+    return [{**r, "run_command": r.get("run_command", doc["command"])} for r in kept]
 
 
 def checks_for(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -273,7 +291,12 @@ def main() -> None:
         "--no-augment", dest="augment", action="store_false", help="train without the ±2 px random shifts"
     )
     parser.add_argument("--models", nargs="*", default=list(SETUPS), choices=list(SETUPS))
+    parser.add_argument("--dry", action="store_true", help="full data, but write no checkpoints or results")
+    parser.add_argument("--rounds", type=int, default=None, help="override the recipe's prune/retrain rounds")
+    parser.add_argument("--ft-epochs", type=int, default=None, help="override retraining epochs per round")
+    parser.add_argument("--ft-lr", type=float, default=None, help="override the retraining learning rate")
     args = parser.parse_args()
+    args.overrides = {"rounds": args.rounds, "ft_epochs": args.ft_epochs, "ft_lr": args.ft_lr}
     torch.set_num_threads(1)
     wall = Timer()
     limit = 3000 if args.quick else None
@@ -283,21 +306,25 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="prune_lenet-") as d:
         for name in args.models:
-            rows += run_model(name, args, data, Path(d))
-            if not args.quick:  # write after each model so a stopped run keeps what it measured
+            rows += [
+                {"run_command": " ".join(["python", *sys.argv]), **r}
+                for r in run_model(name, args, data, Path(d))
+            ]
+            if not (args.quick or args.dry):  # write after each model: a stopped run keeps what it measured
+                rows_all = previous_rows(exclude=args.models) + rows
                 goals = {
                     r["model"]: {
                         "compression_x": r["compression_x"],
                         "error_pct": r["error_pct"],
                         "paper_error_pct": r["paper_error_pct"],
                     }
-                    for r in rows
+                    for r in rows_all
                     if r["stage"] == "15x"
                 }
                 write_result(
                     "prune_lenet",
-                    rows,
-                    checks_for(rows),
+                    rows_all,
+                    checks_for(rows_all),
                     seeds=[SEED],
                     wall_s=wall.elapsed,
                     extra={"augment": args.augment, "goal_15x": goals},

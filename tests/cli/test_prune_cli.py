@@ -103,7 +103,7 @@ def test_nm(run_dir, tmp_path):
 @pytest.mark.parametrize(
     "argv,msg",
     [
-        (["--method", "magnitude", "--sparsity", "1.5"], r"sparsity: 1\.5 is not in \[0\.0, 1\.0\)"),
+        (["--method", "magnitude", "--sparsity", "1.5"], r"sparsity: 1\.5 is not in \[0, 1\)"),
         (["--method", "magnitude"], r"needs --sparsity"),
         (["--method", "magnitude", "--sparsity", "0.5", "--schedule", "agp"], r"give --finetune-epochs >= 1"),
         (

@@ -123,13 +123,13 @@ def test_zero_sparsity_changes_nothing():
 @pytest.mark.parametrize("value", [1.5, 1.0, -0.1, float("nan")])
 def test_bad_sparsity_is_rejected(value):
     with pytest.raises(
-        ValueError, match=r"sparsity: .* is not in \[0(\.0)?, 1(\.0)?\)|sparsity must be a number"
+        ValueError, match=r"sparsity: .* is not in \[0, 1\)|sparsity must be a number"
     ):
         Magnitude(sparsity=value)
 
 
 def test_sparsity_message_is_exact():
-    with pytest.raises(ValueError, match=r"^sparsity: 1\.5 is not in \[0\.0, 1\.0\)$"):
+    with pytest.raises(ValueError, match=r"^sparsity: 1\.5 is not in \[0, 1\)$"):
         Magnitude(sparsity=1.5)
 
 
@@ -138,7 +138,7 @@ def test_bad_options_name_the_allowed_values():
         Magnitude(0.5, scope="all")
     with pytest.raises(ValueError, match=r"criterion: 'l3' is not one of"):
         Magnitude(0.5, criterion="l3")
-    with pytest.raises(ValueError, match=r"overrides\['fc'\]: 1\.2 is not in \[0\.0, 1\.0\)"):
+    with pytest.raises(ValueError, match=r"overrides\['fc'\]: 1\.2 is not in \[0, 1\)"):
         Magnitude(0.5, overrides={"fc": 1.2})
 
 

@@ -139,11 +139,11 @@ def test_training_schedules_need_data():
 @pytest.mark.parametrize(
     "kwargs,msg",
     [
-        ({"initial_sparsity": 1.0}, r"initial_sparsity: 1\.0 is not in \[0\.0, 1\.0\)"),
+        ({"initial_sparsity": 1.0}, r"initial_sparsity: 1\.0 is not in \[0, 1\)"),
         ({"frequency": 0}, r"frequency must be >= 1, got 0"),
         ({"num_prunes": 0}, r"num_prunes must be >= 1, got 0"),
         ({"start_step": -1}, r"start_step must be >= 0"),
-        ({"ramp_fraction": 0.0}, r"ramp_fraction: 0\.0 is not in \(0\.0, 1\.0\]"),
+        ({"ramp_fraction": 0.0}, r"ramp_fraction: 0\.0 is not in \(0, 1\]"),
     ],
 )
 def test_bad_agp(kwargs, msg):

@@ -117,7 +117,7 @@ class Magnitude(Config):
     filter_fn: FilterFn | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        check_range("sparsity", self.sparsity, 0.0, 1.0, hi_open=True)
+        check_range("sparsity", self.sparsity, 0, 1, hi_open=True)
         check_choice("scope", self.scope, ["global", "layer"])
         check_choice("criterion", self.criterion, CRITERIA.names())
         check_overrides(self.overrides)

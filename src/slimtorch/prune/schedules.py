@@ -125,12 +125,12 @@ class AGP(Schedule):
     finetune: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_range("initial_sparsity", self.initial_sparsity, 0.0, 1.0, hi_open=True)
+        check_range("initial_sparsity", self.initial_sparsity, 0, 1, hi_open=True)
         _check_int("start_step", self.start_step, 0)
         _check_int("frequency", self.frequency, 1)
         if self.num_prunes is not None:
             _check_int("num_prunes", self.num_prunes, 1)
-        check_range("ramp_fraction", self.ramp_fraction, 0.0, 1.0, lo_open=True)
+        check_range("ramp_fraction", self.ramp_fraction, 0, 1, lo_open=True)
         _check_int("epochs", self.epochs, 1)
 
     def resolved(self, total_steps: int) -> AGP:

@@ -43,7 +43,7 @@ def check_overrides(overrides: Mapping[str, float], field: str = "overrides") ->
     if not isinstance(overrides, Mapping):
         raise ValueError(f"{field} must be a mapping of layer-name pattern to sparsity, got {overrides!r}")
     for pattern, value in overrides.items():
-        check_range(f"{field}[{pattern!r}]", value, 0.0, 1.0, hi_open=True)
+        check_range(f"{field}[{pattern!r}]", value, 0, 1, hi_open=True)
 
 
 def override_for(name: str, overrides: Mapping[str, float]) -> float | None:
