@@ -274,3 +274,13 @@ def test_bad_headers_behind_a_valid_checksum(monkeypatch):
     )
     with pytest.raises(SlimFormatError, match="layer 'w': unknown encoding 'lz4'"):
         loads(_with_header(zlib.compress(bad_layer)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_other_float_dtypes_round_trip(tmp_path, dtype):
+    model = _pruned(create("lenet_300_100")).to(dtype).eval()
+    cluster_(model, bits={"net.1": 4})  # net.1 shared, net.3 / net.5 plain sparse
+    x = _x(model).to(dtype)
+    loaded = load(save(model, tmp_path / "m.slim"))
+    assert loaded.net[1].weight.dtype == dtype
+    assert torch.equal(loaded(x), model(x))

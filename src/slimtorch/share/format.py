@@ -75,7 +75,9 @@ _DTYPES: dict[str, torch.dtype] = {
     "bool": torch.bool,
 }
 _DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+#: What ``save(codebook_dtype=...)`` accepts, and what a reader accepts in a file.
 _CODEBOOK_DTYPES = ("float32", "float16")
+_READABLE_CODEBOOK_DTYPES = ("float64", "float32", "float16", "bfloat16")
 
 
 class SlimFormatError(SlimtorchError):
@@ -91,6 +93,10 @@ class _Section:
 
     def ref(self, offset: int) -> list[int]:
         return [offset, len(self.payload), zlib.crc32(self.payload)]
+
+
+#: One coded weight: its header entry and its sections by name.
+_Layer = tuple[dict[str, Any], dict[str, _Section]]
 
 
 def _raw_bytes(t: torch.Tensor) -> bytes:
@@ -129,27 +135,29 @@ def _positions_stream(kept_flat: np.ndarray, numel: int, index_bits: int) -> tup
     return gaps, filler
 
 
+def _entry_symbols(symbols: np.ndarray, filler: np.ndarray, filler_symbol: int) -> np.ndarray:
+    """One symbol per entry: the kept weights' cluster indices in order, ``filler_symbol`` for fillers."""
+    out = np.full(filler.size, filler_symbol, dtype=np.int64)
+    out[~filler] = symbols
+    return out
+
+
 def _encode_entries(
     symbols: np.ndarray, kept_flat: np.ndarray, numel: int, filler_symbol: int, index_bits: int | str
 ) -> tuple[bytes, bytes | None, int]:
     """Huffman-code the per-entry symbols and their positions; picks the index width if "auto"."""
     if kept_flat.size == numel:  # dense: positions are implicit
         return huffman.pack(symbols, filler_symbol + 1), None, 0
-    choices = INDEX_BITS_CHOICES if index_bits == "auto" else [int(index_bits)]
-    best: tuple[int, int] | None = None
-    for b in choices:
+
+    def coded_size(b: int) -> int:
         gaps, filler = _positions_stream(kept_flat, numel, b)
-        n_sym = np.full(gaps.size, filler_symbol, dtype=np.int64)
-        n_sym[~filler] = symbols
-        size = huffman.packed_size(n_sym, filler_symbol + 1) + huffman.packed_size(gaps - 1)
-        if best is None or size < best[0]:
-            best = (size, b)
-    assert best is not None
-    b = best[1]
+        entries = _entry_symbols(symbols, filler, filler_symbol)
+        return huffman.packed_size(entries, filler_symbol + 1) + huffman.packed_size(gaps - 1)
+
+    b = min(INDEX_BITS_CHOICES, key=coded_size) if index_bits == "auto" else int(index_bits)
     gaps, filler = _positions_stream(kept_flat, numel, b)
-    entry_sym = np.full(gaps.size, filler_symbol, dtype=np.int64)
-    entry_sym[~filler] = symbols
-    return huffman.pack(entry_sym, filler_symbol + 1), huffman.pack(gaps - 1), b
+    entries = _entry_symbols(symbols, filler, filler_symbol)
+    return huffman.pack(entries, filler_symbol + 1), huffman.pack(gaps - 1), b
 
 
 def _shared_layer(
@@ -160,7 +168,7 @@ def _shared_layer(
     bits: int,
     codebook_dtype: str,
     index_bits: int | str,
-) -> tuple[dict[str, Any], dict[str, _Section]]:
+) -> _Layer:
     flat_codes = codes.reshape(-1).numpy()
     kept = np.flatnonzero(flat_codes)  # (n_kept,) flat positions
     used = np.unique(flat_codes[kept]) if kept.size else np.zeros(0, dtype=np.int64)
@@ -188,18 +196,15 @@ def _shared_layer(
     return meta, sections
 
 
-def _sparse_layer(
-    name: str, weight: torch.Tensor, index_bits: int | str
-) -> tuple[dict[str, Any], dict[str, _Section]]:
+def _sparse_layer(name: str, weight: torch.Tensor, index_bits: int | str) -> _Layer:
     flat = weight.detach().reshape(-1)
-    kept = np.flatnonzero(flat.numpy() != 0)
-    # Positions chosen on the gap stream alone (the values are raw, one per entry).
-    choices = INDEX_BITS_CHOICES if index_bits == "auto" else [int(index_bits)]
-    sizes = []
-    for b in choices:
+    kept = (flat != 0).nonzero().reshape(-1).numpy()  # (n_kept,) flat positions
+
+    def coded_size(b: int) -> int:  # every entry, fillers too, costs one raw value
         gaps, _ = _positions_stream(kept, flat.numel(), b)
-        sizes.append((huffman.packed_size(gaps - 1) + gaps.size * flat.element_size(), b))
-    b = min(sizes)[1]
+        return huffman.packed_size(gaps - 1) + gaps.size * flat.element_size()
+
+    b = min(INDEX_BITS_CHOICES, key=coded_size) if index_bits == "auto" else int(index_bits)
     gaps, filler = _positions_stream(kept, flat.numel(), b)
     values = torch.zeros(gaps.size, dtype=flat.dtype)
     values[torch.from_numpy(~filler)] = flat[torch.from_numpy(kept)]
@@ -217,25 +222,57 @@ def _sparse_layer(
 def _plain_candidates(
     name: str,
     t: torch.Tensor,
-    codebook_dtype: str,
     index_bits: int | str,
-) -> list[tuple[dict[str, Any], dict[str, _Section]]]:
+) -> list[_Layer]:
     """Encodings to try for a plain floating weight: sparse if it has zeros, shared if few values."""
     out = []
     flat = t.reshape(-1)
     nonzero = flat[flat != 0]
     if nonzero.numel() < flat.numel():
         out.append(_sparse_layer(name, t, index_bits))
-    exact_dtype = codebook_dtype if t.dtype == _DTYPES[codebook_dtype] else _DTYPE_NAMES[t.dtype]
-    if exact_dtype in _CODEBOOK_DTYPES:
-        uniq = torch.unique(nonzero)
-        if 0 < uniq.numel() <= MAX_PLAIN_CODEBOOK:
-            codes = torch.zeros(flat.numel(), dtype=torch.int64)
-            mask = flat != 0
-            codes[mask] = torch.searchsorted(uniq, flat[mask]) + 1
-            bits = max(1, int(np.ceil(np.log2(uniq.numel()))))
-            out.append(_shared_layer(name, t, uniq, codes.reshape(t.shape), bits, exact_dtype, index_bits))
+    uniq = torch.unique(nonzero)
+    if 0 < uniq.numel() <= MAX_PLAIN_CODEBOOK:
+        codes = torch.zeros(flat.numel(), dtype=torch.int64)
+        mask = flat != 0
+        codes[mask] = torch.searchsorted(uniq, flat[mask]) + 1
+        bits = max(1, int(np.ceil(np.log2(uniq.numel()))))
+        # The values must come back exactly: the codebook keeps the weight's own dtype.
+        out.append(
+            _shared_layer(name, t, uniq, codes.reshape(t.shape), bits, _DTYPE_NAMES[t.dtype], index_bits)
+        )
     return out
+
+
+def _encode_state(
+    model: nn.Module, codebook_dtype: str, index_bits: int | str
+) -> tuple[list[_Layer], list[tuple[dict[str, Any], _Section]]]:
+    """Encode every tensor of ``model``: coded weight layers, and raw tensors."""
+    shared = shared_layers(model)
+    layers: list[_Layer] = []
+    tensors: list[tuple[dict[str, Any], _Section]] = []
+    for key, t in _plain_state(model).items():
+        t = t.detach().cpu()
+        mod_name, _, attr = key.rpartition(".")
+        if attr == "weight" and mod_name in shared:
+            sw = shared[mod_name]
+            # "float32" means exact: the centroids keep the weight's own dtype.
+            cb = "float16" if codebook_dtype == "float16" else _DTYPE_NAMES[t.dtype]
+            centroids, codes = sw.centroids.detach().cpu(), sw.codes.cpu()
+            layers.append(_shared_layer(key, t, centroids, codes, sw.bits, cb, index_bits))
+            continue
+        raw = ({"name": key, "dtype": _DTYPE_NAMES[t.dtype], "shape": list(t.shape)}, _Section(_raw_bytes(t)))
+        if t.is_floating_point() and t.dim() >= 2:
+            # A plain weight is coded only when that is smaller than its raw bytes.
+            best = min(_plain_candidates(key, t, index_bits), key=_layer_bytes, default=None)
+            if best is not None and _layer_bytes(best) < len(raw[1].payload):
+                layers.append(best)
+                continue
+        tensors.append(raw)
+    return layers, tensors
+
+
+def _layer_bytes(layer: _Layer) -> int:
+    return sum(len(sec.payload) for sec in layer[1].values())
 
 
 def save(
@@ -256,7 +293,8 @@ def save(
     Args:
         model: any module (pruning masks and shared weights may still be attached).
         path: the file to write; ``.slim`` is appended when the name has no suffix.
-        codebook_dtype: ``"float32"`` (exact) or ``"float16"`` (half the codebook bytes).
+        codebook_dtype: ``"float32"``: exact (centroids kept in the weight's own dtype, fp32 for an
+            fp32 model), or ``"float16"`` (half the codebook bytes, centroids rounded).
         index_bits: bits per relative position entry (paper: 8 conv, 5 fc), or ``"auto"`` to pick per
             layer the width giving the smallest file.
         metadata: extra JSON-serialisable information stored in the header.
@@ -273,33 +311,11 @@ def save(
     p = Path(path)
     if not p.suffix:
         p = p.with_suffix(SUFFIX)
-    shared = shared_layers(model)
-    state = _plain_state(model)
-    layers: list[tuple[dict[str, Any], dict[str, _Section]]] = []
-    tensors: list[tuple[dict[str, Any], _Section]] = []
-    for key, t in state.items():
-        t = t.detach().cpu()
-        mod_name, _, attr = key.rpartition(".")
-        if attr == "weight" and mod_name in shared:
-            sw = shared[mod_name]
-            layers.append(
-                _shared_layer(
-                    key, t, sw.centroids.detach().cpu(), sw.codes.cpu(), sw.bits, codebook_dtype, index_bits
-                )
-            )
-            continue
-        raw = ({"name": key, "dtype": _DTYPE_NAMES[t.dtype], "shape": list(t.shape)}, _Section(_raw_bytes(t)))
-        if t.is_floating_point() and t.dim() >= 2:
-            cands = _plain_candidates(key, t, codebook_dtype, index_bits)
-            best = min(cands, key=lambda c: sum(len(s.payload) for s in c[1].values()), default=None)
-            if best is not None and sum(len(s.payload) for s in best[1].values()) < len(raw[1].payload):
-                layers.append(best)
-                continue
-        tensors.append(raw)
+    layers, tensors = _encode_state(model, codebook_dtype, index_bits)
     header: dict[str, Any] = {"spec": storage._spec(model), "layers": [], "tensors": []}
     if metadata:
         header["metadata"] = metadata
-    blobs: list[bytes] = []
+    blobs: list[bytes] = []  # section payloads in file order; the header records their offsets
     offset = 0
     for meta, sections in layers:
         meta = dict(meta, sections={})
@@ -476,7 +492,7 @@ def _read_layer(reader: _Reader, meta: Any) -> tuple[str, torch.Tensor]:
     numel = int(np.prod(shape, dtype=object)) if shape else 1
     dense = "positions" not in sections
     if encoding == "shared":
-        cb_dtype = _dtype(meta, "codebook_dtype", part, path, _CODEBOOK_DTYPES)
+        cb_dtype = _dtype(meta, "codebook_dtype", part, path, _READABLE_CODEBOOK_DTYPES)
         cb = reader.section(sections.get("codebook"), f"{part} section 'codebook'")
         itemsize = torch.empty(0, dtype=cb_dtype).element_size()
         if len(cb) % itemsize or len(cb) // itemsize > MAX_CODEBOOK:
@@ -559,8 +575,25 @@ def loads(data: bytes, model: nn.Module | None = None, path: str = "<bytes>") ->
             storage._apply_structure(model, spec.get("changed", {}))
         except (KeyError, TypeError, AttributeError) as e:
             raise _err(p, "header", f"invalid architecture spec: {e}") from None
+    _match_dtypes(model, state)
     storage.load_state_into(model, state)
     return model.eval()
+
+
+def _match_dtypes(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Give each parameter/buffer the dtype stored in the file (a fp64 or bf16 model stays exact)."""
+    for key, t in state.items():
+        mod_name, _, attr = key.rpartition(".")
+        try:
+            module = model.get_submodule(mod_name) if mod_name else model
+        except AttributeError:
+            continue  # load_state_into reports keys that do not fit
+        cur = getattr(module, attr, None)
+        if isinstance(cur, torch.Tensor) and cur.dtype != t.dtype:
+            if isinstance(cur, nn.Parameter):
+                setattr(module, attr, nn.Parameter(cur.detach().to(t.dtype), requires_grad=cur.requires_grad))
+            else:
+                module._buffers[attr] = cur.to(t.dtype)
 
 
 def load(path: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Module:
