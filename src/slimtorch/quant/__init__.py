@@ -9,6 +9,7 @@ from slimtorch.quant.api import QUANTIZERS, QuantReport, quantize_, register_qua
 from slimtorch.quant.equalization import CrossLayerEqualization, equalize_
 from slimtorch.quant.export import compare_with_onnx, export_float_onnx, export_onnx
 from slimtorch.quant.fold import fold_bn_
+from slimtorch.quant.low_bit_static import LowBitStatic
 from slimtorch.quant.mixed_precision import MixedPrecision
 from slimtorch.quant.modules import FakeQuantize, QuantConv2d, QuantLinear
 from slimtorch.quant.observers import OBSERVERS, Observer, create_observer, register_observer
@@ -25,6 +26,7 @@ from slimtorch.quant.weight_only import WeightOnly
 
 __all__ = [
     "QAT",
+    "LowBitStatic",
     "CrossLayerEqualization",
     "MixedPrecision",
     "WeightOnly",
