@@ -45,7 +45,22 @@ def test_config_round_trips_and_cli_hook_builds_it() -> None:
     args = parser.parse_args(
         ["--ratio", "0.4", "--importance", "taylor", "--round-to", "8", "--ignore", "fc"]
     )
-    assert Channel.from_cli_args(args) == Channel(ratio=0.4, importance="taylor", round_to=8, ignore=("fc",))
+    assert Channel.from_cli_args(args) == Channel(
+        ratio=0.4, importance="taylor", round_to=8, ignore=("fc",), max_batches=16
+    )
+
+
+def test_cli_prunes_channels(tmp_path) -> None:
+    import slimtorch
+    from slimtorch.cli.main import main
+
+    slimtorch.save(create("mlp", in_features=64, hidden=(32, 16)), tmp_path / "run")
+    code = main(["prune", str(tmp_path / "run"), "--method", "channel", "--ratio", "0.5", "--importance",
+                 "taylor", "--calib-batches", "2", "--data", "digits", "--out", str(tmp_path / "p"),
+                 "--no-progress"])
+    assert code == 0
+    pruned = slimtorch.load(tmp_path / "p")
+    assert [m.out_features for m in pruned.net if isinstance(m, nn.Linear)] == [16, 8, 10]
 
 
 def test_ratio_that_would_remove_every_channel_keeps_one_and_says_so() -> None:
@@ -124,8 +139,21 @@ def test_untraceable_model_says_where_and_suggests_ignore() -> None:
     x = torch.zeros(1, 8, dtype=torch.long)
     with pytest.raises(ValueError, match=r"torch.fx cannot trace CharGPT.*control flow.*ignore="):
         prune_(model, Channel(ratio=0.5, tracer="fx"), example_inputs=x)
-    report = prune_(model, Channel(ratio=0.5), example_inputs=x)  # auto falls back to concrete tracing
+    report = prune_(model, Channel(ratio=0.5, tracer="auto"), example_inputs=x)  # falls back to concrete
     assert report.extra["tracer"] == "concrete" and model(x).shape == (1, 8, 65)
+    assert any("torch.fx failed" in n for n in report.extra["notes"])
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2_cifar", "vit_tiny"])
+def test_fx_and_concrete_tracing_find_the_same_groups(name: str) -> None:
+    model = create(name)
+    x = torch.randn(1, *model.input_shape)
+    fx = build_dependency_graph(model, x, tracer="fx")
+    concrete = build_dependency_graph(model, x, tracer="concrete")
+    assert fx.tracer == "fx" and concrete.tracer == "concrete"
+    assert [(g.name, g.n_units, sorted(g.members)) for g in fx.groups] == [
+        (g.name, g.n_units, sorted(g.members)) for g in concrete.groups
+    ]
 
 
 class Broken(nn.Module):

@@ -51,8 +51,10 @@ class Channel(Config):
         allocation: ``"uniform"`` (same ratio in every group) or ``"global"`` (rank all units by score
             normalized by its group's mean score, remove the lowest).
         group_reduce: how a unit's scores over its coupled tensors combine: ``"mean"`` or ``"sum"``.
-        tracer: ``"auto"`` (torch.fx, falling back to running forward), ``"fx"`` or ``"concrete"``.
-        max_batches: calibration batches used by gradient criteria (None = all of ``data``).
+        tracer: ``"concrete"`` (record a real forward; default), ``"fx"`` (``torch.fx.symbolic_trace``
+            first; an error naming the module if fx cannot trace it) or ``"auto"`` (fx, else concrete).
+        max_batches: calibration batches used by gradient criteria (None = all of ``data``; a
+            ``Dataset`` is batched by 64, shuffled with ``seed``).
         seed: seed of the ``random`` criterion.
     """
 
@@ -64,7 +66,7 @@ class Channel(Config):
     overrides: dict[str, float] = field(default_factory=dict)
     allocation: str = "uniform"
     group_reduce: str = "mean"
-    tracer: str = "auto"
+    tracer: str = "concrete"
     max_batches: int | None = None
     seed: int = 0
 
@@ -102,6 +104,8 @@ class Channel(Config):
         g.add_argument("--round-to", type=int, default=1, help="kept channel counts are multiples of this")
         g.add_argument("--ignore", nargs="*", default=[], help="module name patterns whose channels are kept")
         g.add_argument("--allocation", default="uniform", choices=ALLOCATIONS)
+        g.add_argument("--calib-batches", type=int, default=16,
+                       help="batches of --data used by gradient importance (taylor)")
 
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> Channel:
@@ -113,6 +117,7 @@ class Channel(Config):
             round_to=args.round_to,
             ignore=tuple(args.ignore or ()),
             allocation=args.allocation,
+            max_batches=args.calib_batches,
         )
 
 
@@ -157,10 +162,12 @@ def coupled_tensors(
     return out
 
 
-def _batches(data: Any, max_batches: int | None) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(data: Any, max_batches: int | None, seed: int = 0) -> Iterable[tuple[torch.Tensor, ...]]:
     from torch.utils.data import DataLoader, Dataset
 
-    source = DataLoader(data, batch_size=64) if isinstance(data, Dataset) else data
+    if isinstance(data, Dataset):  # shuffled (reproducibly): datasets are often sorted by class
+        data = DataLoader(data, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    source = data
     for i, b in enumerate(source):
         if max_batches is not None and i >= max_batches:
             return
@@ -170,7 +177,7 @@ def _batches(data: Any, max_batches: int | None) -> Iterable[tuple[torch.Tensor,
 
 
 def collect_gradients(
-    model: nn.Module, data: Any, max_batches: int | None = None
+    model: nn.Module, data: Any, max_batches: int | None = None, seed: int = 0
 ) -> dict[int, list[torch.Tensor]]:
     """Per-batch gradients of the cross-entropy loss for every parameter: ``{id(param): [grad_b, ...]}``.
 
@@ -192,7 +199,7 @@ def collect_gradients(
         for p in params:
             p.requires_grad_(True)
         n = 0
-        for x, y in _batches(data, max_batches):
+        for x, y in _batches(data, max_batches, seed):
             model.zero_grad(set_to_none=True)
             logits, targets = flatten_logits(model(x), y)
             F.cross_entropy(logits, targets).backward()
@@ -216,7 +223,7 @@ def score_groups(
     """One score tensor ``(n_units,)`` per group of ``graph`` under ``config.importance``."""
     fn = IMPORTANCE.get(config.importance)
     grads = (
-        collect_gradients(model, data, config.max_batches)
+        collect_gradients(model, data, config.max_batches, config.seed)
         if config.importance.lower() in NEEDS_GRADIENTS
         else None
     )

@@ -10,14 +10,19 @@ units: removing a unit removes its positions in every coupled layer at once, so 
 consistent. Components touching a model input, a model output, an ignored module or an operation the
 tracer does not understand are *pinned* (never removed).
 
-Tracing runs the model once on ``example_inputs``: first through ``torch.fx.symbolic_trace`` (with the
-layers that have surgery rules as leaves); if symbolic tracing fails (e.g. control flow on a shape, as
-in ``if t > self.block_size``), the model's own ``forward`` is run instead. Either way the operations are
-recorded by a ``TorchFunctionMode`` on real tensors, so shapes (split sizes, flatten blocks) are exact.
+Tracing runs the model once on ``example_inputs`` with a ``TorchFunctionMode`` recording every torch
+function on real tensors (so shapes, split sizes and flatten blocks are exact and Python control flow
+such as ``if t > self.block_size`` simply runs), and forward hooks on the layers that have surgery
+rules (they are leaves: their insides are not recorded). ``tracer="fx"`` first makes a
+``torch.fx.symbolic_trace`` of the model with the same leaves and records *that* graph's run; it
+fails, with the module and the reason, on code fx cannot trace, which is a useful static check but
+costs about twice the build time, so the default is ``"concrete"``; ``"auto"`` tries fx and falls
+back to concrete.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -235,7 +240,8 @@ class _Recorder(TorchFunctionMode):
         super().__init__()
         self.leaves = leaves
         self.n_elems = 1  # element 0 is PIN: anything joined to it is never removed
-        self.edges: list[np.ndarray] = []  # (2, E) pairs of coupled elements
+        self.edges_a: list[np.ndarray] = []  # edges_a[i][j] is coupled with edges_b[i][j]
+        self.edges_b: list[np.ndarray] = []
         self.infos: dict[int, _Info] = {}
         self.keep_alive: list[torch.Tensor] = []
         self.spaces: dict[SpaceKey, np.ndarray] = {}
@@ -245,7 +251,6 @@ class _Recorder(TorchFunctionMode):
             n: tuple(p.shape) for n, p in list(model.named_parameters()) + list(model.named_buffers())
         }
         self.depth = 0
-        self.stack: list[str] = []
         self.notes: list[str] = []
         self.modules = {m: n for n, m in model.named_modules()}
 
@@ -256,8 +261,10 @@ class _Recorder(TorchFunctionMode):
         return ids
 
     def couple(self, a: np.ndarray, b: np.ndarray) -> None:
-        a, b = np.broadcast_arrays(np.asarray(a), np.asarray(b))
-        self.edges.append(np.stack([a.ravel(), b.ravel()]))
+        if a.shape != b.shape:
+            a, b = np.broadcast_arrays(a, b)
+        self.edges_a.append(a.ravel())
+        self.edges_b.append(b.ravel())
 
     def pin(self, elems: np.ndarray | None, why: str) -> None:
         if elems is not None and len(elems):
@@ -294,7 +301,8 @@ class _Recorder(TorchFunctionMode):
         return True
 
     def where(self) -> str:
-        return self.stack[-1] if self.stack else "<model>"
+        """The innermost model module whose forward is running (read from the Python stack)."""
+        return _innermost_module(sys._getframe(1), self.modules)
 
     # ---- the mode ---------------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
@@ -632,9 +640,10 @@ class _Recorder(TorchFunctionMode):
 
 def _leaves(model: nn.Module, ignore: Sequence[str]) -> dict[nn.Module, tuple[str, LayerSurgery]]:
     leaves: dict[nn.Module, tuple[str, LayerSurgery]] = {}
-    inside: list[str] = []
+    inside: set[str] = set()
     for name, m in model.named_modules():
-        if any(name.startswith(p + ".") for p in inside):
+        parts = name.split(".")
+        if any(".".join(parts[:i]) in inside for i in range(1, len(parts))):
             continue
         rule = None
         if name and _matches(name, ignore):
@@ -643,7 +652,7 @@ def _leaves(model: nn.Module, ignore: Sequence[str]) -> dict[nn.Module, tuple[st
             rule = find_surgery(type(m))
         if rule is not None:
             leaves[m] = (name, rule)
-            inside.append(name)
+            inside.add(name)
     return leaves
 
 
@@ -687,7 +696,7 @@ def _fx_module(model: nn.Module, leaves: dict[nn.Module, tuple[str, LayerSurgery
 
 
 def build_dependency_graph(
-    model: nn.Module, example_inputs: Any, ignore: Sequence[str] = (), tracer: str = "auto"
+    model: nn.Module, example_inputs: Any, ignore: Sequence[str] = (), tracer: str = "concrete"
 ) -> DependencyGraph:
     """Trace ``model`` once and return its groups of coupled, removable channels.
 
@@ -726,9 +735,6 @@ def build_dependency_graph(
         handles.append(
             m.register_forward_hook(lambda mod, a, kw, out: _leave(rec, mod, a, kw, out), with_kwargs=True)
         )
-    for name, m in model.named_modules():
-        handles.append(m.register_forward_pre_hook(lambda mod, a, n=name: _push(rec, n or "<model>")))
-        handles.append(m.register_forward_hook(lambda mod, a, out: _pop(rec)))
     was_training = model.training
     model.eval()
     try:
@@ -740,7 +746,10 @@ def build_dependency_graph(
     except SlimtorchError:
         raise
     except Exception as e:
-        where = rec.stack[-1] if rec.stack else "<model>"
+        tb = e.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = _innermost_module(tb.tb_frame, rec.modules) if tb is not None else "<model>"
         raise SlimtorchError(
             f"cannot trace {type(model).__name__}: the forward raised in module '{where}': "
             f"{type(e).__name__}: {e}. Check example_inputs, or pass ignore=('{where}',) to treat that "
@@ -761,12 +770,14 @@ def build_dependency_graph(
     return graph
 
 
-def _push(rec: _Recorder, name: str) -> None:
-    rec.stack.append(name)
-
-
-def _pop(rec: _Recorder) -> None:  # hooks must return None, or they replace the output
-    rec.stack.pop()
+def _innermost_module(frame: Any, modules: dict[nn.Module, str]) -> str:
+    """Walk up from ``frame`` to the first frame running a method of one of ``modules``; its name."""
+    while frame is not None:
+        obj = frame.f_locals.get("self")
+        if isinstance(obj, nn.Module) and obj in modules:
+            return modules[obj] or "<model>"
+        frame = frame.f_back
+    return "<model>"
 
 
 def _enter(rec: _Recorder) -> None:
@@ -785,30 +796,46 @@ def _components(rec: _Recorder) -> DependencyGraph:
     from scipy.sparse.csgraph import connected_components
 
     n = rec.n_elems
-    e = np.concatenate(rec.edges, axis=1) if rec.edges else np.zeros((2, 0), dtype=np.int64)
-    adj = coo_matrix((np.ones(e.shape[1], dtype=np.int8), (e[0], e[1])), shape=(n, n))
+    a = np.concatenate(rec.edges_a) if rec.edges_a else np.zeros(0, dtype=np.int64)
+    b = np.concatenate(rec.edges_b) if rec.edges_b else np.zeros(0, dtype=np.int64)
+    adj = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
     _, label = connected_components(adj, directed=False)
     pinned = label[0]
-    # unit (component) -> {space: [positions]}
-    units: dict[int, dict[SpaceKey, list[int]]] = {}
-    for key, elems in rec.spaces.items():
-        labs = label[elems]
-        for pos, lab in enumerate(labs.tolist()):
-            if lab != pinned:
-                units.setdefault(lab, {}).setdefault(key, []).append(pos)
-    by_sig: dict[tuple, list[dict[SpaceKey, list[int]]]] = {}
-    for members in units.values():
-        sig = tuple(sorted((k, len(v)) for k, v in members.items()))
-        by_sig.setdefault(sig, []).append(members)
-    groups = []
-    for sig, us in by_sig.items():
-        keys = sorted((k for k, _ in sig), key=lambda k: _order(rec, k))  # forward order: producer first
-        us.sort(key=lambda u: u[keys[0]][0])
-        members = {k: np.array([u[k] for u in us], dtype=np.int64) for k in keys}
-        modules = list(dict.fromkeys(k[1] if k[0] == "module" else k[1].rpartition(".")[0] for k in keys))
-        groups.append(ChannelGroup(members, len(us), modules))
-    groups.sort(key=lambda g: min(_order(rec, k) for k in g.members))
+    # Spaces in forward order (producers before consumers); every position as (label, space, pos).
+    keys = sorted((k for k in rec.spaces if len(rec.spaces[k])), key=lambda k: int(rec.spaces[k][0]))
+    lab = np.concatenate([label[rec.spaces[k]] for k in keys])
+    kid = np.concatenate([np.full(len(rec.spaces[k]), i) for i, k in enumerate(keys)])
+    pos = np.concatenate([np.arange(len(rec.spaces[k])) for k in keys])
+    keep = lab != pinned
+    lab, kid, pos = lab[keep], kid[keep], pos[keep]
+    order = np.lexsort((pos, kid, lab))
+    lab, kid, pos = lab[order], kid[order], pos[order]
     sizes = {k: len(v) for k, v in rec.spaces.items()}
+    if not len(lab):
+        return DependencyGraph([], sizes)
+    # runs of equal (label, space); a unit (= one component) is a sequence of runs
+    brk = np.r_[True, (lab[1:] != lab[:-1]) | (kid[1:] != kid[:-1])]
+    run_start = np.flatnonzero(brk)
+    run_len = np.diff(np.r_[run_start, len(lab)])
+    run_kid = kid[run_start]
+    unit_start = np.flatnonzero(np.r_[True, lab[run_start][1:] != lab[run_start][:-1]])
+    unit_end = np.r_[unit_start[1:], len(run_start)]
+    rk, rl = run_kid.tolist(), run_len.tolist()
+    # units with the same spaces and counts form one group
+    by_sig: dict[tuple, list[int]] = {}
+    for a, b in zip(unit_start.tolist(), unit_end.tolist()):
+        by_sig.setdefault((tuple(rk[a:b]), tuple(rl[a:b])), []).append(a)
+    groups = []
+    for (ks, counts), first_runs in by_sig.items():
+        r0 = np.array(first_runs)
+        r0 = r0[np.argsort(pos[run_start[r0]], kind="stable")]  # by position in the first (producer) space
+        members = {}
+        for j, (k, c) in enumerate(zip(ks, counts)):
+            members[keys[k]] = pos[run_start[r0 + j][:, None] + np.arange(c)]  # (n_units, c)
+        gkeys = [keys[k] for k in ks]
+        modules = list(dict.fromkeys(k[1] if k[0] == "module" else k[1].rpartition(".")[0] for k in gkeys))
+        groups.append(ChannelGroup(members, len(r0), modules))
+    groups.sort(key=lambda g: min(_order(rec, k) for k in g.members))
     return DependencyGraph(groups, sizes)
 
 

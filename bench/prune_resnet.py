@@ -1,0 +1,224 @@
+"""prune_resnet: ResNet-20/CIFAR-10 channel pruning to half the MACs, then fine-tune; Torch-Pruning beside.
+
+Stages (all in one run unless ``--stage`` says otherwise):
+  1. ``train``: train ResNet-20 (shortcut B) on a CIFAR-10 subset and write
+     ``bench/checkpoints/resnet20_cifar10.safetensors`` (skipped when it exists). The budget is reduced
+     because the machine is 2 shared CPU cores: ``--train-n`` images for ``--epochs`` epochs.
+  2. ``compare``: on the SAME checkpoint, slimtorch ``Channel(target_macs=0.5, importance="l1")`` and
+     Torch-Pruning (``MagnitudeImportance(p=1)``, pruning ratio searched to the same MAC target), the same
+     fine-tune budget for both, then accuracy on the full 10k test set, MACs, params, latency speedup in
+     torch and ONNX Runtime (each a ratio inside one run, ``slimtorch.metrics.compare_latency``), and
+     dependency-graph build time for ResNet-56 and char_gpt (slimtorch vs Torch-Pruning).
+
+Cheap rows (graph build time, MACs, latency) are computed and printed first, accuracy rows after.
+
+    .venv/bin/python bench/prune_resnet.py                 # everything
+    .venv/bin/python bench/prune_resnet.py --stage train   # only the checkpoint
+    .venv/bin/python bench/prune_resnet.py --quick         # smoke run: tiny budgets
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import slimtorch  # noqa: E402
+from common import CHECKPOINTS_DIR, DATA_ROOT, Timer, check, write_result  # noqa: E402
+from slimtorch import data as D  # noqa: E402
+from slimtorch.metrics import accuracy, compare_latency, count_macs, count_params  # noqa: E402
+from slimtorch.models import create  # noqa: E402
+from slimtorch.prune import prune_  # noqa: E402
+from slimtorch.prune.structured import Channel, build_dependency_graph  # noqa: E402
+from slimtorch.train import fit  # noqa: E402
+
+CKPT = CHECKPOINTS_DIR / "resnet20_cifar10.safetensors"
+SEED = 0
+
+
+def test_set(n: int):
+    """``n`` images of the CIFAR-10 test split in a fixed random order (all 10k if n >= 10000)."""
+    test = D.load("cifar10", "test", root=DATA_ROOT)
+    return test if n >= len(test) else D.calibration_subset(test, n, seed=SEED)
+
+
+def train_checkpoint(path: Path, n_train: int, epochs: int, test_n: int, log: list[str]) -> None:
+    """Train ResNet-20 (shortcut B) from scratch on ``n_train`` CIFAR-10 images and save it."""
+    torch.manual_seed(SEED)
+    train = D.calibration_subset(D.load("cifar10", "train", root=DATA_ROOT), n_train, seed=SEED)
+    model = create("resnet20")
+    t = Timer()
+    fit(model, train, epochs, lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine", batch_size=128,
+        seed=SEED, progress=False)
+    acc = accuracy(model, test_set(test_n))
+    slimtorch.save(model, path, metadata={
+        "trained_on": f"CIFAR-10 train subset of {n_train} images (seed {SEED}), {epochs} epochs, SGD 0.1 "
+                      "cosine, batch 128, no augmentation, 1 CPU thread",
+        f"test_accuracy_{test_n}": acc, "train_s": round(t.elapsed, 1)})
+    log.append(f"trained {path.name}: {n_train} imgs x {epochs} epochs in {t.elapsed:.0f}s, "
+               f"test acc {acc:.4f}")
+    print(log[-1], flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--stage", choices=("all", "train", "compare"), default="all")
+    ap.add_argument("--train-n", type=int, default=10000)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--test-n", type=int, default=2000)
+    ap.add_argument("--finetune-n", type=int, default=5000)
+    ap.add_argument("--finetune-epochs", type=int, default=1)
+    ap.add_argument("--latency-batch", type=int, default=32)
+    ap.add_argument("--latency-repeats", type=int, default=20)
+    ap.add_argument("--checkpoint", type=Path, default=CKPT, help="dense model (trained here if missing)")
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    log: list[str] = []
+    if a.quick:
+        a.train_n, a.epochs, a.test_n, a.finetune_n, a.finetune_epochs = 512, 1, 256, 256, 1
+        a.latency_batch, a.latency_repeats = 4, 3
+    if a.stage in ("all", "train") and not a.checkpoint.exists():
+        train_checkpoint(a.checkpoint, a.train_n, a.epochs, a.test_n, log)
+    if a.stage in ("all", "compare"):
+        compare(a, log)
+
+
+def graph_build_times(repeats: int = 3) -> list[dict]:
+    """Median dependency-graph build time, slimtorch vs Torch-Pruning, on ResNet-56 and char_gpt."""
+    import torch_pruning as tp
+
+    rows = []
+    cases = {
+        "resnet56": (create("resnet56").eval(), torch.randn(1, 3, 32, 32)),
+        "char_gpt": (create("char_gpt").eval(), torch.randint(0, 65, (1, 128))),
+    }
+    for name, (model, x) in cases.items():
+        ours, theirs = [], []
+        for _ in range(repeats):
+            t = Timer()
+            g = build_dependency_graph(model, x)
+            ours.append(t.elapsed)
+            t = Timer()
+            tp.DependencyGraph().build_dependency(model, example_inputs=x)
+            theirs.append(t.elapsed)
+        ours.sort()
+        theirs.sort()
+        rows.append({"row": f"graph build {name}", "slimtorch_ms": round(1e3 * ours[len(ours) // 2], 1),
+                     "torch_pruning_ms": round(1e3 * theirs[len(theirs) // 2], 1),
+                     "slimtorch_groups": len(g.groups), "tracer": g.tracer})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def tp_prune(model: torch.nn.Module, x: torch.Tensor, ratio: float) -> torch.nn.Module:
+    """Torch-Pruning with L1 magnitude importance, uniform per-group ratio, classifier ignored."""
+    import torch_pruning as tp
+
+    pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(p=1),
+                                  pruning_ratio=ratio, ignored_layers=[model.fc])
+    pruner.step()
+    return model
+
+
+def tp_to_target(base: torch.nn.Module, x: torch.Tensor, target: float) -> tuple[torch.nn.Module, float]:
+    """Bisection on Torch-Pruning's ratio: the smallest (to 1e-3) whose MACs are <= ``target``."""
+    lo, hi = 0.0, 0.95
+    best = tp_prune(copy.deepcopy(base), x, hi)
+    while hi - lo > 1e-3:
+        mid = (lo + hi) / 2
+        m = tp_prune(copy.deepcopy(base), x, mid)
+        if count_macs(m, x) <= target:
+            hi, best = mid, m
+        else:
+            lo = mid
+    return best, hi
+
+
+def compare(a: argparse.Namespace, log: list[str]) -> None:
+    """Prune the checkpoint with slimtorch and Torch-Pruning to half the MACs, fine-tune both, measure."""
+    t_all = Timer()
+    rows = graph_build_times()
+    dense = slimtorch.load(a.checkpoint).eval()
+    x1 = torch.zeros(1, 3, 32, 32)
+    macs0 = count_macs(dense, x1)
+    target = 0.5 * macs0
+    ours = copy.deepcopy(dense)
+    t = Timer()
+    rep = prune_(ours, Channel(target_macs=0.5, importance="l1"), example_inputs=x1)
+    ours_s = t.elapsed
+    t = Timer()
+    theirs, tp_ratio = tp_to_target(dense, x1, target)
+    tp_s = t.elapsed
+    models = {"dense": dense, "slimtorch": ours, "torch-pruning": theirs}
+    ratios = {"dense": 0.0, "slimtorch": rep.extra["ratio"], "torch-pruning": tp_ratio}
+    search = {"dense": 0.0, "slimtorch": ours_s, "torch-pruning": tp_s}
+    xb = torch.randn(a.latency_batch, 3, 32, 32)
+    for name, m in models.items():
+        m.eval()
+        row = {"row": name, "ratio": round(ratios[name], 4), "macs": count_macs(m, x1),
+               "params": count_params(m)}
+        row["macs_frac"] = round(row["macs"] / macs0, 4)
+        row["prune_s"] = round(search[name], 2)
+        if name != "dense":
+            for rt in ("torch", "onnxruntime"):
+                r = compare_latency(dense, m, xb, runtime=rt, threads=1, warmup=3, repeats=a.latency_repeats,
+                                    clock="cpu")
+                row[f"{rt}_speedup"] = round(r["speedup"], 3)
+                row[f"{rt}_ms_dense_vs_pruned"] = f"{r['a_ms']:.1f}/{r['b_ms']:.1f}"
+        rows.append(row)
+        print(row, flush=True)
+    # ---- accuracy (expensive) --------------------------------------------------------------------
+    test = test_set(a.test_n)
+    ft = D.calibration_subset(D.load("cifar10", "train", root=DATA_ROOT), a.finetune_n, seed=SEED + 1)
+    acc = {}
+    for name, m in models.items():
+        row = next(r for r in rows if r.get("row") == name)
+        row["acc_before_ft"] = round(accuracy(m, test), 4)
+        if name != "dense":
+            torch.manual_seed(SEED)
+            t = Timer()
+            fit(m, ft, a.finetune_epochs, lr=0.01, momentum=0.9, weight_decay=5e-4, schedule="cosine",
+                batch_size=128, seed=SEED, progress=False)
+            row["finetune_s"] = round(t.elapsed, 1)
+            row["acc_after_ft"] = round(accuracy(m.eval(), test), 4)
+        else:
+            row["acc_after_ft"] = row["acc_before_ft"]
+        acc[name] = row["acc_after_ft"]
+        print(row, flush=True)
+    for name in ("slimtorch", "torch-pruning"):
+        next(r for r in rows if r.get("row") == name)["drop_pt"] = round(100 * (acc["dense"] - acc[name]), 2)
+    ours_row = next(r for r in rows if r.get("row") == "slimtorch")
+    checks = [
+        check("slimtorch MACs <= 0.5x dense", ours_row["macs_frac"], "<= 0.5", ours_row["macs_frac"] <= 0.5),
+        check("accuracy drop (pt) after fine-tune", ours_row["drop_pt"], "<= 1.0",
+              ours_row["drop_pt"] <= 1.0),
+        check("torch latency speedup", ours_row["torch_speedup"], ">= 1.6", ours_row["torch_speedup"] >= 1.6),
+        check("onnxruntime latency speedup", ours_row["onnxruntime_speedup"], ">= 1.6",
+              ours_row["onnxruntime_speedup"] >= 1.6),
+        check("accuracy - Torch-Pruning's (pt)", round(100 * (acc["slimtorch"] - acc["torch-pruning"]), 2),
+              ">= -0.2", 100 * (acc["slimtorch"] - acc["torch-pruning"]) >= -0.2),
+    ]
+    spec = slimtorch.storage.read_spec(a.checkpoint).get("metadata", {})
+    extra = {"budget": {
+        "checkpoint": spec.get("trained_on", "?"),
+        "finetune": f"{a.finetune_n} CIFAR-10 train images (seed {SEED + 1}) x {a.finetune_epochs} epoch(s), "
+                    "SGD lr 0.01 cosine, batch 128, same for both methods",
+        "test": f"{a.test_n} CIFAR-10 test images (fixed random subset, seed {SEED})" if a.test_n < 10000
+        else "full CIFAR-10 test set",
+        "latency": f"batch {a.latency_batch}, 1 thread, CPU-time clock, {a.latency_repeats} alternating "
+                   "repeats",
+        "importance": "L1 magnitude, uniform per-group ratio, mean over coupled tensors, classifier output "
+                      "kept (both libraries); ratio found by bisection to MACs <= 0.5x dense",
+    }, "log": log}
+    write_result("prune_resnet", rows, checks, seeds=[SEED], wall_s=t_all.elapsed, extra=extra)
+
+
+if __name__ == "__main__":
+    main()
