@@ -93,3 +93,18 @@ def test_low_bit_activations_refused(digits_model, digits_data, tmp_path):
     quantize_(digits_model, Int8Static(act_bits=4), calib_data=[digits_data["xtr"][:64]])
     with pytest.raises(ValueError, match="8-bit activations, got 4-bit"):
         export_onnx(digits_model, tmp_path / "x.onnx", digits_data["xte"][:1])
+
+
+def test_resnet_runs_fully_int8_on_ort(tmp_path):
+    model = create("resnet20").eval()
+    x = torch.randn(16, 3, 32, 32)
+    report = quantize_(model, Int8Static(), calib_data=[x])
+    assert report.details["residual_outputs"] == [f"layer{s}.{b}" for s in (1, 2, 3) for b in range(3)]
+    path = export_onnx(model, tmp_path / "r.onnx", x[:1])
+    ops = runtime_ops(path, tmp_path)
+    # every conv, residual add, the pooling and the classifier run on integer kernels
+    assert ops.get("QLinearConv") == 21 and ops.get("QLinearAdd") == 9 and ops.get("QGemm") == 1
+    assert ops.get("QLinearGlobalAveragePool") == 1
+    assert not {"Conv", "Add", "Relu", "Gemm", "DequantizeLinear", "GlobalAveragePool"} & set(ops)
+    cmp = compare_with_onnx(model, path, [x])
+    assert cmp["max_abs_diff"] < 0.05 * float(model(x).abs().max())

@@ -170,6 +170,11 @@ def propagate_qdq(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto
 
     Nodes must be in topological order (as exported); dead nodes are removed at the end.
     """
+    nodes = _quantize_before_reshapes(nodes, inits)
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in nodes:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
     producer: dict[str, onnx.NodeProto] = {}
     out: list[onnx.NodeProto] = []
     alias: dict[str, str] = {}
@@ -187,9 +192,14 @@ def propagate_qdq(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto
             node.input[j] = alias.get(name, name)
         src = producer.get(node.input[0]) if node.input else None
         p = _params(src, inits) if src is not None and src.op_type == "DequantizeLinear" else None
-        if node.op_type == "Relu" and p is not None and p[1] == grid_min(p) and node.output[0] not in outputs:
-            alias[node.output[0]] = node.input[0]
-            continue
+        if node.op_type == "Relu" and node.output[0] not in outputs:
+            users = consumers.get(node.output[0], [])
+            q_params = [_params(u, inits) if u.op_type == "QuantizeLinear" else None for u in users]
+            # Q(relu(x)) == Q(x) when Q's zero point is the grid minimum (negatives clamp to it)
+            if (p is not None and p[1] == grid_min(p)) or (
+                    users and all(qp is not None and qp[1] == grid_min(qp) for qp in q_params)):
+                alias[node.output[0]] = node.input[0]
+                continue
         if node.op_type == "QuantizeLinear" and p is not None and _params(node, inits) == p:
             alias[node.output[0]] = src.input[0]
             continue
@@ -212,6 +222,42 @@ def propagate_qdq(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto
         kept = [n for n in out if any(o in used for o in n.output)]
         changed = len(kept) != len(out)
         out = kept
+    return out
+
+
+def _quantize_before_reshapes(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto]
+                              ) -> list[onnx.NodeProto]:
+    """``op -> Q(p)`` with ``op`` grid-preserving and float input: also quantize the input with ``p``.
+
+    ``Q(op(y)) == op(Q(y))`` for these ops, so this is exact, and it puts a ``Q`` right after the op
+    that produced ``y`` (e.g. ``GlobalAveragePool -> Flatten -> Q`` becomes ``GlobalAveragePool -> Q``,
+    which ONNX Runtime fuses into ``QLinearGlobalAveragePool``).
+    """
+    producer = {o: n for n in nodes for o in n.output}
+    users: dict[str, int] = {}
+    for n in nodes:
+        for i in n.input:
+            users[i] = users.get(i, 0) + 1
+    out: list[onnx.NodeProto] = []
+    inserted: dict[str, list[onnx.NodeProto]] = {}
+    for n in nodes:
+        if n.op_type != "QuantizeLinear" or _params(n, inits) is None:
+            continue
+        op = producer.get(n.input[0])
+        if op is None or op.op_type not in GRID_PRESERVING or users.get(op.output[0], 0) != 1:
+            continue
+        src = producer.get(op.input[0])
+        if src is not None and src.op_type == "DequantizeLinear":
+            continue
+        q_out, dq_out = op.input[0] + "__preq", op.input[0] + "__predq"
+        inserted[op.name or op.output[0]] = [
+            onnx.helper.make_node("QuantizeLinear", [op.input[0], n.input[1], n.input[2]], [q_out]),
+            onnx.helper.make_node("DequantizeLinear", [q_out, n.input[1], n.input[2]], [dq_out]),
+        ]
+        op.input[0] = dq_out
+    for n in nodes:
+        out += inserted.get(n.name or n.output[0], [])
+        out.append(n)
     return out
 
 

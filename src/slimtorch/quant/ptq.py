@@ -190,6 +190,56 @@ def plan_layers(model: nn.Module, graph: fx.Graph | None, names: list[str], quan
     return plans
 
 
+_ADD_FUNCS = {operator.add, torch.add, operator.iadd}
+
+
+class _ShallowTracer(fx.Tracer):
+    """Traces one module's own forward: every submodule is a leaf."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return True
+
+
+def _ends_in_add(module: nn.Module) -> bool:
+    """Whether ``module.forward`` returns ``a + b`` or ``relu(a + b)`` (a residual block)."""
+    try:
+        graph = _ShallowTracer().trace(module)
+    except Exception:  # untraceable blocks keep float outputs
+        return False
+    mods = dict(module.named_modules())
+    out = next(n for n in graph.nodes if n.op == "output").args[0]
+    if isinstance(out, fx.Node) and _is_relu(out, mods):
+        out = out.args[0]
+    if not isinstance(out, fx.Node):
+        return False
+    return (out.op == "call_function" and out.target in _ADD_FUNCS) or (
+        out.op == "call_method" and out.target == "add")
+
+
+def residual_modules(model: nn.Module, quantized: list[str]) -> list[str]:
+    """Modules (not quantized layers) whose output is a residual sum, e.g. ResNet ``BasicBlock``s.
+
+    Quantizing these outputs lets integer runtimes run the addition itself in int8 (``QLinearAdd``)
+    and feed the next block without leaving the integer domain.
+    """
+    out = []
+    for name, m in model.named_modules():
+        if name and name not in quantized and any(True for _ in m.children()) and _ends_in_add(m):
+            out.append(name)
+    return out
+
+
+def _output_quant_hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+    # looks the quantizer up at call time so deep copies use their own
+    return module.output_quant(output)
+
+
+def attach_output_quant(module: nn.Module, quantizer: FakeQuantize) -> None:
+    """Fake-quantize ``module``'s output with ``quantizer`` (a forward hook; ``module.output_quant``)."""
+    module.output_quant = quantizer
+    module.register_forward_hook(_output_quant_hook)
+
+
 def _float_leftovers(model: nn.Module, quantized: set[str], excluded: set[str], graph: fx.Graph | None
                      ) -> dict[str, str]:
     """Layers with parameters (or functional matmuls) that stay in float, with the reason."""
@@ -252,9 +302,15 @@ def prepare_(model: nn.Module, config: Int8Static) -> QuantReport:
         wrapper.input_source = plan.tied_to
         wrapper.calibrate_weight()
         set_submodule(model, name, wrapper)
+    residual = []
+    if graph is not None and config.quantize_outputs:
+        for name in residual_modules(model, names):
+            attach_output_quant(model.get_submodule(name), act_quant())
+            residual.append(name)
     excluded = set(candidates) - set(names)
     skipped = _float_leftovers(model, set(names), excluded, graph)
-    details: dict[str, Any] = {"traced": graph is not None, "config": config.to_dict()}
+    details: dict[str, Any] = {"traced": graph is not None, "config": config.to_dict(),
+                               "residual_outputs": residual}
     details["config"].pop("filter_fn", None)
     if graph is None:
         details["trace_error"] = why
@@ -301,13 +357,13 @@ def convert_(model: nn.Module) -> None:
         ValueError: if a quantizer saw no data (the layer was never reached during calibration).
     """
     layers = dict(quant_layers(model))
-    for name, layer in layers.items():
-        for role, q in layer.quantizers().items():
-            if q.observing and q.observer is not None:
-                if not q.observer.has_data:
-                    raise ValueError(f"the {role} quantizer of layer {name!r} saw no calibration data; "
-                                     "is the layer used in forward()?")
-                q.freeze()
+    for name, q in model.named_modules():
+        if isinstance(q, FakeQuantize) and q.observing and q.observer is not None:
+            layer, _, role = name.rpartition(".")
+            if not q.observer.has_data:
+                raise ValueError(f"the {role.replace('_quant', '')} quantizer of layer {layer!r} saw no "
+                                 "calibration data; is the layer used in forward()?")
+            q.freeze()
     for name, layer in layers.items():
         src = getattr(layer, "input_source", None)
         if src is not None and layer.input_quant is not None:
