@@ -11,7 +11,6 @@ from typing import Any
 
 from torch import nn
 
-from slimtorch.core.errors import SlimtorchError
 from slimtorch.models import MODELS, create
 from slimtorch.storage import MODEL_FILE
 

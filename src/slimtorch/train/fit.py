@@ -13,7 +13,6 @@ with exactly the weights of an uninterrupted one. Under ``torchrun`` it trains w
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -31,7 +30,13 @@ from slimtorch.metrics import check_input_shape, evaluate
 from slimtorch.storage import MODEL_FILE
 from slimtorch.storage import save as save_model
 from slimtorch.train import distributed as dist_utils
-from slimtorch.train.checkpoint import CHECKPOINT_FILE, atomic_torch_save, load_checkpoint, rng_state, set_rng_state
+from slimtorch.train.checkpoint import (
+    CHECKPOINT_FILE,
+    atomic_torch_save,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+)
 from slimtorch.train.optim import build_optimizer, build_schedule
 from slimtorch.train.state import FitResult, TrainState
 
@@ -295,14 +300,9 @@ def _without_parametrizations(model: nn.Module) -> nn.Module:
     """A copy with parametrizations (e.g. pruning masks) baked into plain weights, for saving."""
     if not any(hasattr(m, "parametrizations") for m in model.modules()):
         return model
-    from torch.nn.utils import parametrize
+    from slimtorch.metrics import permanent_copy  # leaves the original's parametrizations intact
 
-    clone = copy.deepcopy(model)
-    for m in clone.modules():
-        if hasattr(m, "parametrizations"):
-            for name in list(m.parametrizations.keys()):
-                parametrize.remove_parametrizations(m, name, leave_parametrized=True)
-    return clone
+    return permanent_copy(model)
 
 
 def _call(callbacks: Sequence[Any], hook: str, state: TrainState) -> None:
