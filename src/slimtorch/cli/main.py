@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from slimtorch.core.errors import SlimtorchError
 
 #: Sub-command modules under ``slimtorch.cli``, in the order ``--help`` lists them.
-COMMAND_MODULES: list[str] = ["train", "eval", "profile", "demo", "distill", "share", "prune"]
+COMMAND_MODULES: list[str] = [
+    "train", "eval", "profile", "demo", "distill", "share", "prune", "run", "report", "quantize",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -76,6 +76,11 @@ def permanent_copy(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model)
     for m in list(model.modules()):
         if parametrize.is_parametrized(m):
+            # deepcopy shares the injected ``Parametrized<Type>`` class with the original, and removing a
+            # parametrization deletes the property from that class: give the copy a class of its own.
+            cls = type(m)
+            m.__class__ = type(cls.__name__, cls.__bases__, {k: v for k, v in cls.__dict__.items()
+                                                             if k not in ("__dict__", "__weakref__")})
             for pname in list(m.parametrizations):
                 parametrize.remove_parametrizations(m, pname, leave_parametrized=True)
     return model

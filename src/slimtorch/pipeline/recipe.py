@@ -1,0 +1,436 @@
+"""YAML recipes: a model source, a dataset and an ordered list of stages, validated all at once.
+
+A recipe::
+
+    model: {zoo: mlp, args: {hidden: [512, 512]}}
+    data: {name: digits}
+    stages:
+      - train: {epochs: 30, lr: 0.05}
+      - distill:
+          student: {zoo: mlp, args: {hidden: [128]}}
+          losses: [{type: KD, temperature: 4.0}]
+          train: {epochs: 40}
+      - prune: {type: Magnitude, sparsity: 0.5, finetune: {epochs: 10, lr: 0.01}}
+      - quantize: {type: Int8Static, observer: percentile}
+
+Every stage's options are parsed into the stage's options class and the technique's own config class
+(``Magnitude``, ``Int8Static``, ...). Validation never stops at the first problem: every problem is
+collected with its path in the file (``stages[2].prune.sparsity: 1.5 is not in [0.0, 1.0)``) and
+:class:`RecipeError` lists them all. Malformed YAML reports its line and column; unknown stages list
+the valid ones; a stage that cannot take the model the previous stages leave (``share`` after
+``quantize``) explains the allowed order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slimtorch.core.config import CONFIG_TYPES, Config
+from slimtorch.core.errors import SlimtorchError
+from slimtorch.pipeline.options import DataSpec, MeasureOptions, ModelSource
+from slimtorch.pipeline.stages import ALLOWED_ORDER, DENSE, get_stage, stage_names
+
+TOP_LEVEL_KEYS = ("name", "model", "data", "stages", "seed", "measure")
+
+
+class RecipeError(SlimtorchError):
+    """A recipe that cannot run; ``problems`` holds every problem found, each with its path in the file."""
+
+    def __init__(self, problems: list[str], source: str = "recipe") -> None:
+        self.problems = list(problems)
+        self.source = source
+        n = len(self.problems)
+        head = f"{n} problem{'s' if n != 1 else ''} in {source}:"
+        super().__init__("\n  - ".join([head, *self.problems]))
+
+
+@dataclass
+class StageSpec:
+    """One validated stage of a recipe.
+
+    Attributes:
+        name: the stage kind (``prune``).
+        index: position in ``stages`` (0-based).
+        options: the stage's own options (e.g. ``PruneOptions(finetune=...)``).
+        technique: the technique's config (``Magnitude(...)``), or ``None`` for stages without one.
+    """
+
+    name: str
+    index: int
+    options: Config
+    technique: Config | None = None
+    label: str | None = None
+
+    @property
+    def path(self) -> str:
+        """``stages[i].<name>``, the prefix of this stage's error messages."""
+        return f"stages[{self.index}].{self.name}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data that parses back to this stage (``{name: {type, technique fields, option fields}}``)."""
+        body: dict[str, Any] = {"label": self.label} if self.label else {}
+        if self.technique is not None:
+            body["type"] = type(self.technique).__name__
+            body.update(plain_config(self.technique))
+        body.update(plain_config(self.options))
+        return {self.name: body}
+
+
+@dataclass
+class Recipe:
+    """A validated recipe (see the module docstring)."""
+
+    model: ModelSource
+    data: DataSpec
+    stages: list[StageSpec]
+    seed: int = 0
+    measure: MeasureOptions = field(default_factory=MeasureOptions)
+    name: str = ""
+    base_dir: Path = field(default_factory=Path.cwd)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data that :func:`parse_recipe` turns back into an equal recipe."""
+        out: dict[str, Any] = {}
+        if self.name:
+            out["name"] = self.name
+        out.update(
+            {
+                "model": plain_config(self.model),
+                "data": plain_config(self.data),
+                "seed": self.seed,
+                "measure": plain_config(self.measure),
+                "stages": [s.to_dict() for s in self.stages],
+            }
+        )
+        return out
+
+    def to_yaml(self) -> str:
+        """The recipe as YAML text."""
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+    def resolve(self, path: str | None) -> Path | None:
+        """A path from the recipe, relative to the recipe file's folder."""
+        if path is None:
+            return None
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    def stage_fingerprint(self, index: int) -> str:
+        """Hash of everything stage ``index``'s output depends on (model, data, seed, stages up to it)."""
+        d = self.to_dict()
+        key = {"model": d["model"], "data": d["data"], "seed": self.seed, "stages": d["stages"][: index + 1]}
+        return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def plain_config(cfg: Config) -> dict[str, Any]:
+    """``cfg.to_dict()`` without callables (``filter_fn``) and with nested configs typed."""
+    return {k: v for k, v in cfg.to_dict().items() if not callable(v)}
+
+
+# ---- loading -------------------------------------------------------------------------------------
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a YAML recipe file (relative paths in it are relative to its folder).
+
+    Raises:
+        RecipeError: listing every problem (YAML syntax errors with line and column).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError([f"no recipe file at {p}"], str(p))
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError([f"cannot read {p}: {e}"], str(p)) from None
+    return parse_recipe_text(text, source=str(p), base_dir=p.resolve().parent)
+
+
+def parse_recipe_text(text: str, source: str = "recipe", base_dir: str | Path | None = None) -> Recipe:
+    """Validate a recipe given as YAML text (see :func:`load_recipe`)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "unknown position"
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        ctx = getattr(e, "context", None)
+        raise RecipeError(
+            [f"malformed YAML at {where}: {what}" + (f" ({ctx})" if ctx else "")], source
+        ) from None
+    except Exception as e:  # yaml raises a few non-YAMLError types on odd input (e.g. RecursionError)
+        raise RecipeError([f"malformed YAML: {type(e).__name__}: {e}"], source) from None
+    return parse_recipe(data, source, base_dir)
+
+
+def parse_recipe(data: Any, source: str = "recipe", base_dir: str | Path | None = None) -> Recipe:
+    """Validate a recipe given as plain data (what ``yaml.safe_load`` returns).
+
+    Raises:
+        RecipeError: listing every problem found.
+    """
+    problems: list[str] = []
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    if not isinstance(data, dict):
+        raise RecipeError(
+            [f"a recipe is a mapping with keys {list(TOP_LEVEL_KEYS)}, got {_kind(data)}"], source
+        )
+    unknown = [k for k in data if k not in TOP_LEVEL_KEYS]
+    if unknown:
+        problems.append(f"unknown top-level key(s) {_names(unknown)}; allowed: {list(TOP_LEVEL_KEYS)}")
+
+    model = None
+    if "model" not in data:
+        problems.append("model: missing (e.g. model: {zoo: mlp} or model: {factory: 'mypkg.nets:build'})")
+    else:
+        model = parse_config(ModelSource, data["model"], "model", problems)
+        if model is not None:
+            _check_checkpoint(model, "model", base, problems)
+    data_spec = parse_config(DataSpec, data.get("data", {}), "data", problems)
+    measure = parse_config(MeasureOptions, data.get("measure", {}), "measure", problems)
+    seed = data.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        problems.append(f"seed must be a non-negative integer, got {seed!r}")
+    name = data.get("name", "")
+    if not isinstance(name, str):
+        problems.append(f"name must be a string, got {_kind(name)}")
+
+    stages = _parse_stages(data.get("stages"), base, problems)
+    if stages:
+        _check_order(stages, problems)
+    if problems:
+        raise RecipeError(problems, source)
+    assert model is not None and data_spec is not None and measure is not None  # noqa: S101 - no problems
+    return Recipe(
+        model=model, data=data_spec, stages=stages, seed=seed, measure=measure, name=name, base_dir=base
+    )
+
+
+def _parse_stages(raw: Any, base: Path, problems: list[str]) -> list[StageSpec]:
+    if raw is None:
+        problems.append("stages: missing; give a list such as [{train: {epochs: 10}}, {evaluate: {}}]")
+        return []
+    if not isinstance(raw, list) or not raw:
+        problems.append(f"stages must be a non-empty list of {{stage: options}} items, got {_kind(raw)}")
+        return []
+    valid = stage_names()
+    out: list[StageSpec] = []
+    ok = True
+    for i, item in enumerate(raw):
+        where = f"stages[{i}]"
+        if not isinstance(item, dict) or len(item) != 1:
+            problems.append(
+                f"{where}: expected one {{stage: options}} mapping (e.g. {{prune: {{sparsity: 0.5}}}}), "
+                f"got {_kind(item)}"
+            )
+            ok = False
+            continue
+        ((name, body),) = item.items()
+        if not isinstance(name, str) or name.lower() not in valid:
+            problems.append(f"{where}: unknown stage {name!r}; valid stages: {', '.join(valid)}")
+            ok = False
+            continue
+        spec = parse_stage(name.lower(), i, body, problems, base)
+        if spec is None:
+            ok = False
+        else:
+            out.append(spec)
+    return out if ok else []
+
+
+def parse_stage(
+    name: str, index: int, body: Any, problems: list[str], base: Path | None = None
+) -> StageSpec | None:
+    """Parse one stage's options (``body``) into a :class:`StageSpec`, appending problems to ``problems``."""
+    stage = get_stage(name)
+    path = f"stages[{index}].{name}"
+    if body is None:
+        body = {}
+    if not isinstance(body, dict):
+        problems.append(f"{path}: options must be a mapping, got {_kind(body)}")
+        return None
+    n_before = len(problems)
+    body = dict(body)
+    label = body.pop("label", None)
+    if label is not None and (not isinstance(label, str) or not label.strip()):
+        problems.append(
+            f"{path}.label must be a non-empty string (the stage's name in the report), got {_kind(label)}"
+        )
+    own_fields = {f.name for f in dataclasses.fields(stage.options)}  # type: ignore[arg-type]
+    own = {k: v for k, v in body.items() if k in own_fields}
+    rest = {k: v for k, v in body.items() if k not in own_fields}
+    technique = None
+    if stage.techniques is None:
+        options = parse_config(stage.options, body, path, problems, extra_allowed=())
+    else:
+        options = parse_config(stage.options, own, path, problems)
+        kinds = stage.techniques()
+        type_name = rest.pop("type", stage.default_technique)
+        if not isinstance(type_name, str) or type_name not in kinds:
+            problems.append(f"{path}.type: {type_name!r} is not one of {sorted(kinds)}")
+        else:
+            technique = parse_config(kinds[type_name], rest, path, problems, extra_allowed=sorted(own_fields))
+    if options is not None and base is not None:
+        for f in dataclasses.fields(options):  # type: ignore[arg-type]
+            v = getattr(options, f.name)
+            if isinstance(v, ModelSource):
+                _check_checkpoint(v, f"{path}.{f.name}", base, problems)
+    if len(problems) > n_before or options is None:
+        return None
+    return StageSpec(name=name, index=index, options=options, technique=technique, label=label)
+
+
+def _check_order(stages: list[StageSpec], problems: list[str]) -> None:
+    state, last = DENSE, None
+    for spec in stages:
+        stage = get_stage(spec.name)
+        if state not in stage.accepts:
+            after = f"after {last.path}" if last is not None else "here"
+            problems.append(
+                f"{spec.path} cannot run {after}: it needs a model that is "
+                f"{' or '.join(sorted(stage.accepts))}, "
+                f"but the stages before leave it {state}. Allowed order: {ALLOWED_ORDER}"
+            )
+            return
+        new = stage.produces(spec, state)
+        if new != state:
+            last = spec
+        state = new
+
+
+def _check_checkpoint(src: ModelSource, path: str, base: Path, problems: list[str]) -> None:
+    if src.checkpoint is None:
+        return
+    p = Path(src.checkpoint).expanduser()
+    p = p if p.is_absolute() else base / p
+    if not (p.is_file() or (p / "model.safetensors").is_file()):
+        problems.append(
+            f"{path}.checkpoint: no model at {src.checkpoint!r} (looked for {p}); give a run folder "
+            "or a .safetensors file written by slimtorch.save"
+        )
+
+
+# ---- typed parsing with every problem collected ---------------------------------------------------
+def parse_config(
+    cls: type[Config], data: Any, path: str, problems: list[str], extra_allowed: Any = ()
+) -> Any:
+    """Build ``cls`` from plain ``data``, appending every problem (with its path) to ``problems``.
+
+    Nested configs (fields typed as a Config, possibly chosen by a ``type`` key, or lists of them)
+    are parsed recursively so their problems carry their own paths. When the whole config is
+    refused, each given field is tried on its own so each bad field is reported.
+
+    Args:
+        cls: the config class.
+        data: a mapping (``None`` means all defaults).
+        path: prefix for messages (``stages[2].prune``).
+        problems: list the problems are appended to.
+        extra_allowed: other keys valid at this level (named in the "allowed" list of an unknown-key error).
+
+    Returns:
+        The config, or ``None`` when there were problems.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.append(f"{path}: expected a mapping of {cls.__name__} options, got {_kind(data)}")
+        return None
+    data = dict(data)
+    if "type" in data:
+        name = data.pop("type")
+        sub = CONFIG_TYPES.get(name) if isinstance(name, str) else None
+        if sub is None or not issubclass(sub, cls):
+            allowed = sorted(n for n, t in CONFIG_TYPES.items() if issubclass(t, cls) and t is not cls) or [
+                cls.__name__
+            ]
+            problems.append(f"{path}.type: {name!r} is not one of {allowed}")
+            return None
+        cls = sub
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = [k for k in data if k not in fields]
+    n_before = len(problems)
+    if unknown:
+        allowed = sorted(set(fields) | set(extra_allowed))
+        problems.append(f"{path}: unknown key(s) {_names(unknown)} for {cls.__name__}; allowed: {allowed}")
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # unresolvable annotations: take values as given
+        hints = {}
+    kwargs: dict[str, Any] = {}
+    for k, v in data.items():
+        if k in fields:
+            kwargs[k] = _convert(v, hints.get(k, Any), f"{path}.{k}", problems)
+    if len(problems) > n_before:
+        return None
+    try:
+        return cls(**kwargs)
+    except Exception as whole:  # noqa: BLE001 - any refusal of a config is a recipe problem
+        per_field = []
+        for k, v in kwargs.items():
+            try:
+                cls(**{k: v})
+            except Exception as e:  # noqa: BLE001
+                per_field.append(_located(path, k, e))
+        problems.extend(per_field or [f"{path}: {_message(whole)}"])
+        return None
+
+
+def _convert(v: Any, hint: Any, path: str, problems: list[str]) -> Any:
+    """Plain value -> the field's type where the type is a config, a list of configs or a tuple."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        configs = [a for a in args if isinstance(a, type) and issubclass(a, Config)]
+        if configs and isinstance(v, dict):
+            return parse_config(configs[0], v, path, problems)
+        tuples = [a for a in args if typing.get_origin(a) in (tuple, list)]
+        if tuples and isinstance(v, list):
+            return _convert(v, tuples[0], path, problems)
+        return v
+    if isinstance(hint, type) and issubclass(hint, Config):
+        return parse_config(hint, v, path, problems) if isinstance(v, dict) else v
+    if origin in (tuple, list) and isinstance(v, list):
+        elem = args[0] if args else Any
+        if isinstance(elem, type) and issubclass(elem, Config):
+            items = []
+            for i, item in enumerate(v):
+                if not isinstance(item, dict):
+                    problems.append(f"{path}[{i}]: expected a mapping with a 'type' key, got {_kind(item)}")
+                    continue
+                items.append(parse_config(elem, item, f"{path}[{i}]", problems))
+            v = items
+        return tuple(v) if origin is tuple else list(v)
+    return v
+
+
+def _message(e: BaseException) -> str:
+    return str(e).strip() or type(e).__name__
+
+
+def _located(path: str, key: str, e: BaseException) -> str:
+    msg = _message(e)
+    if msg.startswith(path):
+        return msg
+    if msg.startswith(key) and msg[len(key) : len(key) + 1] in (":", " ", "["):
+        return f"{path}.{msg}"
+    return f"{path}.{key}: {msg}"
+
+
+def _kind(v: Any) -> str:
+    if v is None:
+        return "nothing"
+    if isinstance(v, (str, int, float, bool)):
+        return f"{type(v).__name__} {v!r}"[:80]
+    return type(v).__name__
+
+
+def _names(keys: list[Any]) -> str:
+    return "[" + ", ".join(repr(k) for k in keys) + "]"
