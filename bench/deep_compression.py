@@ -41,6 +41,7 @@ from slimtorch import share  # noqa: E402
 from slimtorch.data import load as load_data  # noqa: E402
 from slimtorch.metrics import accuracy  # noqa: E402
 from slimtorch.models import create  # noqa: E402
+from slimtorch.share.sparse_index import to_gaps  # noqa: E402
 from slimtorch.train import fit  # noqa: E402
 
 SEED = 0
@@ -154,20 +155,30 @@ def pruned_start(
 
 
 def pq_size(model: torch.nn.Module, tmp: Path) -> int:
-    """Fixed-width size of the shared model: each entry (kept weight or filler) costs bits + index_bits."""
-    path = share.save(model, tmp / "pq.slim")
-    header = share.read_header(path)
-    data = path.read_bytes()
-    start = header["header_bytes"]
-    total = header["header_bytes"] + sum(t["data"][1] for t in header["tensors"])
-    from slimtorch.share import huffman
+    """P+Q size without Huffman coding (the paper's P+Q column), computed, not written.
 
-    for layer in header["layers"]:
-        sec = layer["sections"]
-        off, length, _ = sec["indices"]
-        n_entries = len(huffman.unpack(data[start + off : start + off + length]))
-        index_bits = layer["index_bits"] if "positions" in sec else 0
-        total += sec["codebook"][1] + (n_entries * (layer["bits"] + index_bits) + 7) // 8
+    Per shared layer: the codebook (fp32 centroids in use) plus, per entry, a ``bits``-wide cluster index
+    and a ``b``-wide relative position, ``b`` being the fixed width that minimises the total (fillers
+    included). Biases and the header are counted as stored in the ``.slim`` file.
+    """
+    header = share.read_header(share.save(model, tmp / "pq.slim"))
+    total = header["header_bytes"] + sum(t["data"][1] for t in header["tensors"])
+    for sw in share.shared_layers(model).values():
+        codes = sw.codes.reshape(-1)
+        kept = torch.nonzero(codes).reshape(-1).numpy()
+        codebook = 4 * int(torch.unique(codes[codes > 0]).numel())
+        if kept.size == codes.numel():
+            total += codebook + (kept.size * sw.bits + 7) // 8
+            continue
+        best = None
+        for b in range(1, 17):
+            gaps, _ = to_gaps(kept, b)
+            big = (1 << b) - 1
+            last = int(kept[-1]) if kept.size else -1
+            entries = gaps.size + (codes.numel() - 1 - last) // big  # trailing fillers
+            size = codebook + (entries * (sw.bits + b) + 7) // 8
+            best = size if best is None else min(best, size)
+        total += best
     return total
 
 
@@ -301,7 +312,7 @@ def run_model(
             model,
             pq_size(model, tmp),
             err_q,
-            f"{how}; before fine-tuning {err_q0}%; fixed-width indices (computed)",
+            f"{how}; before fine-tuning {err_q0}%; size computed for fixed-width indices and positions",
             "",
             "",
             t.elapsed,

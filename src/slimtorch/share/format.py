@@ -43,7 +43,6 @@ from torch import nn
 
 from slimtorch import storage
 from slimtorch.core.errors import SlimtorchError
-from slimtorch.models.registry import create
 from slimtorch.share import huffman
 from slimtorch.share.cluster import shared_layers
 from slimtorch.share.sparse_index import from_gaps, max_gap, to_gaps
@@ -312,7 +311,7 @@ def save(
     if not p.suffix:
         p = p.with_suffix(SUFFIX)
     layers, tensors = _encode_state(model, codebook_dtype, index_bits)
-    header: dict[str, Any] = {"spec": storage._spec(model), "layers": [], "tensors": []}
+    header: dict[str, Any] = {"spec": storage.model_spec(model), "layers": [], "tensors": []}
     if metadata:
         header["metadata"] = metadata
     blobs: list[bytes] = []  # section payloads in file order; the header records their offsets
@@ -569,10 +568,8 @@ def loads(data: bytes, model: nn.Module | None = None, path: str = "<bytes>") ->
                 f"{p} holds no architecture spec (it was not saved from a zoo model); pass the "
                 "skeleton: slimtorch.share.load(path, model=MyNet())"
             )
-        zoo = spec["model"]
         try:
-            model = create(zoo["name"], **zoo.get("kwargs", {}))
-            storage._apply_structure(model, spec.get("changed", {}))
+            model = storage.model_from_spec(spec, p)
         except (KeyError, TypeError, AttributeError) as e:
             raise _err(p, "header", f"invalid architecture spec: {e}") from None
     _match_dtypes(model, state)
