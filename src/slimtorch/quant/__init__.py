@@ -5,7 +5,7 @@ Entry points: :func:`quantize_` (dispatches on the config type, see :mod:`slimto
 in :mod:`slimtorch.quant.observers`.
 """
 
-from slimtorch.quant.api import QUANTIZERS, QuantReport, quantize_, register_quantizer
+from slimtorch.quant.api import QUANTIZERS, SCHEMES, QuantReport, quantize_, register_quantizer, register_scheme
 from slimtorch.quant.equalization import CrossLayerEqualization, equalize_
 from slimtorch.quant.export import compare_with_onnx, export_float_onnx, export_onnx
 from slimtorch.quant.fold import fold_bn_
@@ -22,6 +22,7 @@ from slimtorch.quant.primitives import (
 )
 from slimtorch.quant.ptq import Int8Dynamic, Int8Static, calibrate, convert_, prepare_
 from slimtorch.quant.qat import QAT, convert_qat_, prepare_qat_
+from slimtorch.quant.serialize import load_quantized, register_preparer, save_quantized
 from slimtorch.quant.weight_only import WeightOnly
 
 __all__ = [
@@ -34,6 +35,11 @@ __all__ = [
     "equalize_",
     "prepare_qat_",
     "OBSERVERS",
+    "SCHEMES",
+    "load_quantized",
+    "register_preparer",
+    "register_scheme",
+    "save_quantized",
     "FakeQuantize",
     "Int8Dynamic",
     "Int8Static",

@@ -70,6 +70,44 @@ class QuantReport:
         return "\n".join(lines)
 
 
+@dataclass
+class Scheme:
+    """A named quantization scheme for front ends (the ``slimtorch quantize --scheme NAME`` CLI, recipes).
+
+    Attributes:
+        name: the scheme name (``"int8"``, ``"w4a8"``, ...).
+        build: ``build(options) -> Config`` from a plain dict of options (the CLI passes ``vars(args)``:
+            ``observer``, ``calib``, ``method``, ``bits``, ``group_size``, ``qat_epochs``, ``lr``,
+            ``per_tensor``, ``exclude``, ...; unknown keys must be ignored).
+        data: which batches ``quantize_`` receives: ``"calib"`` (``--calib`` training images),
+            ``"train"`` (the whole training set, e.g. for QAT) or ``"none"``.
+        help: one line for ``--help``.
+    """
+
+    name: str
+    build: Callable[[dict[str, Any]], Config]
+    data: str = "calib"
+    help: str = ""
+
+
+#: scheme name -> :class:`Scheme`.
+SCHEMES: dict[str, Scheme] = {}
+
+
+def register_scheme(name: str, data: str = "calib", help: str = "") -> Callable[[Callable], Callable]:
+    """Decorator: ``@register_scheme("w4a8", data="calib")`` on a ``build(options) -> Config`` function."""
+    if data not in ("calib", "train", "none"):
+        raise ValueError(f"data must be 'calib', 'train' or 'none', got {data!r}")
+
+    def deco(build: Callable[[dict[str, Any]], Config]) -> Callable[[dict[str, Any]], Config]:
+        if name in SCHEMES and SCHEMES[name].build is not build:
+            raise ValueError(f"quantization scheme {name!r} is already registered")
+        SCHEMES[name] = Scheme(name, build, data, help)
+        return build
+
+    return deco
+
+
 def register_quantizer(config_type: type[Config]) -> Callable[[Handler], Handler]:
     """Decorator registering ``handler`` as the implementation of ``config_type`` for :func:`quantize_`."""
     if not (isinstance(config_type, type) and issubclass(config_type, Config)):

@@ -7,6 +7,7 @@ and batches holding NaN or inf are refused.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -57,7 +58,8 @@ def iter_calibration(calib_data: Iterable[Any] | None, model: nn.Module | None =
         if not isinstance(x, torch.Tensor):
             raise SlimtorchError(f"calibration batch {i}: inputs must be a tensor, got {type(x).__name__}")
         sample = tuple(x.shape[1:])
-        if expected is not None and sample != expected:
+        # models such as MLPs flatten their input, so only the number of values per sample must agree
+        if expected is not None and sample != expected and math.prod(sample) != math.prod(expected):
             raise SlimtorchError(
                 f"calibration batch {i} has shape {tuple(x.shape)}: per-sample shape {sample} does not match "
                 f"the model's input_shape {expected}"

@@ -16,6 +16,7 @@ optional input) are dropped, and the ``model.slimtorch.*`` metadata records the 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,10 @@ def _export(model: nn.Module, path: Path, inputs: tuple[Any, ...], dynamic_batch
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # constants captured on purpose (our scales, integer codes) make the tracer warn
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(model, inputs, str(path), dynamo=False, opset_version=OPSET,
                               input_names=in_names,
                               output_names=["output"], dynamic_axes=axes, do_constant_folding=True)

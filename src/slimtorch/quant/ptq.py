@@ -33,7 +33,7 @@ from torch import nn
 from slimtorch.core.config import Config, check_choice, check_positive
 from slimtorch.core.errors import SlimtorchError
 from slimtorch.core.selection import Selector, set_submodule
-from slimtorch.quant.api import QuantReport, register_quantizer
+from slimtorch.quant.api import QuantReport, register_quantizer, register_scheme
 from slimtorch.quant.calibration import iter_calibration
 from slimtorch.quant.fold import find_conv_bn_pairs, fold_bn_
 from slimtorch.quant.modules import QUANT_MODULES, FakeQuantize, QuantConv2d, QuantLinear
@@ -463,6 +463,21 @@ def _int8_dynamic(model: nn.Module, config: Int8Dynamic, calib_data: Iterable[An
     skipped = _float_leftovers(model, set(names), set(candidates) - set(names), graph)
     return QuantReport("int8_dynamic", quantized=names, skipped=skipped,
                        details={"granularity": config.granularity})
+
+
+@register_scheme("int8", data="calib", help="static int8 (Int8Static): --observer, --per-tensor, --exclude")
+def _int8_scheme(options: dict[str, Any]) -> Int8Static:
+    kw: dict[str, Any] = {"observer": options.get("observer") or "minmax",
+                          "per_channel": not options.get("per_tensor", False),
+                          "exclude": tuple(options.get("exclude") or ())}
+    if options.get("percentile") is not None:
+        kw["observer_kwargs"] = {"percentile": options["percentile"]}
+    return Int8Static(**kw)
+
+
+@register_scheme("int8-dynamic", data="none", help="dynamic int8 Linear layers (Int8Dynamic), per-tensor scales")
+def _int8_dynamic_scheme(options: dict[str, Any]) -> Int8Dynamic:
+    return Int8Dynamic(granularity="tensor", exclude=tuple(options.get("exclude") or ()))
 
 
 __all__ = ["DynamicFakeQuantize", "Int8Dynamic", "Int8Static", "calibrate", "convert_",

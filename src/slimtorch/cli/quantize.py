@@ -1,0 +1,165 @@
+"""``slimtorch quantize RUN --scheme NAME ...``: quantize a trained model, export it to int8 ONNX, report.
+
+Schemes come from :data:`slimtorch.quant.SCHEMES`: a ``build(options) -> Config`` function registered
+with ``@register_scheme("name", data="calib"|"train"|"none")`` appears here as ``--scheme name`` and
+receives every option of this command as a dict (``observer``, ``calib``, ``method``, ``bits``,
+``group_size``, ``qat_epochs``, ``lr``, ``per_tensor``, ``exclude``, ``percentile``). ``data`` says
+which batches ``quantize_`` gets: ``--calib`` training images, the whole training set (QAT), or none.
+Examples::
+
+    slimtorch quantize runs/r20 --scheme int8 --observer percentile --calib 512 --data cifar10 --out runs/q
+    slimtorch quantize runs/gpt --scheme int8-dynamic --out runs/gpt-q
+
+The output folder holds ``model.safetensors`` (the fake-quant simulation, reload it with
+``slimtorch.quant.load_quantized``), ``model.int8.onnx`` (QDQ model for ONNX Runtime, when the
+scheme exports), ``model.fp32.onnx`` and ``quant_report.json`` / ``quant_report.txt`` (accuracy of
+fp32, simulation and ONNX Runtime int8, their agreement, file sizes, latency, float layers).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+
+import slimtorch
+from slimtorch import data as sdata
+from slimtorch.cli.common import add_data_arguments, check_out_dir, write_json
+from slimtorch.quant import OBSERVERS, SCHEMES, quantize_, save_quantized
+
+NAME = "quantize"
+HELP = "Quantize a trained model (int8 PTQ and the registered low-bit schemes) and export int8 ONNX."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN", help="run folder or .safetensors file of the model to quantize")
+    p.add_argument("--scheme", required=True, choices=sorted(SCHEMES),
+                   help="; ".join(f"{k}: {v.help}" for k, v in sorted(SCHEMES.items())))
+    p.add_argument("--observer", default="minmax", choices=OBSERVERS.names(), help="activation range observer")
+    p.add_argument("--percentile", type=float, default=None, help="percentile for --observer percentile")
+    p.add_argument("--calib", type=int, default=512, help="calibration images from the training split")
+    p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor, not per channel")
+    p.add_argument("--exclude", nargs="*", default=[], help="layer name patterns to keep in float")
+    p.add_argument("--method", default=None, help="low-bit weight method of the scheme (e.g. rtn, gptq, adaround)")
+    p.add_argument("--bits", type=int, default=None, help="weight bits of low-bit schemes")
+    p.add_argument("--group-size", type=int, default=None, help="weight group size of low-bit schemes")
+    p.add_argument("--qat-epochs", type=int, default=0, help="quantization-aware training epochs (QAT schemes)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate for schemes that train")
+    add_data_arguments(p, required=False)
+    p.add_argument("--batch-size", type=int, default=64, help="calibration / evaluation batch size")
+    p.add_argument("--eval-n", type=int, default=2000, help="test images for the accuracy report (0: none)")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for the latency report")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output run folder")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+
+
+def run(args: argparse.Namespace) -> int:
+    from slimtorch.metrics import accuracy, compare_latency, file_size
+    from slimtorch.quant.export import compare_with_onnx, export_float_onnx, export_onnx
+
+    if args.calib < 1:
+        raise ValueError(f"--calib must be >= 1, got {args.calib}")
+    if args.qat_epochs < 0:
+        raise ValueError(f"--qat-epochs must be >= 0, got {args.qat_epochs}")
+    scheme = SCHEMES[args.scheme]
+    options = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    config = scheme.build(options)
+    if scheme.data != "none" and not args.data:
+        raise ValueError(f"--scheme {args.scheme} needs data: give --data (e.g. mnist, cifar10)")
+    out = check_out_dir(args.out, args.overwrite)
+    model = slimtorch.load(args.run).eval()
+    train = sdata.load(args.data, "train", root=args.root) if args.data else None
+    test = sdata.load(args.data, "test", root=args.root) if args.data else None
+    batches: Any = None
+    if scheme.data == "calib":
+        subset = sdata.calibration_subset(train, min(args.calib, len(train)), seed=args.seed)
+        batches = sdata.make_loader(subset, batch_size=args.batch_size)
+    elif scheme.data == "train":
+        batches = sdata.make_loader(train, batch_size=args.batch_size, shuffle=True, seed=args.seed)
+    example = _example_input(model, test if test is not None else train, args.batch_size)
+    eval_set = None
+    if test is not None and args.eval_n > 0:
+        eval_set = sdata.calibration_subset(test, min(args.eval_n, len(test)), seed=args.seed)
+    fp32_acc = accuracy(model, eval_set) if eval_set is not None else None
+    fp32_onnx = export_float_onnx(model, out / "model.fp32.onnx", example[:1])
+
+    report = quantize_(model, config, calib_data=batches)
+    doc: dict[str, Any] = {
+        "source": str(args.run),
+        "scheme": args.scheme,
+        "config": {"type": type(config).__name__, **{k: v for k, v in config.to_dict().items() if not callable(v)}},
+        "report": report.to_dict(),
+        "accuracy": {"fp32": fp32_acc},
+    }
+    model_file = save_quantized(model, out, config)
+    doc["files"] = {"model": str(model_file), "fp32_onnx": str(fp32_onnx)}
+    if eval_set is not None:
+        doc["accuracy"]["simulated"] = accuracy(model, eval_set)
+    try:
+        int8_onnx = export_onnx(model, out / "model.int8.onnx", example[:1])
+    except ValueError as e:  # e.g. sub-8-bit activations have no ONNX integer kernels
+        doc["onnx_export"] = f"not exported: {e}"
+        int8_onnx = None
+    if int8_onnx is not None:
+        doc["files"]["int8_onnx"] = str(int8_onnx)
+        doc["bytes"] = {"fp32_onnx": file_size(fp32_onnx), "int8_onnx": file_size(int8_onnx)}
+        doc["bytes"]["smaller_x"] = doc["bytes"]["fp32_onnx"] / doc["bytes"]["int8_onnx"]
+        lat = compare_latency(fp32_onnx, int8_onnx, example, runtime="onnxruntime", threads=args.threads,
+                              warmup=3, repeats=20)
+        doc["latency"] = {**lat, "batch": example.shape[0]}
+        if eval_set is not None:
+            loader = sdata.make_loader(eval_set, batch_size=256)
+            doc["onnxruntime_vs_simulation"] = compare_with_onnx(model, int8_onnx, loader, threads=args.threads)
+            doc["accuracy"]["onnxruntime_int8"] = _ort_accuracy(int8_onnx, loader, args.threads)
+    write_json(out / "quant_report.json", doc)
+    text = _text(doc, report.summary())
+    (out / "quant_report.txt").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def _example_input(model: torch.nn.Module, dataset: Any, batch: int) -> torch.Tensor:
+    if dataset is not None:
+        return torch.stack([dataset[i][0] for i in range(min(batch, len(dataset)))])
+    shape = getattr(model, "input_shape", None)
+    if shape is None:
+        raise ValueError("the model has no input_shape; give --data so an example input can be built")
+    dtype = getattr(model, "input_dtype", torch.float32)
+    return torch.zeros(batch, *shape, dtype=dtype)
+
+
+def _ort_accuracy(path: Any, loader: Any, threads: int) -> float:
+    from slimtorch.quant.export import ort_session
+
+    sess = ort_session(path, threads)
+    name = sess.get_inputs()[0].name
+    correct = total = 0
+    for x, y in loader:
+        pred = torch.from_numpy(sess.run(None, {name: x.numpy()})[0]).argmax(-1)
+        correct += int((pred == y).sum())
+        total += y.numel()
+    return correct / max(total, 1)
+
+
+def _text(doc: dict[str, Any], summary: str) -> str:
+    lines = [summary]
+    acc = {k: v for k, v in doc["accuracy"].items() if v is not None}
+    if acc:
+        lines.append("accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in acc.items()))
+    if "onnxruntime_vs_simulation" in doc:
+        c = doc["onnxruntime_vs_simulation"]
+        lines.append(f"ONNX Runtime vs simulation: top-1 agreement {c['top1_agreement']:.4f}, "
+                     f"max |diff| {c['max_abs_diff']:.3g}")
+    if "bytes" in doc:
+        b = doc["bytes"]
+        lines.append(f"size: fp32 ONNX {b['fp32_onnx']} B, int8 ONNX {b['int8_onnx']} B "
+                     f"({b['smaller_x']:.2f}x smaller)")
+    if "latency" in doc:
+        lat = doc["latency"]
+        lines.append(f"ONNX Runtime latency at batch {lat['batch']}, {lat['threads']} thread(s): fp32 "
+                     f"{lat['a_ms']:.2f} ms, int8 {lat['b_ms']:.2f} ms ({lat['speedup']:.2f}x)")
+    if "onnx_export" in doc:
+        lines.append(doc["onnx_export"])
+    return "\n".join(lines)

@@ -1,0 +1,77 @@
+"""``slimtorch quantize``: int8 PTQ of a digits MLP, int8 ONNX output, report, reload, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import slimtorch
+from slimtorch.cli.main import main
+from slimtorch.data import load
+from slimtorch.models import create
+from slimtorch.quant import SCHEMES, QuantLinear, compare_with_onnx, load_quantized
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    model = create("mlp", in_features=64, hidden=(32,), num_classes=10)
+    ds = load("digits", "train")
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    y = torch.tensor([ds[i][1] for i in range(len(ds))])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return slimtorch.save(model.eval(), tmp_path_factory.mktemp("run") / "run").parent
+
+
+def test_int8_percentile(run_dir, tmp_path, capsys):
+    out = tmp_path / "q"
+    rc = main(["quantize", str(run_dir), "--scheme", "int8", "--observer", "percentile", "--calib", "256",
+               "--data", "digits", "--out", str(out), "--eval-n", "300"])
+    assert rc == 0
+    doc = json.loads((out / "quant_report.json").read_text())
+    assert doc["config"]["type"] == "Int8Static" and doc["config"]["observer"] == "percentile"
+    acc = doc["accuracy"]
+    assert acc["fp32"] > 0.9
+    assert acc["simulated"] >= acc["fp32"] - 0.02 and acc["onnxruntime_int8"] >= acc["fp32"] - 0.02
+    assert doc["onnxruntime_vs_simulation"]["top1_agreement"] >= 0.99
+    assert doc["bytes"]["smaller_x"] > 2.5
+    assert (out / "model.int8.onnx").exists() and (out / "model.fp32.onnx").exists()
+    assert "ONNX Runtime vs simulation" in capsys.readouterr().out
+    # the saved simulation reloads without calibration data and still matches the exported int8 model
+    again = load_quantized(out)
+    assert isinstance(again.net[1], QuantLinear) and again.net[1].input_quant.quantizing
+    x = torch.stack([load("digits", "test")[i][0] for i in range(64)])
+    cmp = compare_with_onnx(again, out / "model.int8.onnx", [x])
+    assert cmp["top1_agreement"] >= 0.98 and cmp["max_abs_diff"] < 0.05 * float(again(x).abs().max())
+
+
+def test_dynamic_scheme_needs_no_data(run_dir, tmp_path):
+    out = tmp_path / "d"
+    assert main(["quantize", str(run_dir), "--scheme", "int8-dynamic", "--out", str(out)]) == 0
+    doc = json.loads((out / "quant_report.json").read_text())
+    assert doc["config"]["type"] == "Int8Dynamic" and "int8_onnx" in doc["files"]
+
+
+def test_schemes_come_from_the_registry():
+    assert {"int8", "int8-dynamic"} <= set(SCHEMES)
+
+
+def test_bad_input(run_dir, tmp_path, capsys):
+    assert main(["quantize", str(run_dir), "--scheme", "int8", "--out", str(tmp_path / "x")]) == 2
+    assert "needs data: give --data" in capsys.readouterr().err
+    assert main(["quantize", str(run_dir), "--scheme", "int8", "--data", "digits", "--calib", "0",
+                 "--out", str(tmp_path / "y")]) == 2
+    assert "--calib must be >= 1, got 0" in capsys.readouterr().err
+    out = tmp_path / "z"
+    out.mkdir()
+    slimtorch.save(create("mlp", in_features=64), out)
+    assert main(["quantize", str(run_dir), "--scheme", "int8", "--data", "digits", "--out", str(out)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["quantize", str(run_dir), "--scheme", "int3", "--out", str(tmp_path / "w")])
