@@ -10,7 +10,9 @@ Stages (all in one run unless ``--stage`` says otherwise):
      torch and ONNX Runtime (each a ratio inside one run, ``slimtorch.metrics.compare_latency``), and
      dependency-graph build time for ResNet-56 and char_gpt (slimtorch vs Torch-Pruning).
 
-Cheap rows (graph build time, MACs, latency) are computed and printed first, accuracy rows after.
+Two variants, each run with both libraries: round_to=1 and round_to=8 (channel counts that SIMD kernels
+like; ONNX Runtime's NCHWc convolutions block channels by 8). Cheap rows (graph build time, MACs,
+latency) are computed and printed first, accuracy after.
 
     .venv/bin/python bench/prune_resnet.py                 # everything
     .venv/bin/python bench/prune_resnet.py --stage train   # only the checkpoint
@@ -23,6 +25,7 @@ import argparse
 import copy
 import os
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -75,7 +78,7 @@ def main() -> None:
     ap.add_argument("--finetune-n", type=int, default=5000)
     ap.add_argument("--finetune-epochs", type=int, default=1)
     ap.add_argument("--latency-batch", type=int, default=32)
-    ap.add_argument("--latency-repeats", type=int, default=20)
+    ap.add_argument("--latency-repeats", type=int, default=60)
     ap.add_argument("--checkpoint", type=Path, default=CKPT, help="dense model (trained here if missing)")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
@@ -90,8 +93,8 @@ def main() -> None:
         compare(a, log)
 
 
-def graph_build_times(repeats: int = 3) -> list[dict]:
-    """Median dependency-graph build time, slimtorch vs Torch-Pruning, on ResNet-56 and char_gpt."""
+def graph_build_times(repeats: int = 5) -> list[dict]:
+    """Dependency-graph build time (CPU seconds of this process, min of ``repeats``), slimtorch vs TP."""
     import torch_pruning as tp
 
     rows = []
@@ -100,45 +103,66 @@ def graph_build_times(repeats: int = 3) -> list[dict]:
         "char_gpt": (create("char_gpt").eval(), torch.randint(0, 65, (1, 128))),
     }
     for name, (model, x) in cases.items():
-        ours, theirs = [], []
+        times: dict[str, list[float]] = {"concrete": [], "fx": [], "tp": []}
+        groups = 0
         for _ in range(repeats):
-            t = Timer()
-            g = build_dependency_graph(model, x)
-            ours.append(t.elapsed)
-            t = Timer()
-            tp.DependencyGraph().build_dependency(model, example_inputs=x)
-            theirs.append(t.elapsed)
-        ours.sort()
-        theirs.sort()
-        rows.append({"row": f"graph build {name}", "slimtorch_ms": round(1e3 * ours[len(ours) // 2], 1),
-                     "torch_pruning_ms": round(1e3 * theirs[len(theirs) // 2], 1),
-                     "slimtorch_groups": len(g.groups), "tracer": g.tracer})
+            for k in times:
+                t0 = time.process_time()
+                if k == "tp":
+                    tp.DependencyGraph().build_dependency(model, example_inputs=x)
+                else:
+                    try:
+                        g = build_dependency_graph(model, x, tracer=k)
+                    except ValueError:  # fx cannot trace char_gpt (shape-dependent `if`)
+                        continue
+                    groups = len(g.groups)
+                times[k].append(time.process_time() - t0)
+        rows.append({"row": f"graph build {name}",
+                     "slimtorch_ms": round(1e3 * min(times["concrete"]), 1),
+                     "slimtorch_fx_ms": round(1e3 * min(times["fx"]), 1) if times["fx"] else "fx fails",
+                     "torch_pruning_ms": round(1e3 * min(times["tp"]), 1), "slimtorch_groups": groups})
         print(rows[-1], flush=True)
     return rows
 
 
-def tp_prune(model: torch.nn.Module, x: torch.Tensor, ratio: float) -> torch.nn.Module:
-    """Torch-Pruning with L1 magnitude importance, uniform per-group ratio, classifier ignored."""
+def tp_prune(model: torch.nn.Module, x: torch.Tensor, ratio: float, global_pruning: bool,
+             round_to: int) -> torch.nn.Module:
+    """Torch-Pruning with L1 magnitude importance (group mean), classifier ignored."""
     import torch_pruning as tp
 
     pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(p=1),
-                                  pruning_ratio=ratio, ignored_layers=[model.fc])
+                                  pruning_ratio=ratio, ignored_layers=[model.fc],
+                                  global_pruning=global_pruning, round_to=round_to if round_to > 1 else None)
     pruner.step()
     return model
 
 
-def tp_to_target(base: torch.nn.Module, x: torch.Tensor, target: float) -> tuple[torch.nn.Module, float]:
+def tp_to_target(base: torch.nn.Module, x: torch.Tensor, target: float, global_pruning: bool,
+                 round_to: int) -> tuple[torch.nn.Module, float]:
     """Bisection on Torch-Pruning's ratio: the smallest (to 1e-3) whose MACs are <= ``target``."""
     lo, hi = 0.0, 0.95
-    best = tp_prune(copy.deepcopy(base), x, hi)
+    best = tp_prune(copy.deepcopy(base), x, hi, global_pruning, round_to)
     while hi - lo > 1e-3:
         mid = (lo + hi) / 2
-        m = tp_prune(copy.deepcopy(base), x, mid)
+        m = tp_prune(copy.deepcopy(base), x, mid, global_pruning, round_to)
         if count_macs(m, x) <= target:
             hi, best = mid, m
         else:
             lo = mid
     return best, hi
+
+
+#: (allocation, round_to): "uniform r1" is the plain comparison, "uniform r8" keeps channel counts that
+#: runtimes' SIMD kernels like (ONNX Runtime's NCHWc convs block channels by 8).
+VARIANTS = (("uniform", 1), ("uniform", 8))
+
+
+def widths(model: torch.nn.Module) -> str:
+    """Stem width, then per stage the blocks' inner widths and the stage (residual) width."""
+    parts = [str(model.conv1.out_channels)]
+    for layer in (model.layer1, model.layer2, model.layer3):
+        parts.append("/".join(str(b.conv1.out_channels) for b in layer) + f"-{layer[0].conv2.out_channels}")
+    return " ".join(parts)
 
 
 def compare(a: argparse.Namespace, log: list[str]) -> None:
@@ -149,23 +173,26 @@ def compare(a: argparse.Namespace, log: list[str]) -> None:
     x1 = torch.zeros(1, 3, 32, 32)
     macs0 = count_macs(dense, x1)
     target = 0.5 * macs0
-    ours = copy.deepcopy(dense)
-    t = Timer()
-    rep = prune_(ours, Channel(target_macs=0.5, importance="l1"), example_inputs=x1)
-    ours_s = t.elapsed
-    t = Timer()
-    theirs, tp_ratio = tp_to_target(dense, x1, target)
-    tp_s = t.elapsed
-    models = {"dense": dense, "slimtorch": ours, "torch-pruning": theirs}
-    ratios = {"dense": 0.0, "slimtorch": rep.extra["ratio"], "torch-pruning": tp_ratio}
-    search = {"dense": 0.0, "slimtorch": ours_s, "torch-pruning": tp_s}
+    models = {"dense": dense}
+    info: dict[str, dict] = {"dense": {"ratio": 0.0, "prune_s": 0.0}}
+    for alloc, rt in VARIANTS:
+        ours = copy.deepcopy(dense)
+        t = Timer()
+        rep = prune_(ours, Channel(target_macs=0.5, importance="l1", allocation=alloc, round_to=rt),
+                     example_inputs=x1)
+        models[f"slimtorch {alloc} r{rt}"] = ours
+        info[f"slimtorch {alloc} r{rt}"] = {"ratio": rep.extra["ratio"], "prune_s": t.elapsed}
+        t = Timer()
+        theirs, tp_ratio = tp_to_target(dense, x1, target, alloc == "global", rt)
+        models[f"torch-pruning {alloc} r{rt}"] = theirs
+        info[f"torch-pruning {alloc} r{rt}"] = {"ratio": tp_ratio, "prune_s": t.elapsed}
     xb = torch.randn(a.latency_batch, 3, 32, 32)
     for name, m in models.items():
         m.eval()
-        row = {"row": name, "ratio": round(ratios[name], 4), "macs": count_macs(m, x1),
-               "params": count_params(m)}
+        row = {"row": name, "ratio": round(info[name]["ratio"], 4), "macs": count_macs(m, x1),
+               "params": count_params(m), "widths": widths(m)}
         row["macs_frac"] = round(row["macs"] / macs0, 4)
-        row["prune_s"] = round(search[name], 2)
+        row["prune_s"] = round(info[name]["prune_s"], 2)
         if name != "dense":
             for rt in ("torch", "onnxruntime"):
                 r = compare_latency(dense, m, xb, runtime=rt, threads=1, warmup=3, repeats=a.latency_repeats,
@@ -188,34 +215,40 @@ def compare(a: argparse.Namespace, log: list[str]) -> None:
                 batch_size=128, seed=SEED, progress=False)
             row["finetune_s"] = round(t.elapsed, 1)
             row["acc_after_ft"] = round(accuracy(m.eval(), test), 4)
+            row["drop_pt"] = round(100 * (acc["dense"] - row["acc_after_ft"]), 2)
         else:
             row["acc_after_ft"] = row["acc_before_ft"]
         acc[name] = row["acc_after_ft"]
         print(row, flush=True)
-    for name in ("slimtorch", "torch-pruning"):
-        next(r for r in rows if r.get("row") == name)["drop_pt"] = round(100 * (acc["dense"] - acc[name]), 2)
-    ours_row = next(r for r in rows if r.get("row") == "slimtorch")
-    checks = [
-        check("slimtorch MACs <= 0.5x dense", ours_row["macs_frac"], "<= 0.5", ours_row["macs_frac"] <= 0.5),
-        check("accuracy drop (pt) after fine-tune", ours_row["drop_pt"], "<= 1.0",
-              ours_row["drop_pt"] <= 1.0),
-        check("torch latency speedup", ours_row["torch_speedup"], ">= 1.6", ours_row["torch_speedup"] >= 1.6),
-        check("onnxruntime latency speedup", ours_row["onnxruntime_speedup"], ">= 1.6",
-              ours_row["onnxruntime_speedup"] >= 1.6),
-        check("accuracy - Torch-Pruning's (pt)", round(100 * (acc["slimtorch"] - acc["torch-pruning"]), 2),
-              ">= -0.2", 100 * (acc["slimtorch"] - acc["torch-pruning"]) >= -0.2),
-    ]
+    checks = []
+    for alloc, rt in VARIANTS:
+        v = f"{alloc} r{rt}"
+        ours_row = next(r for r in rows if r.get("row") == f"slimtorch {v}")
+        diff = round(100 * (acc[f"slimtorch {v}"] - acc[f"torch-pruning {v}"]), 2)
+        checks += [
+            check(f"[{v}] MACs <= 0.5x dense", ours_row["macs_frac"], "<= 0.5", ours_row["macs_frac"] <= 0.5),
+            check(f"[{v}] accuracy drop (pt) after fine-tune", ours_row["drop_pt"], "<= 1.0",
+                  ours_row["drop_pt"] <= 1.0),
+            check(f"[{v}] torch latency speedup", ours_row["torch_speedup"], ">= 1.6",
+                  ours_row["torch_speedup"] >= 1.6),
+            check(f"[{v}] onnxruntime latency speedup", ours_row["onnxruntime_speedup"], ">= 1.6",
+                  ours_row["onnxruntime_speedup"] >= 1.6),
+            check(f"[{v}] accuracy - Torch-Pruning's (pt)", diff, ">= -0.2", diff >= -0.2),
+        ]
     spec = slimtorch.storage.read_spec(a.checkpoint).get("metadata", {})
     extra = {"budget": {
         "checkpoint": spec.get("trained_on", "?"),
+        "checkpoint_accuracy": {k: v for k, v in spec.items() if k.startswith("test_accuracy")},
         "finetune": f"{a.finetune_n} CIFAR-10 train images (seed {SEED + 1}) x {a.finetune_epochs} epoch(s), "
-                    "SGD lr 0.01 cosine, batch 128, same for both methods",
+                    "SGD lr 0.01 cosine, batch 128, same for every pruned model",
         "test": f"{a.test_n} CIFAR-10 test images (fixed random subset, seed {SEED})" if a.test_n < 10000
         else "full CIFAR-10 test set",
         "latency": f"batch {a.latency_batch}, 1 thread, CPU-time clock, {a.latency_repeats} alternating "
-                   "repeats",
-        "importance": "L1 magnitude, uniform per-group ratio, mean over coupled tensors, classifier output "
-                      "kept (both libraries); ratio found by bisection to MACs <= 0.5x dense",
+                   "repeats, speedup = dense / pruned in the same run",
+        "graph_build": "CPU time of this process, min of 5; slimtorch default tracer (concrete) and fx",
+        "importance": "L1 magnitude, mean over coupled tensors, classifier output kept (both libraries); "
+                      "MAC target 0.5x dense (slimtorch: target_macs=0.5; TP: ratio bisection); uniform "
+                      "allocation; variants round_to=1 and round_to=8 (both libraries)",
     }, "log": log}
     write_result("prune_resnet", rows, checks, seeds=[SEED], wall_s=t_all.elapsed, extra=extra)
 

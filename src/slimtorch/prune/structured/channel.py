@@ -38,8 +38,9 @@ class Channel(Config):
         ratio: fraction of the units of each group removed (``allocation="uniform"``), or of all
             units ranked together (``"global"``); in ``[0, 1)``. Each group keeps
             ``floor(n * (1 - ratio))`` units, rounded up to a multiple of ``round_to``, and at least one.
-        target_macs: if set, the ratio is searched (bisection) until the model's MACs are ``<=`` this:
-            a fraction of the current MACs if ``<= 1`` (``0.5`` = half), else an absolute count.
+        target_macs: if set, the ratio is searched (bisection, then group-by-group refinement) until
+            the model's MACs are ``<=`` this: a fraction of the current MACs if ``<= 1`` (``0.5`` =
+            half), else an absolute count. ``ratio`` is then ignored.
         importance: criterion name from :data:`IMPORTANCE` (``l1``, ``l2``, ``bn_scale``, ``taylor``,
             ``fpgm``, ``lamp``, ``random``). ``taylor`` needs calibration batches as ``data=``.
         round_to: kept channel counts are multiples of this (e.g. 8 for SIMD-friendly widths).
@@ -356,16 +357,22 @@ def _search_ratio(
     config: Channel,
     ex: Any,
     target: float,
-) -> tuple[float, int]:
-    """Smallest ratio (to 1e-3) whose pruned copy has MACs ``<= target``; MACs are monotone in it."""
+) -> tuple[float, list[np.ndarray]]:
+    """The removal that meets ``MACs <= target`` with the smallest ratio, refined group by group.
 
-    def macs_at(r: float) -> int:
+    Bisection (to 1e-3) on the ratio; MACs are monotone in it because larger ratios remove supersets.
+    With ``round_to`` or global ranking one ratio step can drop several groups at once, so between the
+    last plan above the target (``lo``) and the first below (``hi``) the groups' extra removals are
+    added one group at a time, least important first, until the target is met.
+    """
+
+    def macs_of(removed: list[np.ndarray]) -> int:
         m = copy.deepcopy(model)
-        apply_removal(m, graph, allocate(graph, scores, config, r))
+        apply_removal(m, graph, removed)
         return _macs(m, ex)
 
     hi = 0.999
-    best = macs_at(hi)
+    best = macs_of(allocate(graph, scores, config, hi))
     if best > target:
         raise ValueError(
             f"target_macs={config.target_macs} ({int(target)} MACs) is out of reach: even ratio {hi} leaves "
@@ -374,12 +381,25 @@ def _search_ratio(
     lo = 0.0
     while hi - lo > 1e-3:
         mid = (lo + hi) / 2
-        m = macs_at(mid)
-        if m <= target:
-            hi, best = mid, m
+        if macs_of(allocate(graph, scores, config, mid)) <= target:
+            hi = mid
         else:
             lo = mid
-    return hi, best
+    removed_lo = allocate(graph, scores, config, lo)
+    removed_hi = allocate(graph, scores, config, hi)
+    extra = [gi for gi in range(len(graph.groups)) if len(removed_hi[gi]) > len(removed_lo[gi])]
+
+    def cost(gi: int) -> float:  # mean normalized score of the units the group would lose in addition
+        s = scores[gi]
+        units = np.setdiff1d(removed_hi[gi], removed_lo[gi])
+        return float(s[units].mean() / s.mean()) if float(s.mean()) > 0 else float(s[units].mean())
+
+    current = list(removed_lo)
+    for gi in sorted(extra, key=cost)[:-1]:  # with every group added, it is removed_hi
+        current[gi] = removed_hi[gi]
+        if macs_of(current) <= target:
+            return hi, current
+    return hi, removed_hi
 
 
 @register_pruner(Channel, name="channel")
@@ -402,12 +422,14 @@ def prune_channels_(
     graph = build_dependency_graph(model, ex, config.ignore, config.tracer)
     scores = score_groups(model, graph, config, data)
     macs_before = _macs(model, ex)
-    ratio = config.ratio
+    warn: list[str] = []
     if config.target_macs is not None:
         target = config.target_macs * macs_before if config.target_macs <= 1 else config.target_macs
-        ratio, _ = _search_ratio(model, graph, scores, config, ex, target)
-    warn: list[str] = []
-    removed = allocate(graph, scores, config, ratio, warn)
+        ratio, removed = _search_ratio(model, graph, scores, config, ex, target)
+        allocate(graph, scores, config, ratio, warn)  # only for its warnings
+    else:
+        ratio = config.ratio
+        removed = allocate(graph, scores, config, ratio, warn)
     for w in warn:
         warnings.warn(w, stacklevel=2)
     before = _shapes(model)
