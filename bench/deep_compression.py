@@ -34,7 +34,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import CHECKPOINTS_DIR, DATA_ROOT, Timer, check, print_table, write_result  # noqa: E402
+from bench.common import (  # noqa: E402
+    CHECKPOINTS_DIR,
+    DATA_ROOT,
+    RESULTS_DIR,
+    Timer,
+    check,
+    print_table,
+    write_result,
+)
 
 import slimtorch  # noqa: E402
 from slimtorch import share  # noqa: E402
@@ -51,6 +59,7 @@ SETUPS: dict[str, dict[str, Any]] = {
     "lenet_300_100": {
         "bits": {"fc": 6},
         "goal_bits": {"fc": 4},
+        "teacher": "kd_mnist_teacher",  # mlp_1200_1200 of bench/kd_mnist.py
         "paper": {
             "dense_kb": 1070,
             "compressed_kb": 27,
@@ -68,6 +77,7 @@ SETUPS: dict[str, dict[str, Any]] = {
     "lenet5": {
         "bits": {"conv": 8, "fc": 5},
         "goal_bits": {"conv": 5, "fc": 4},
+        "teacher": "lenet5",  # the dense model (bench/prune_lenet.py)
         "paper": {
             "dense_kb": 1720,
             "compressed_kb": 44,
@@ -130,9 +140,7 @@ def pruned_start(
         order = [choice] if choice in candidates else ["15x", "12x"]
         for key in order:
             if candidates[key].exists():
-                return slimtorch.load(candidates[key]), str(
-                    candidates[key].relative_to(CHECKPOINTS_DIR.parent.parent)
-                )
+                return slimtorch.load(candidates[key]), str(candidates[key].relative_to(CHECKPOINTS_DIR.parent.parent))
     from slimtorch.prune import Iterative, Magnitude, make_permanent_, prune_
 
     dense_ckpt = CHECKPOINTS_DIR / f"{name}.safetensors"
@@ -214,12 +222,37 @@ def finetune(
     model.eval()
 
 
+def retrain_masked(
+    model: torch.nn.Module, train: Batches, epochs: int, teacher: torch.nn.Module | None, kd: dict[str, float]
+) -> torch.nn.Module:
+    """Retrain a pruned model with its zeros held by masks (SGD, as pruning's retraining), KD optional."""
+    from slimtorch.prune import apply_mask_, make_permanent_
+
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+            apply_mask_(m, m.weight != 0)
+    target = model if teacher is None else kd_loss_module(model, teacher, kd["temperature"], kd["weight"])
+    fit(
+        target,
+        train,
+        epochs,
+        optimizer="sgd",
+        lr=0.01,
+        momentum=0.9,
+        weight_decay=1e-4,
+        schedule="cosine",
+        progress=False,
+        seed=SEED,
+    )
+    return make_permanent_(model).eval()
+
+
 def run_model(
     name: str,
     args: argparse.Namespace,
     data: dict[str, torch.Tensor],
     tmp: Path,
-    teacher: torch.nn.Module | None,
+    distill: bool,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     setup = SETUPS[name]
     paper = setup["paper"]
@@ -248,9 +281,7 @@ def run_model(
             "bytes": size,
             "ratio_x": round(dense_bytes / size, 1),
             "paper_kb": paper_kb,
-            "paper_ratio_x": round(paper["dense_kb"] / paper_kb, 1)
-            if isinstance(paper_kb, (int, float))
-            else "",
+            "paper_ratio_x": round(paper["dense_kb"] / paper_kb, 1) if isinstance(paper_kb, (int, float)) else "",
             "paper_error_pct": paper_err,
             "note": note,
             "wall_s": round(wall, 1),
@@ -291,22 +322,35 @@ def run_model(
     )
     extra: dict[str, Any] = {"source": source}
     epochs = 1 if args.quick else args.finetune_epochs
-    variants = [("paper bits", args.bits or setup["bits"], None)]
+    kd = {"temperature": args.kd_t, "weight": args.kd_weight}
+    retrain_epochs = 1 if args.quick else args.retrain_epochs
+    # (label, bits, retrain the pruned model first?, teacher for retraining and fine-tuning)
+    variants: list[tuple[str, Any, bool, torch.nn.Module | None]] = [
+        ("paper bits", args.bits or setup["bits"], False, None)
+    ]
     if not args.paper_only:
-        variants.append(("goal bits", setup["goal_bits"], None))
-    if teacher is not None:
-        variants.append(("goal bits + KD", setup["goal_bits"], teacher))
-    for label, bits, kd_teacher in variants:
+        variants.append(("goal bits", setup["goal_bits"], False, None))
+    if distill:
+        teacher = load_teacher(args.teacher or setup["teacher"])
+        extra["teacher"] = {"name": args.teacher or setup["teacher"], "error_pct": error_pct(teacher, xte, data["yte"])}
+        # The control has the same extra retraining without a teacher, so the KD effect is isolated.
+        variants.append(("goal bits, retrained", setup["goal_bits"], True, None))
+        variants.append(("goal bits, retrained + KD", setup["goal_bits"], True, teacher))
+    for label, bits, retrain, kd_teacher in variants:
         t = Timer()
         model = copy.deepcopy(pruned)
+        how = ""
+        if retrain:
+            retrain_masked(model, train, retrain_epochs, kd_teacher, kd)
+            err_r = error_pct(model, xte, data["yte"])
+            how = f"pruned model retrained {retrain_epochs} ep (SGD 0.01, masks fixed) -> {err_r}%; "
         share.cluster_(model, bits=bits, init=args.init)
         err_q0 = error_pct(model, xte, data["yte"])
-        kd = {"temperature": args.kd_t, "weight": args.kd_weight}
         finetune(model, train, epochs, args.lr, kd_teacher, kd)
         err_q = error_pct(model, xte, data["yte"])
-        how = f"bits {bits}, {args.init} init, {epochs} ep Adam {args.lr}"
+        how += f"bits {bits}, {args.init} init, centroids fine-tuned {epochs} ep (Adam {args.lr})"
         if kd_teacher is not None:
-            how += f", KD from {args.teacher} (T={args.kd_t}, KD weight {args.kd_weight})"
+            how += f"; KD from {extra['teacher']['name']} (T={args.kd_t}, KD weight {args.kd_weight}) in both"
         row(
             f"P+Q [{label}]",
             model,
@@ -318,7 +362,7 @@ def run_model(
             t.elapsed,
         )
         t = Timer()
-        slim = share.save(model, tmp / f"{name}-{label.replace(' ', '_').replace('+', '')}.slim")
+        slim = share.save(model, tmp / f"{name}-{label.replace(' ', '_').replace('+', '').replace(',', '')}.slim")
         loaded = share.load(slim)
         x = xte[:256]
         identical = bool(torch.equal(loaded(x), model(x)))
@@ -364,9 +408,7 @@ def checks_for(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         at_paper_error = [
             r["ratio_x"]
             for r in rows
-            if r["model"] == name
-            and r["stage"].startswith("P+Q+H")
-            and r["error_pct"] <= setup["paper"]["error_pct"]
+            if r["model"] == name and r["stage"].startswith("P+Q+H") and r["error_pct"] <= setup["paper"]["error_pct"]
         ]
         best = max(at_paper_error, default=0.0)
         out.append(
@@ -402,11 +444,19 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of centroid fine-tuning")
     parser.add_argument("--paper-only", action="store_true", help="only the paper's bit widths")
-    parser.add_argument("--distill", action="store_true", help="add a KD fine-tuning row (goal bits)")
-    parser.add_argument("--teacher", default="lenet5", help="teacher checkpoint name in bench/checkpoints")
+    parser.add_argument(
+        "--distill", action="store_true", help="add goal-bit rows retrained with / without a KD teacher"
+    )
+    parser.add_argument("--teacher", default=None, help="teacher checkpoint name in bench/checkpoints")
+    parser.add_argument("--retrain-epochs", type=int, default=3, help="masked retraining before sharing")
     parser.add_argument("--kd-t", type=float, default=4.0)
     parser.add_argument("--kd-weight", type=float, default=1.0, help="weight of the KD term (task loss: 1)")
     parser.add_argument("--out-dir", default=None, help="keep the .slim files here")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other models' rows from the existing result file (runs per model on a busy CPU)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     wall = Timer()
@@ -420,23 +470,24 @@ def main() -> None:
         tmp = Path(args.out_dir) if args.out_dir else Path(t)
         tmp.mkdir(parents=True, exist_ok=True)
         for name in args.models:
-            teacher = None
-            if args.distill:
-                teacher = load_teacher(args.teacher)
-            r, extra = run_model(name, args, data, tmp, teacher)
+            t_model = Timer()
+            r, extra = run_model(name, args, data, tmp, args.distill)
             rows += r
-            extras[name] = extra
+            extras[name] = dict(extra, command=" ".join(sys.argv), wall_s=round(t_model.elapsed, 1))
     if args.quick:
         print_table(rows)
         return
-    write_result(
-        "deep_compression",
-        rows,
-        checks_for(rows),
-        seeds=[SEED],
-        wall_s=wall.elapsed,
-        extra={"details": extras},
-    )
+    wall_s = wall.elapsed
+    previous = RESULTS_DIR / "deep_compression.json"
+    if args.merge and previous.exists():
+        old = json.loads(previous.read_text())
+        kept = [m for m in old.get("details", {}) if m not in args.models]
+        rows = [r for r in old["rows"] if r["model"] in kept] + rows
+        extras = {**{m: old["details"][m] for m in kept}, **extras}
+        wall_s += sum(old["details"][m].get("wall_s", 0.0) for m in kept)
+    order = list(SETUPS)
+    rows.sort(key=lambda r: order.index(r["model"]))  # stable: stages keep their order
+    write_result("deep_compression", rows, checks_for(rows), seeds=[SEED], wall_s=wall_s, extra={"details": extras})
 
 
 if __name__ == "__main__":
