@@ -22,9 +22,7 @@ def _pruned(model: nn.Module, keep: float = 0.2, seed: int = 0) -> nn.Module:
 
 def test_bits_per_kind_and_pruned_weights_stay_zero():
     model = _pruned(create("lenet5"))
-    zeros = {
-        n: (m.weight == 0).clone() for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
-    }
+    zeros = {n: (m.weight == 0).clone() for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     cluster_(model, bits={"conv": 3, "fc": 2})
     layers = shared_layers(model)
     assert set(layers) == set(zeros)

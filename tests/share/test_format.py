@@ -151,9 +151,7 @@ def test_corrupted_file_names_the_part(slim_bytes):
         off, length = _section(slim_bytes, "features.3.weight", section)
         bad = bytearray(slim_bytes)
         bad[off + length - 1] ^= 0x10
-        with pytest.raises(
-            SlimFormatError, match=f"layer 'features.3.weight' section '{section}': checksum mismatch"
-        ):
+        with pytest.raises(SlimFormatError, match=f"layer 'features.3.weight' section '{section}': checksum mismatch"):
             loads(bytes(bad))
     bad = bytearray(slim_bytes)
     bad[_PREFIX.size + 5] ^= 0x01
@@ -164,12 +162,19 @@ def test_corrupted_file_names_the_part(slim_bytes):
 def test_unknown_version_and_magic(slim_bytes):
     newer = bytearray(slim_bytes)
     struct.pack_into("<H", newer, 8, 7)
-    with pytest.raises(
-        SlimFormatError, match=r"unsupported .slim version 7 \(this slimtorch reads version 1\)"
-    ):
+    with pytest.raises(SlimFormatError, match=r"unsupported .slim version 7 \(this slimtorch reads version 1\)"):
         loads(bytes(newer))
     with pytest.raises(SlimFormatError, match="not a .slim file"):
         loads(b"PK\x03\x04" + slim_bytes[4:])
+
+
+def test_is_slim_file(tmp_path, slim_bytes):
+    from slimtorch.share import is_slim_file
+
+    (tmp_path / "m.slim").write_bytes(slim_bytes)
+    assert is_slim_file(tmp_path / "m.slim")
+    assert not is_slim_file(slimtorch.save(create("mlp"), tmp_path / "d.safetensors"))
+    assert not is_slim_file(tmp_path / "missing.slim") and not is_slim_file(tmp_path)
 
 
 def test_missing_file(tmp_path):

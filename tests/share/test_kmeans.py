@@ -47,9 +47,9 @@ def test_matches_sklearn_lloyd_from_the_same_init(init):
     gen = torch.Generator().manual_seed(3)
     init_c = torch.sort(KMEANS_INITS.get(init)(torch.sort(values).values, k, gen)).values
     ours, assign = kmeans_1d(values, k, init=init, iters=300, seed=3)
-    ref = KMeans(
-        k, init=init_c.numpy().reshape(-1, 1), n_init=1, max_iter=300, tol=0.0, algorithm="lloyd"
-    ).fit(values.numpy().reshape(-1, 1))
+    ref = KMeans(k, init=init_c.numpy().reshape(-1, 1), n_init=1, max_iter=300, tol=0.0, algorithm="lloyd").fit(
+        values.numpy().reshape(-1, 1)
+    )
     np.testing.assert_allclose(np.sort(ref.cluster_centers_.ravel()), ours.numpy(), rtol=1e-9, atol=1e-12)
     # Every value sits with its nearest centroid.
     dist = (values[:, None] - ours[None, :]).abs()

@@ -19,7 +19,7 @@ from slimtorch.share.cluster import (
     shared_layers,
     sharing_summary,
 )
-from slimtorch.share.format import SUFFIX, SlimFormatError, load, loads, read_header, save
+from slimtorch.share.format import SUFFIX, SlimFormatError, is_slim_file, load, loads, read_header, save
 from slimtorch.share.kmeans import KMEANS_INITS, kmeans_1d
 from slimtorch.share.report import compression_report, format_report
 
@@ -36,6 +36,7 @@ __all__ = [
     "cluster_weight",
     "compression_report",
     "format_report",
+    "is_slim_file",
     "kmeans_1d",
     "load",
     "loads",

@@ -176,9 +176,7 @@ def _shared_layer(
     remap[used] = np.arange(used.size)
     table = centroids.detach().reshape(-1)[torch.as_tensor(used - 1, dtype=torch.long)]
     table = table.to(_DTYPES[codebook_dtype])
-    indices, positions, b = _encode_entries(
-        remap[flat_codes[kept]], kept, weight.numel(), used.size, index_bits
-    )
+    indices, positions, b = _encode_entries(remap[flat_codes[kept]], kept, weight.numel(), used.size, index_bits)
     meta = {
         "name": name,
         "encoding": "shared",
@@ -236,9 +234,7 @@ def _plain_candidates(
         codes[mask] = torch.searchsorted(uniq, flat[mask]) + 1
         bits = max(1, int(np.ceil(np.log2(uniq.numel()))))
         # The values must come back exactly: the codebook keeps the weight's own dtype.
-        out.append(
-            _shared_layer(name, t, uniq, codes.reshape(t.shape), bits, _DTYPE_NAMES[t.dtype], index_bits)
-        )
+        out.append(_shared_layer(name, t, uniq, codes.reshape(t.shape), bits, _DTYPE_NAMES[t.dtype], index_bits))
     return out
 
 
@@ -349,9 +345,7 @@ def _err(path: Path, part: str, msg: str) -> SlimFormatError:
 
 def _parse_prefix(data: bytes, path: Path) -> tuple[dict[str, Any], int]:
     if len(data) < _PREFIX.size:
-        raise _err(
-            path, "file prefix", f"truncated: {len(data)} bytes, the prefix alone needs {_PREFIX.size}"
-        )
+        raise _err(path, "file prefix", f"truncated: {len(data)} bytes, the prefix alone needs {_PREFIX.size}")
     magic, version, flags, head_len, head_crc = _PREFIX.unpack_from(data, 0)
     if magic != MAGIC:
         raise _err(path, "file prefix", f"not a .slim file (magic {magic!r}, expected {MAGIC!r})")
@@ -365,9 +359,7 @@ def _parse_prefix(data: bytes, path: Path) -> tuple[dict[str, Any], int]:
         raise _err(path, "file prefix", f"unknown flags {flags:#x}")
     end = _PREFIX.size + head_len
     if end > len(data):
-        raise _err(
-            path, "header", f"truncated: declares {head_len} bytes, {len(data) - _PREFIX.size} present"
-        )
+        raise _err(path, "header", f"truncated: declares {head_len} bytes, {len(data) - _PREFIX.size} present")
     head = data[_PREFIX.size : end]
     if zlib.crc32(head) != head_crc:
         raise _err(path, "header", "checksum mismatch (the file is corrupted)")
@@ -376,9 +368,7 @@ def _parse_prefix(data: bytes, path: Path) -> tuple[dict[str, Any], int]:
         # Bounded inflate: a header may not expand past MAX_HEADER_BYTES (no decompression bombs).
         text = inflate.decompress(head, MAX_HEADER_BYTES)
         if inflate.unconsumed_tail or not inflate.eof:
-            raise _err(
-                path, "header", f"does not inflate to a complete header of <= {MAX_HEADER_BYTES} bytes"
-            )
+            raise _err(path, "header", f"does not inflate to a complete header of <= {MAX_HEADER_BYTES} bytes")
         header = json.loads(text.decode())
     except (zlib.error, UnicodeDecodeError, ValueError) as e:
         if isinstance(e, SlimFormatError):
@@ -447,15 +437,11 @@ class _Reader:
             raise _err(self.path, part, str(e)) from None
 
 
-def _raw_tensor(
-    payload: bytes, dtype: torch.dtype, shape: tuple[int, ...], part: str, path: Path
-) -> torch.Tensor:
+def _raw_tensor(payload: bytes, dtype: torch.dtype, shape: tuple[int, ...], part: str, path: Path) -> torch.Tensor:
     numel = int(np.prod(shape, dtype=object)) if shape else 1
     itemsize = torch.empty(0, dtype=dtype).element_size()
     if numel * itemsize != len(payload):
-        raise _err(
-            path, part, f"holds {len(payload)} bytes, shape {list(shape)} of {dtype} needs {numel * itemsize}"
-        )
+        raise _err(path, part, f"holds {len(payload)} bytes, shape {list(shape)} of {dtype} needs {numel * itemsize}")
     if numel == 0:
         return torch.empty(shape, dtype=dtype)
     flat = torch.frombuffer(bytearray(payload), dtype=torch.uint8).view(dtype)
@@ -474,9 +460,7 @@ def _positions(reader: _Reader, meta: dict[str, Any], numel: int, part: str) -> 
     # The writer ends with fillers so fewer than 2^b - 1 weights follow the last entry: this bounds
     # the tensor allocated below by the stream just read.
     if last >= numel or numel - 1 - last >= max_gap(b):
-        raise _err(
-            reader.path, f"{part} section 'positions'", f"positions do not fit the shape ({numel} weights)"
-        )
+        raise _err(reader.path, f"{part} section 'positions'", f"positions do not fit the shape ({numel} weights)")
     return pos
 
 
@@ -500,12 +484,8 @@ def _read_layer(reader: _Reader, meta: Any) -> tuple[str, torch.Tensor]:
         codebook = _raw_tensor(cb, cb_dtype, (k,), f"{part} section 'codebook'", path).to(dtype)
         idx = reader.stream(sections.get("indices"), f"{part} section 'indices'")
         if idx.size and idx.max() > k:
-            raise _err(
-                path, f"{part} section 'indices'", f"index {int(idx.max())} outside the {k}-entry codebook"
-            )
-        values = torch.cat([codebook, torch.zeros(1, dtype=dtype)])[
-            torch.from_numpy(idx)
-        ]  # symbol k = filler 0
+            raise _err(path, f"{part} section 'indices'", f"index {int(idx.max())} outside the {k}-entry codebook")
+        values = torch.cat([codebook, torch.zeros(1, dtype=dtype)])[torch.from_numpy(idx)]  # symbol k = filler 0
     elif encoding == "sparse":
         if dense:
             raise _err(path, part, "sparse layer without a 'positions' section")
@@ -537,6 +517,15 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     return header
 
 
+def is_slim_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a file that starts with the ``.slim`` magic (for loaders that dispatch on it)."""
+    p = Path(path)
+    if not p.is_file():
+        return False
+    with open(p, "rb") as f:
+        return f.read(len(MAGIC)) == MAGIC
+
+
 def _read_file(p: Path) -> bytes:
     if not p.is_file():
         raise SlimtorchError(f"no .slim file at {p}")
@@ -558,9 +547,7 @@ def loads(data: bytes, model: nn.Module | None = None, path: str = "<bytes>") ->
         name = _field(meta, "name", str, "tensor entry", p)
         part = f"tensor {name!r}"
         payload = reader.section(_field(meta, "data", list, part, p), f"{part} data")
-        state[name] = _raw_tensor(
-            payload, _dtype(meta, "dtype", part, p), _shape(meta, part, p), f"{part} data", p
-        )
+        state[name] = _raw_tensor(payload, _dtype(meta, "dtype", part, p), _shape(meta, part, p), f"{part} data", p)
     if model is None:
         spec = header.get("spec")
         if not isinstance(spec, dict) or not isinstance(spec.get("model"), dict):
