@@ -127,3 +127,27 @@ def test_qat_needs_calibration_data(digits_model):
         quantize_(digits_model, QAT())
     with pytest.raises(ValueError, match="calibration data is empty"):
         quantize_(copy.deepcopy(digits_model), QAT(), [])
+
+
+def test_untrained_qat_model_equals_the_ptq_simulation(digits_model, digits_data):
+    from slimtorch.quant import LowBitStatic
+
+    calib = [digits_data["xtr"][:256]]
+    ptq = copy.deepcopy(digits_model)
+    quantize_(ptq, LowBitStatic(bits_w=4), calib)
+    qat = copy.deepcopy(digits_model)
+    quantize_(qat, QAT(bits_w=4), calib)  # weight_init="minmax": starts on the PTQ grid
+    qat.eval()
+    x = digits_data["xte"][:128]
+    with torch.no_grad():
+        torch.testing.assert_close(qat(x), ptq(x))
+
+
+def test_lsq_weight_init_option(digits_model, digits_data):
+    model = copy.deepcopy(digits_model)
+    quantize_(model, QAT(bits_w=4, weight_init="lsq"), [digits_data["xtr"][:64]])
+    layer = model.head[1]
+    expected = 2 * layer.weight.detach().abs().mean(1) / math.sqrt(7)
+    torch.testing.assert_close(layer.weight_quant.scale.detach(), expected)
+    with pytest.raises(ValueError, match="weight_init: 'max' is not one of"):
+        QAT(weight_init="max")

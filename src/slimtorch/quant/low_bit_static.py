@@ -49,7 +49,7 @@ class LowBitStatic(Config):
         bits_a: activation bits, 2-8 (8 for ONNX Runtime).
         method: ``"rtn"``, ``"adaround"`` or ``"gptq"``.
         observer: activation range estimator.
-        adaround_iters: AdaRound steps per layer.
+        adaround_iters: AdaRound steps per layer; adaround_batch: samples per AdaRound step.
         gptq_act_order: GPTQ column order by decreasing Hessian diagonal.
         include / exclude / filter_fn: which Conv/Linear layers to quantize.
     """
@@ -59,6 +59,7 @@ class LowBitStatic(Config):
     method: str = "rtn"
     observer: str = "minmax"
     adaround_iters: int = 1000
+    adaround_batch: int = 32
     gptq_act_order: bool = False
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
@@ -70,6 +71,7 @@ class LowBitStatic(Config):
         check_choice("method", self.method, WEIGHT_ONLY_METHODS.names())
         check_choice("observer", self.observer, OBSERVERS.names())
         check_positive("adaround_iters", self.adaround_iters)
+        check_positive("adaround_batch", self.adaround_batch)
         self.include, self.exclude = tuple(self.include), tuple(self.exclude)
 
 
@@ -107,14 +109,10 @@ def dequantize_weight_only_(model: nn.Module) -> dict[str, GroupCodes]:
 
 
 @register_quantizer(LowBitStatic)
-def low_bit_static_(
-    model: nn.Module, config: LowBitStatic, calib_data: Iterable[Any] | None = None
-) -> QuantReport:
+def low_bit_static_(model: nn.Module, config: LowBitStatic, calib_data: Iterable[Any] | None = None) -> QuantReport:
     """Quantize ``model`` in place (see the module docstring)."""
     if calib_data is None:
-        raise SlimtorchError(
-            "LowBitStatic needs calibration data: quantize_(model, LowBitStatic(), calib_data=...)"
-        )
+        raise SlimtorchError("LowBitStatic needs calibration data: quantize_(model, LowBitStatic(), calib_data=...)")
     calib = list(calib_data)  # iterated several times (weight method, then activation calibration)
     model.eval()
     graph, _ = trace_graph(model)

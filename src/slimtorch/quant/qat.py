@@ -13,8 +13,10 @@ parameters, which stay trainable), and the activation ranges are calibrated on `
 quantizer is then replaced by an :class:`LSQFakeQuantize` whose scale is a trained parameter
 (Esser et al. 2020, :mod:`slimtorch.quant.lsq`):
 
-* weights: symmetric per-output-channel ``bits_w`` grid, scale initialised as in LSQ,
-  ``2 mean|w| / sqrt(Qp)``, gradient scale ``1 / sqrt(N_w Qp)`` with ``N_w`` weights per channel;
+* weights: symmetric per-output-channel ``bits_w`` grid, scale initialised from the min-max range
+  (``weight_init="minmax"``, the PTQ grid: the best start when fine-tuning a trained model for a few
+  epochs) or as in the LSQ paper (``"lsq"``: ``2 mean|w| / sqrt(Qp)``, which is 1.5-2x coarser at
+  4 bits and suits long training), gradient scale ``1 / sqrt(N_w Qp)`` with ``N_w`` weights per channel;
 * activations: ``bits_a`` grid initialised from the calibrated range (observer), zero point kept
   fixed, gradient scale ``1 / sqrt(N_a Qp)`` with ``N_a`` features per sample.
 
@@ -111,6 +113,7 @@ class QAT(Config):
         per_channel: one weight scale per output channel.
         learn_scales: train the scales (LSQ); False keeps the initial scales fixed (plain STE QAT).
         fold_bn: fold BatchNorm into the preceding conv before training.
+        weight_init: initial weight step sizes: ``"minmax"`` (PTQ grid) or ``"lsq"`` (``2 mean|w| / sqrt(Qp)``).
         first_last_bits: bits for the weights of the first and last quantized layers (None: ``bits_w``),
             the usual exception in low-bit QAT papers, LSQ included.
         num_batches: calibration batches for the initial activation ranges (None: all).
@@ -123,6 +126,7 @@ class QAT(Config):
     per_channel: bool = True
     learn_scales: bool = True
     fold_bn: bool = True
+    weight_init: str = "minmax"
     first_last_bits: int | None = None
     num_batches: int | None = None
     include: tuple[str, ...] = ()
@@ -135,14 +139,18 @@ class QAT(Config):
         if self.first_last_bits is not None:
             check_bits(self.first_last_bits, "first_last_bits")
         check_choice("observer", self.observer, OBSERVERS.names())
+        check_choice("weight_init", self.weight_init, ["minmax", "lsq"])
         self.include, self.exclude = tuple(self.include), tuple(self.exclude)
 
 
-def _lsq_weight(layer: nn.Module, bits: int, per_channel: bool) -> LSQFakeQuantize:
-    """Symmetric signed LSQ weight quantizer with the LSQ initial step ``2 mean|w| / sqrt(Qp)``."""
+def _lsq_weight(layer: nn.Module, bits: int, per_channel: bool, init: str) -> LSQFakeQuantize:
+    """Symmetric signed LSQ weight quantizer starting from the min-max grid or the LSQ initial step."""
     axis = 0 if per_channel else None
     qmax = 2 ** (bits - 1) - 1
-    scale = lsq_init_scale(layer.weight.detach(), qmax, axis)  # (out,) or ()
+    if init == "lsq" or bits != layer.weight_quant.bits:
+        scale = lsq_init_scale(layer.weight.detach(), qmax, axis)  # (out,) or ()
+    else:
+        scale = layer.weight_quant.scale.detach().reshape(-1 if per_channel else ())  # the calibrated PTQ grid
     return LSQFakeQuantize(
         bits=bits,
         signed=True,
@@ -166,8 +174,7 @@ def prepare_qat_(model: nn.Module, config: QAT, calib_data: Iterable[Any] | None
     """
     if calib_data is None:
         raise SlimtorchError(
-            "QAT needs calibration data to initialise activation ranges: "
-            "quantize_(model, QAT(...), calib_data=loader)"
+            "QAT needs calibration data to initialise activation ranges: quantize_(model, QAT(...), calib_data=loader)"
         )
     ptq = Int8Static(
         observer=config.observer,
@@ -198,7 +205,7 @@ def prepare_qat_(model: nn.Module, config: QAT, calib_data: Iterable[Any] | None
         bits = config.bits_w
         if config.first_last_bits is not None and i in (0, len(layers) - 1):
             bits = config.first_last_bits
-        layer.weight_quant = _lsq_weight(layer, bits, config.per_channel)
+        layer.weight_quant = _lsq_weight(layer, bits, config.per_channel, config.weight_init)
         layer.output_quant = lsq(layer.output_quant)
     for _name, layer in layers:
         src = getattr(layer, "input_source", None)
@@ -213,9 +220,7 @@ def prepare_qat_(model: nn.Module, config: QAT, calib_data: Iterable[Any] | None
     model.train()
     report.scheme = f"qat_w{config.bits_w}a{config.bits_a}"
     report.details["config"] = {k: v for k, v in config.to_dict().items() if k != "filter_fn"}
-    report.details["learned_scales"] = sum(
-        m.scale.numel() for m in model.modules() if isinstance(m, LSQFakeQuantize)
-    )
+    report.details["learned_scales"] = sum(m.scale.numel() for m in model.modules() if isinstance(m, LSQFakeQuantize))
     return report
 
 
