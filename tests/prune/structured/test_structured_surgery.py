@@ -286,3 +286,26 @@ def test_custom_layer_without_rule_is_an_error_naming_it_and_a_rule_fixes_it() -
     net = WithDoubler()  # ignore= also gets past it: the layer becomes opaque and its channels stay
     prune_(net, Channel(ratio=0.5, ignore=("d",)), example_inputs=x)
     assert net.c1.out_channels == 4 and net.d.weight.shape == (4, 4, 1, 1)
+
+
+class MeanPoolHead(nn.Module):
+    def __init__(self, reduce_channels: bool) -> None:
+        super().__init__()
+        self.reduce_channels = reduce_channels
+        self.conv, self.fc = nn.Conv2d(3, 6, 1), nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x).permute(0, 2, 3, 1)  # (B, H, W, C): channels moved last
+        if self.reduce_channels:
+            return self.fc(y * y.sum(-1, keepdim=True)).mean((1, 2))
+        return self.fc(y.mean((1, 2)))
+
+
+def test_permute_and_spatial_mean_keep_channels_and_a_channel_reduction_pins_them() -> None:
+    x = torch.randn(1, 3, 4, 4)
+    graph = build_dependency_graph(MeanPoolHead(False), x)
+    assert [(g.name, g.n_units) for g in graph.groups] == [("conv", 6)]
+    assert graph.groups[0].members[("module", "fc", "in")].ravel().tolist() == list(range(6))
+    pinned = build_dependency_graph(MeanPoolHead(True), x)
+    assert pinned.groups == []
+    assert any("'sum' over the channel dim" in n for n in pinned.notes)

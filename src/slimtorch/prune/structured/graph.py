@@ -434,9 +434,7 @@ class _Recorder(TorchFunctionMode):
     def reshape(self, name: str, x: torch.Tensor, xi: _Info | None, outs: list[torch.Tensor]) -> None:
         out = outs[0]
         if xi is None or xi.elems is None:
-            if xi is not None and xi.param is not None:
-                return  # reshaped parameter: untracked, pinned if it ever meets a channel
-            return
+            return  # a reshaped parameter or constant stays untracked (pinned if it meets a channel)
         ins, oshape = list(x.shape), list(out.shape)
         # Group dims of equal products: each group maps a run of input dims onto a run of output dims.
         i = o = 0
@@ -446,13 +444,14 @@ class _Recorder(TorchFunctionMode):
             po = oshape[o] if o < len(oshape) else 1
             i, o = i + 1, o + 1
             while pi != po:
-                if pi < po:
+                if pi < po and i < len(ins):
                     pi *= ins[i]
                     i += 1
-                else:
+                elif po < pi and o < len(oshape):
                     po *= oshape[o]
                     o += 1
-            # absorb trailing size-1 dims into the current group (squeeze/unsqueeze)
+                else:  # products never meet (zero-size dims): give up on this tensor's channels
+                    return self.pin(xi.elems, f"'{name}' at {self.where()}: channels kept")
             if i0 <= xi.ch < i:
                 in_dims = [d for d in range(i0, i) if ins[d] != 1]
                 out_dims = [d for d in range(o0, min(o, len(oshape))) if oshape[d] != 1]
