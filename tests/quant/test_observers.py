@@ -112,9 +112,9 @@ def test_histogram_mse_by_hand_and_mse_clips_outliers():
 
 
 def test_kl_threshold_hand_example():
-    # 4 bins, 2 levels. i=2: P=[1,1+2+0]=[1,3]/4, Q=merge bins into 2 chunks of 1 -> [1,1]/2; KL>0.
-    # i=4: P=[1,1,2,0]/4, chunks {0,1},{2,3}: Q=[1,1,2,0]/4 (mass 2 over 2 nonzero, mass 2 over 1) -> KL=0
-    assert kl_threshold_bin(np.array([1.0, 1.0, 2.0, 0.0]), levels=2) == 4
+    # 4 bins, 2 levels. i=2: P=[1, 1+2+0]=[1,3]/4, Q = chunks {0},{1} of [1,1] -> [1,1]/2: KL > 0.
+    # i=3: P=[1,1,2]/4 (empty tail), chunks {0,1},{2}: Q=[1,1,2]/4 -> KL = 0, the first minimum
+    assert kl_threshold_bin(np.array([1.0, 1.0, 2.0, 0.0]), levels=2) == 3
     p = np.array([1, 3]) / 4
     q = np.array([1, 1]) / 2
     kl2 = float(np.sum(p * np.log(p / q)))
@@ -135,9 +135,10 @@ def test_kl_observer_clips_gaussian_tail():
     amax = x.abs().max().item()
     assert 2.0 < hi.item() < amax and lo.item() == -hi.item()
     relu = create_observer("kl")
-    relu(torch.relu(x))
+    relu(torch.relu(x))  # half the values are exact zeros: they must not drag the threshold down
     lo, hi = relu.min_max()
-    assert lo.item() == 0.0 and 1.5 < hi.item() <= amax
+    assert lo.item() == 0.0 and 2.0 < hi.item() <= amax
+    assert relu.zeros.item() == (x <= 0).sum().item()
 
 
 def test_histogram_observers_are_per_tensor():

@@ -295,8 +295,8 @@ def kl_threshold_bin(hist: np.ndarray, levels: int) -> int:
     """TensorRT entropy calibration (Migacz 2017): the bin count ``i`` minimising ``KL(P || Q)``.
 
     For each candidate ``i`` in ``[levels, len(hist)]``: ``P`` is ``hist[:i]`` with the tail mass
-    ``sum(hist[i:])`` added to its last bin; ``Q`` merges ``hist[:i]`` into ``levels`` equal chunks and
-    spreads each chunk's mass evenly over the chunk's non-empty bins. Both are normalised;
+    ``sum(hist[i:])`` added to its last bin; ``Q`` merges ``hist[:i]`` into ``levels`` (near-)equal
+    chunks and spreads each chunk's mass evenly over the chunk's non-empty bins. Both are normalised;
     ``KL = sum_{P>0} P log(P / Q)`` (bins where ``Q = 0 < P`` get ``Q = 1e-12``).
 
     Args:
@@ -316,8 +316,9 @@ def kl_threshold_bin(hist: np.ndarray, levels: int) -> int:
         p[-1] += hist[i:].sum()
         ref = hist[:i]
         nonzero = ref > 0
-        # chunk index of each of the i bins: levels equal chunks, remainder to the last chunk.
-        chunk = np.minimum(np.arange(i) // (i // levels), levels - 1)
+        # chunk index of each of the i bins: ``levels`` chunks as equal as possible (sizes differ by at
+        # most one bin; giving the whole remainder to the last chunk would favour multiples of levels)
+        chunk = (np.arange(i) * levels) // i
         mass = np.bincount(chunk, weights=ref, minlength=levels)
         nz = np.bincount(chunk, weights=nonzero.astype(np.float64), minlength=levels)
         q = np.where(nonzero, mass[chunk] / np.maximum(nz[chunk], 1), 0.0)
@@ -349,11 +350,21 @@ class KLObserver(HistogramObserver):
     def __init__(self, bins: int = 2048, stride: int = 1, **kwargs) -> None:
         super().__init__(bins=bins, **kwargs)
         self.stride = stride
+        self.register_buffer("zeros", torch.tensor(0.0, dtype=torch.float64))
+
+    def observe(self, x: torch.Tensor) -> None:
+        if self.num_batches == 0:
+            self.zeros.zero_()
+        self.zeros += (x == 0).sum()
+        super().observe(x)
 
     def min_max(self) -> tuple[torch.Tensor, torch.Tensor]:
         nonneg = float(self.min_val) >= 0
         levels = 2**self.bits if nonneg and not self.symmetric else 2 ** (self.bits - 1)
-        hist = self.hist.numpy()
+        hist = self.hist.numpy().copy()
+        # exact zeros (e.g. ReLU outputs) are represented exactly whatever the threshold: they carry no
+        # information about it, and their spike in bin 0 would otherwise dominate the divergence
+        hist[0] = max(hist[0] - float(self.zeros), 0.0)
         if self.stride > 1:  # coarser histogram, same range
             hist = hist.reshape(-1, self.stride).sum(1) if len(hist) % self.stride == 0 else hist
         i = kl_threshold_bin(hist, levels)
