@@ -236,7 +236,7 @@ def _tensors(obj: Any) -> list[torch.Tensor]:
 class _Recorder(TorchFunctionMode):
     """Records how channels flow through torch functions; leaves are bound by module hooks."""
 
-    def __init__(self, model: nn.Module, leaves: dict[nn.Module, tuple[str, LayerSurgery]]) -> None:
+    def __init__(self, named: list[tuple[str, nn.Module]], leaves: dict[nn.Module, tuple[str, LayerSurgery]]) -> None:
         super().__init__()
         self.leaves = leaves
         self.n_elems = 1  # element 0 is PIN: anything joined to it is never removed
@@ -245,14 +245,17 @@ class _Recorder(TorchFunctionMode):
         self.infos: dict[int, _Info] = {}
         self.keep_alive: list[torch.Tensor] = []
         self.spaces: dict[SpaceKey, np.ndarray] = {}
-        self.param_names = {id(p): n for n, p in model.named_parameters()}
-        self.param_names.update({id(b): n for n, b in model.named_buffers()})
-        self.param_shapes = {
-            n: tuple(p.shape) for n, p in list(model.named_parameters()) + list(model.named_buffers())
-        }
+        self.param_names: dict[int, str] = {}  # id(tensor) -> fqn (first name of a shared tensor)
+        self.param_shapes: dict[str, tuple[int, ...]] = {}
+        for mn, m in named:
+            for pn, p in list(m._parameters.items()) + list(m._buffers.items()):
+                if p is not None and id(p) not in self.param_names:
+                    fqn = f"{mn}.{pn}" if mn else pn
+                    self.param_names[id(p)] = fqn
+                    self.param_shapes[fqn] = tuple(p.shape)
         self.depth = 0
         self.notes: list[str] = []
-        self.modules = {m: n for n, m in model.named_modules()}
+        self.modules = {m: n for n, m in named}
 
     # ---- elements ---------------------------------------------------------------------------
     def new(self, n: int) -> np.ndarray:
@@ -367,9 +370,7 @@ class _Recorder(TorchFunctionMode):
             for o in outs:
                 self.set(o, info)
 
-    def unknown(
-        self, name: str, ins: list[torch.Tensor], infos: list[_Info | None], outs: list[torch.Tensor]
-    ) -> None:
+    def unknown(self, name: str, ins: list[torch.Tensor], infos: list[_Info | None], outs: list[torch.Tensor]) -> None:
         for i in infos:
             if i is not None and i.param is not None and i.elems is None:
                 owner = i.param[0].rpartition(".")[0]
@@ -394,9 +395,7 @@ class _Recorder(TorchFunctionMode):
                 return m
         return nn.Module()
 
-    def elementwise(
-        self, ins: list[torch.Tensor], infos: list[_Info | None], outs: list[torch.Tensor]
-    ) -> None:
+    def elementwise(self, ins: list[torch.Tensor], infos: list[_Info | None], outs: list[torch.Tensor]) -> None:
         out = outs[0]
         nd = out.ndim
         # The first tracked input whose channel dim survives broadcasting at full size defines the output.
@@ -478,9 +477,7 @@ class _Recorder(TorchFunctionMode):
             order = list(range(nd))
             order[-1], order[-2] = order[-2], order[-1]
         elif name in ("transpose", "swapaxes", "swapdims"):
-            a, b = (
-                (args[1] % nd, args[2] % nd) if len(args) > 2 else (kwargs["dim0"] % nd, kwargs["dim1"] % nd)
-            )
+            a, b = (args[1] % nd, args[2] % nd) if len(args) > 2 else (kwargs["dim0"] % nd, kwargs["dim1"] % nd)
             order = list(range(nd))
             order[a], order[b] = order[b], order[a]
         elif name == "permute":
@@ -606,11 +603,7 @@ class _Recorder(TorchFunctionMode):
         elems = {s: self.space(("module", fqn, s), n) for s, n in sizes.items()}
         ins, outs = rule.bind(module, args, kwargs, output)
         pinned_rule = isinstance(rule, PinnedSurgery)
-        note = (
-            rule.note.format(fqn=fqn)
-            if pinned_rule
-            else f"{fqn}: an input it does not slice keeps its channels"
-        )
+        note = rule.note.format(fqn=fqn) if pinned_rule else f"{fqn}: an input it does not slice keeps its channels"
         bound = {id(t) for _, t, _ in ins}
         for t in _tensors(list(args) + list(kwargs.values())):
             i = self.info(t)
@@ -637,10 +630,10 @@ class _Recorder(TorchFunctionMode):
                 self.pin(e, rule.note.format(fqn=fqn))
 
 
-def _leaves(model: nn.Module, ignore: Sequence[str]) -> dict[nn.Module, tuple[str, LayerSurgery]]:
+def _leaves(named: list[tuple[str, nn.Module]], ignore: Sequence[str]) -> dict[nn.Module, tuple[str, LayerSurgery]]:
     leaves: dict[nn.Module, tuple[str, LayerSurgery]] = {}
     inside: set[str] = set()
-    for name, m in model.named_modules():
+    for name, m in named:
         parts = name.split(".")
         if any(".".join(parts[:i]) in inside for i in range(1, len(parts))):
             continue
@@ -660,9 +653,7 @@ def _example_tuple(example_inputs: Any) -> tuple:
         return (example_inputs,)
     if isinstance(example_inputs, (tuple, list)):
         return tuple(example_inputs)
-    raise ValueError(
-        f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}"
-    )
+    raise ValueError(f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}")
 
 
 def _fx_module(model: nn.Module, leaves: dict[nn.Module, tuple[str, LayerSurgery]]) -> nn.Module:
@@ -715,7 +706,8 @@ def build_dependency_graph(
     t0 = time.perf_counter()
     args = _example_tuple(example_inputs)
     ignore = tuple(ignore)
-    leaves = _leaves(model, ignore)
+    named = list(model.named_modules())
+    leaves = _leaves(named, ignore)
     used = "concrete"
     fwd: nn.Module = model
     notes: list[str] = []
@@ -727,15 +719,14 @@ def build_dependency_graph(
             if tracer == "fx":
                 raise
             notes.append(f"torch.fx failed ({e}); traced the model's forward instead")
-    rec = _Recorder(model, leaves)
+    rec = _Recorder(named, leaves)
     handles = []
     for m in leaves:
         handles.append(m.register_forward_pre_hook(lambda mod, a: _enter(rec), with_kwargs=False))
-        handles.append(
-            m.register_forward_hook(lambda mod, a, kw, out: _leave(rec, mod, a, kw, out), with_kwargs=True)
-        )
-    was_training = model.training
-    model.eval()
+        handles.append(m.register_forward_hook(lambda mod, a, kw, out: _leave(rec, mod, a, kw, out), with_kwargs=True))
+    training = [m for _, m in named if m.training]  # eval mode: BatchNorm statistics stay untouched
+    for m in training:
+        m.training = False
     try:
         with torch.no_grad(), rec:
             for a in args:
@@ -757,7 +748,8 @@ def build_dependency_graph(
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
+        for m in training:
+            m.training = True
     for t in _tensors(out):
         i = rec.info(t)
         if i is not None and i.elems is not None:
