@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import sys
 import tempfile
@@ -139,8 +140,11 @@ def pruned_start(
     if not quick:
         order = [choice] if choice in candidates else ["15x", "12x"]
         for key in order:
-            if candidates[key].exists():
-                return slimtorch.load(candidates[key]), str(candidates[key].relative_to(CHECKPOINTS_DIR.parent.parent))
+            path = candidates[key]
+            if path.exists():
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+                where = path.relative_to(CHECKPOINTS_DIR.parent.parent)
+                return slimtorch.load(path), f"{where} (sha256 {digest})"
     from slimtorch.prune import Iterative, Magnitude, make_permanent_, prune_
 
     dense_ckpt = CHECKPOINTS_DIR / f"{name}.safetensors"
