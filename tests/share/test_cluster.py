@@ -8,7 +8,15 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from slimtorch.models import create
-from slimtorch.share import SharedWeight, WeightSharing, bake_, cluster_, shared_layers, sharing_summary
+from slimtorch.share import (
+    SharedWeight,
+    WeightSharing,
+    bake_,
+    cluster_,
+    shared_layers,
+    shared_lookup,
+    sharing_summary,
+)
 
 
 def _pruned(model: nn.Module, keep: float = 0.2, seed: int = 0) -> nn.Module:
@@ -156,3 +164,15 @@ def test_all_pruned_layer():
         model.net[5].weight.zero_()
     cluster_(model, bits=2)
     assert torch.equal(model.net[5].weight, torch.zeros(10, 100))
+
+
+def test_shared_lookup_gradient_formula():
+    table = torch.tensor([0.0, 1.5, -2.0], dtype=torch.float64, requires_grad=True)
+    codes = torch.tensor([[0, 1, 2], [2, 2, 1]])
+    w = shared_lookup(table, codes)
+    assert w.tolist() == [[0.0, 1.5, -2.0], [-2.0, -2.0, 1.5]]
+    g = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=torch.float64)
+    w.backward(g)
+    # dL/dtable[k] = sum of dL/dW over the weights with code k.
+    assert table.grad.tolist() == [1.0, 2.0 + 6.0, 3.0 + 4.0 + 5.0]
+    assert torch.autograd.gradcheck(lambda t: shared_lookup(t, codes), (table.detach().requires_grad_(),))

@@ -17,6 +17,7 @@ from slimtorch.share.cluster import (
     cluster_,
     cluster_weight,
     shared_layers,
+    shared_lookup,
     sharing_summary,
 )
 from slimtorch.share.format import SUFFIX, SlimFormatError, is_slim_file, load, loads, read_header, save
@@ -43,5 +44,6 @@ __all__ = [
     "read_header",
     "save",
     "shared_layers",
+    "shared_lookup",
     "sharing_summary",
 ]
