@@ -148,3 +148,12 @@ def test_bad_calibration_data(method):
     with pytest.raises(ValueError, match=r"calibration batch 0 has shape \(4, 5\).*input_shape \(8,\)"):
         quantize_(model, cfg, [torch.randn(4, 5)])
     assert isinstance(model[0], nn.Linear)
+
+
+def test_attention_without_weight_only_form_is_listed():
+    model = nn.Sequential(nn.Linear(8, 8))
+    model.add_module("mha", nn.MultiheadAttention(8, 2, batch_first=True))
+    report = quantize_(model, WeightOnly(bits=4, group_size=8))
+    assert report.quantized == ["0"]
+    assert "MultiheadAttention" in report.skipped["mha"]
+    assert "NonDynamicallyQuantizableLinear" in report.skipped["mha.out_proj"]

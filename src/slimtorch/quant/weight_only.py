@@ -306,11 +306,12 @@ def select_layers(model: nn.Module, config: WeightOnly) -> tuple[dict[str, nn.Mo
         if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
             skipped[n] = f"padding_mode={m.padding_mode!r} has no weight-only form"
             del chosen[n]
-    quantized_types = tuple(WEIGHT_ONLY_MODULES)
+    already = tuple(WEIGHT_ONLY_MODULES.values())
     for n, m in named_modules_matching(model, (nn.Module,), config.include, config.exclude):
-        if n in chosen or n in skipped or isinstance(m, quantized_types):
+        if n in chosen or n in skipped or isinstance(m, already):
             continue
-        if isinstance(getattr(m, "weight", None), torch.Tensor) and not isinstance(m, _NORM_TYPES):
+        own = [p for p in m.parameters(recurse=False) if p.dim() > 1]  # weight matrices, not biases/norms
+        if own and not isinstance(m, _NORM_TYPES):
             skipped[n] = f"{type(m).__name__}: {_NO_FORM_REASON}"
     for n, m in chosen.items():
         layer_group_size(m, n, config.group_size)  # fail before touching the model
