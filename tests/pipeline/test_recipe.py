@@ -58,9 +58,7 @@ def test_unknown_keys_are_errors_listing_allowed_keys():
 
 
 def test_every_problem_is_reported_at_once():
-    data = _recipe(
-        [{"train": {"epochs": -1}}, {"prune": {"sparsity": 2.0, "bogus": 1}}, {"quantise": {}}], seed="x"
-    )
+    data = _recipe([{"train": {"epochs": -1}}, {"prune": {"sparsity": 2.0, "bogus": 1}}, {"quantise": {}}], seed="x")
     data["data"] = {"name": "nope"}
     probs = _problems(data)
     text = "\n".join(probs)
@@ -75,9 +73,7 @@ def test_every_problem_is_reported_at_once():
 def test_nested_config_problem_has_the_nested_path():
     probs = _problems(_recipe([{"distill": {"student": {"zoo": "mlp"}, "train": {"lr": -1}}}]))
     assert probs == ["stages[0].distill.train.lr must be > 0, got -1"]
-    probs = _problems(
-        _recipe([{"distill": {"losses": [{"type": "KD", "temperature": 4}, {"type": "Nope"}]}}])
-    )
+    probs = _problems(_recipe([{"distill": {"losses": [{"type": "KD", "temperature": 4}, {"type": "Nope"}]}}]))
     assert len(probs) == 1 and probs[0].startswith("stages[0].distill.losses[1].type: 'Nope' is not one of")
 
 
@@ -131,9 +127,7 @@ def test_missing_recipe_file_and_bad_shapes():
         load_recipe("/nonexistent/recipe.yaml")
     assert _problems([1, 2])[0].startswith("a recipe is a mapping")
     assert _problems(_recipe([]))[0].startswith("stages must be a non-empty list")
-    assert _problems(_recipe([{"train": {}, "prune": {}}]))[0].startswith(
-        "stages[0]: expected one {stage: options}"
-    )
+    assert _problems(_recipe([{"train": {}, "prune": {}}]))[0].startswith("stages[0]: expected one {stage: options}")
     assert _problems({"stages": [{"train": {}}]}) == [
         "model: missing (e.g. model: {zoo: mlp} or model: {factory: 'mypkg.nets:build'})"
     ]

@@ -14,12 +14,22 @@ MEASURE = {"repeats": 3, "warmup": 1}
 
 
 def _recipe(stages, **extra):
-    return parse_recipe({"model": {"zoo": "mlp", "args": {"hidden": [16]}}, "data": {"name": "digits"},
-                         "measure": MEASURE, "stages": stages, **extra})
+    return parse_recipe(
+        {
+            "model": {"zoo": "mlp", "args": {"hidden": [16]}},
+            "data": {"name": "digits"},
+            "measure": MEASURE,
+            "stages": stages,
+            **extra,
+        }
+    )
 
 
-TRAIN_PRUNE = [{"train": {"epochs": 2, "lr": 0.1, "batch_size": 128}},
-               {"prune": {"type": "Magnitude", "sparsity": 0.5}}, {"evaluate": {"label": "final"}}]
+TRAIN_PRUNE = [
+    {"train": {"epochs": 2, "lr": 0.1, "batch_size": 128}},
+    {"prune": {"type": "Magnitude", "sparsity": 0.5}},
+    {"evaluate": {"label": "final"}},
+]
 
 
 def test_stages_run_in_order_each_in_its_folder(tmp_path):
@@ -45,8 +55,9 @@ def test_folder_holding_another_run_is_refused(tmp_path):
     run_recipe(_recipe([{"evaluate": {}}]), tmp_path, progress=False, report=False)
     with pytest.raises(FileExistsError, match="already holds a run; pass --resume to continue it or --overwrite"):
         run_recipe(_recipe([{"evaluate": {}}]), tmp_path, progress=False, report=False)
-    rows = run_recipe(_recipe([{"evaluate": {"label": "again"}}]), tmp_path, overwrite=True, progress=False,
-                      report=False)
+    rows = run_recipe(
+        _recipe([{"evaluate": {"label": "again"}}]), tmp_path, overwrite=True, progress=False, report=False
+    )
     assert [r["stage"] for r in rows] == ["again"]
 
 

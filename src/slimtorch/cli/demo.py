@@ -22,8 +22,10 @@ from slimtorch.metrics import render_table
 from slimtorch.pipeline import ROW_KEYS, parse_recipe, public_row, run_recipe
 
 NAME = "demo"
-HELP = ("Teacher -> distilled student -> pruned -> int8 on ONNX Runtime, on the bundled digits data "
-        "(no files needed); prints the stage table and where the report is.")
+HELP = (
+    "Teacher -> distilled student -> pruned -> int8 on ONNX Runtime, on the bundled digits data "
+    "(no files needed); prints the stage table and where the report is."
+)
 
 #: The recipe the demo runs (``slimtorch run`` runs the same thing from a file).
 DEMO_RECIPE = """
@@ -86,15 +88,23 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="slimtorch-demo-"))
     recipe = parse_recipe(data, source="the demo recipe")
-    rows = run_recipe(recipe, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
-                      log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    rows = run_recipe(
+        recipe,
+        out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        log=lambda msg: print(msg, file=sys.stderr, flush=True),
+    )
     table = [public_row(r) for r in rows]
     print(render_table(table, columns=ROW_KEYS))
     teacher, final = table[0], table[-1]
-    print(f"final ({final['stage']}) vs teacher: {teacher['size_bytes'] / final['size_bytes']:.1f}x smaller on disk "
-          f"({final['size_bytes']} vs {teacher['size_bytes']} bytes), accuracy "
-          f"{100 * final['accuracy']:.2f}% vs {100 * teacher['accuracy']:.2f}% "
-          f"({100 * (final['accuracy'] - teacher['accuracy']):+.2f} pt)")
+    print(
+        f"final ({final['stage']}) vs teacher: {teacher['size_bytes'] / final['size_bytes']:.1f}x smaller on disk "
+        f"({final['size_bytes']} vs {teacher['size_bytes']} bytes), accuracy "
+        f"{100 * final['accuracy']:.2f}% vs {100 * teacher['accuracy']:.2f}% "
+        f"({100 * (final['accuracy'] - teacher['accuracy']):+.2f} pt)"
+    )
     if args.json:
         write_json(args.json, table)
     print(f"report: {out / 'report.html'} (and report.md); {time.perf_counter() - t0:.1f} s")

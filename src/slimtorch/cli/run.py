@@ -15,9 +15,7 @@ HELP = "Run a YAML recipe (train, distill, prune, quantize, share, export, evalu
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="the recipe file (see examples/ and docs/pipeline.md)")
-    p.add_argument(
-        "--out", required=True, help="run folder (one NN-<stage> folder per stage, report.md/html)"
-    )
+    p.add_argument("--out", required=True, help="run folder (one NN-<stage> folder per stage, report.md/html)")
     p.add_argument("--resume", action="store_true", help="skip completed stages, continue an interrupted one")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--json", default=None, metavar="PATH", help="write the stage table here as JSON")

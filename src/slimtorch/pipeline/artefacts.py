@@ -51,9 +51,7 @@ def restore_float(ctx: StageContext, stage_dir: Path, record: dict) -> Product:
     masked = record.get("info", {}).get("masked_layers", [])
     remask_(model, masked)
     artefact = stage_dir / record["artefact_name"] if record.get("artefact_name") else stage_dir / MODEL_FILE
-    return Product(
-        model=model, state=MASKED if masked else DENSE, artefact=artefact, info=record.get("info", {})
-    )
+    return Product(model=model, state=MASKED if masked else DENSE, artefact=artefact, info=record.get("info", {}))
 
 
 @torch.no_grad()

@@ -145,9 +145,7 @@ class StageContext:
             raise SlimtorchError(f"model factory {source.factory!r} cannot be imported: {e}") from None
         model = fn(**source.args)
         if not isinstance(model, nn.Module):
-            raise SlimtorchError(
-                f"model factory {source.factory!r} returned {type(model).__name__}, not an nn.Module"
-            )
+            raise SlimtorchError(f"model factory {source.factory!r} returned {type(model).__name__}, not an nn.Module")
         return model
 
     def restore_model(self, path: Path, like: ModelSource | None = None) -> nn.Module:

@@ -90,7 +90,7 @@ def _prepare_student(ctx: StageContext, opts: JointOptions, teacher: Any) -> tup
     student = ctx.build_model(opts.student) if opts.student is not None else copy.deepcopy(teacher)
     student.requires_grad_(True).train()
     quantize_(student, opts.quant, calib_data=ctx.calib_batches(student))
-    pruner = MaskPruner(student, opts.prune, ctx.example_inputs(student, 1))
+    pruner = MaskPruner(student, opts.prune)  # no example inputs: MACs come from the measurement
     ones_masks_(pruner.layers)
     return student, pruner
 
@@ -140,9 +140,7 @@ def restore_joint(ctx: StageContext, spec: Any, previous: Product, record: dict)
     load_state_into(student, load_file(str(d / QUANT_STATE_FILE)))
     onnx = d / QUANT_ONNX_FILE if (d / QUANT_ONNX_FILE).exists() else None
     artefact = d / (record.get("artefact_name") or QUANT_STATE_FILE)
-    return Product(
-        model=student.eval(), state=QUANTIZED, artefact=artefact, onnx=onnx, info=record.get("info", {})
-    )
+    return Product(model=student.eval(), state=QUANTIZED, artefact=artefact, onnx=onnx, info=record.get("info", {}))
 
 
 register_stage(

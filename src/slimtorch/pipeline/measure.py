@@ -21,7 +21,7 @@ from torch.nn.utils import parametrize
 
 from slimtorch.core.errors import SlimtorchError
 from slimtorch.pipeline.context import StageContext, fit_inputs
-from slimtorch.pipeline.stages import Product
+from slimtorch.pipeline.stages import QUANTIZED, Product
 
 #: The public columns of a stage row, in table order.
 ROW_KEYS = ("stage", "accuracy", "size_bytes", "params", "nonzero_params", "macs", "latency_ms", "runtime")
@@ -99,17 +99,13 @@ def layer_table(model: nn.Module) -> list[dict[str, Any]]:
     return out
 
 
-def measure(
-    ctx: StageContext, stage: str, product: Product, previous: dict[str, Any] | None = None
-) -> dict[str, Any]:
+def measure(ctx: StageContext, stage: str, product: Product) -> dict[str, Any]:
     """The stage-table row of ``product`` plus ``loss`` / ``layers`` / ``artefact`` details.
 
     Args:
         ctx: the run context (test data, measurement options).
         stage: the row's name (``"03-prune"``).
         product: what the stage produced.
-        previous: the previous stage's row; its MAC count is kept when the model's MACs cannot be counted
-            (e.g. a packed weight-only layer), since quantization does not change the MACs.
     """
     from slimtorch import metrics
 
@@ -124,16 +120,15 @@ def measure(
     else:
         ev = metrics.evaluate(model, test)
         row["accuracy"], loss = ev["accuracy"], ev["loss"]
-    row["size_bytes"] = (
-        metrics.file_size(product.artefact) if product.artefact else metrics.model_size_bytes(model)
-    )
-    row["params"] = metrics.count_params(model)
-    row["nonzero_params"] = metrics.count_nonzero(model)
-    try:
+    row["size_bytes"] = metrics.file_size(product.artefact) if product.artefact else metrics.model_size_bytes(model)
+    counts = product.info.get("float_counts")
+    if counts:  # quantization keeps the weights' number, zeros and MACs: counted on the float model before it
+        row.update({k: counts[k] for k in ("params", "nonzero_params", "macs")})
+    else:
+        row["params"] = metrics.count_params(model)
+        row["nonzero_params"] = metrics.count_nonzero(model)
         row["macs"] = int(metrics.count_macs(model, inputs))
-    except Exception:  # noqa: BLE001 - some quantized forms have no MAC rule; MACs are those of the float layers
-        row["macs"] = previous.get("macs") if previous else None
-    row["latency_ms"], row["runtime"] = _latency(model, product.onnx, inputs, opts)
+    row["latency_ms"], row["runtime"] = _latency(model, product.onnx, inputs, opts, product.state != QUANTIZED)
     row["loss"] = loss
     row["state"] = product.state
     row["artefact"] = (
@@ -145,19 +140,21 @@ def measure(
     return row
 
 
-def _latency(model: nn.Module, onnx: Path | None, inputs: torch.Tensor, opts: Any) -> tuple[float, str]:
+def _latency(
+    model: nn.Module, onnx: Path | None, inputs: torch.Tensor, opts: Any, exportable: bool
+) -> tuple[float, str]:
     from slimtorch.metrics import measure_latency
 
     kw = {"threads": opts.threads, "warmup": opts.warmup, "repeats": opts.repeats}
     if onnx is not None:
         return measure_latency(onnx, inputs, "onnxruntime", **kw), "onnxruntime"
-    if opts.runtime == "onnxruntime":
+    if opts.runtime == "onnxruntime" and exportable:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return measure_latency(model, inputs, "onnxruntime", **kw), "onnxruntime"
         except (SlimtorchError, RuntimeError, ValueError):
-            pass  # not exportable (e.g. packed low-bit layers): timed in torch, and the row says so
+            pass  # not exportable: timed in torch, and the row says so
     return measure_latency(model, inputs, "torch", **kw), "torch"
 
 

@@ -54,15 +54,11 @@ class ModelSource(Config):
         from slimtorch.models import MODELS
 
         if (self.zoo is None) == (self.factory is None):
-            raise ValueError(
-                "give exactly one of zoo (a zoo model name) or factory ('package.module:function')"
-            )
+            raise ValueError("give exactly one of zoo (a zoo model name) or factory ('package.module:function')")
         if self.zoo is not None:
             _check_str("zoo", self.zoo)
             MODELS.get(self.zoo)  # unknown names list the valid ones
-        if self.factory is not None and (
-            not isinstance(self.factory, str) or not FACTORY_PATTERN.match(self.factory)
-        ):
+        if self.factory is not None and (not isinstance(self.factory, str) or not FACTORY_PATTERN.match(self.factory)):
             raise ValueError(f"factory: {self.factory!r} is not of the form 'package.module:function'")
         if not isinstance(self.args, dict) or not all(isinstance(k, str) for k in self.args):
             raise ValueError(f"args must be a mapping of argument names to values, got {self.args!r}")

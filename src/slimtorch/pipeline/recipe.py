@@ -164,9 +164,7 @@ def parse_recipe_text(text: str, source: str = "recipe", base_dir: str | Path | 
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "unknown position"
         what = getattr(e, "problem", None) or str(e).splitlines()[0]
         ctx = getattr(e, "context", None)
-        raise RecipeError(
-            [f"malformed YAML at {where}: {what}" + (f" ({ctx})" if ctx else "")], source
-        ) from None
+        raise RecipeError([f"malformed YAML at {where}: {what}" + (f" ({ctx})" if ctx else "")], source) from None
     except Exception as e:  # yaml raises a few non-YAMLError types on odd input (e.g. RecursionError)
         raise RecipeError([f"malformed YAML: {type(e).__name__}: {e}"], source) from None
     return parse_recipe(data, source, base_dir)
@@ -181,9 +179,7 @@ def parse_recipe(data: Any, source: str = "recipe", base_dir: str | Path | None 
     problems: list[str] = []
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     if not isinstance(data, dict):
-        raise RecipeError(
-            [f"a recipe is a mapping with keys {list(TOP_LEVEL_KEYS)}, got {_kind(data)}"], source
-        )
+        raise RecipeError([f"a recipe is a mapping with keys {list(TOP_LEVEL_KEYS)}, got {_kind(data)}"], source)
     unknown = [k for k in data if k not in TOP_LEVEL_KEYS]
     if unknown:
         problems.append(f"unknown top-level key(s) {_names(unknown)}; allowed: {list(TOP_LEVEL_KEYS)}")
@@ -210,9 +206,7 @@ def parse_recipe(data: Any, source: str = "recipe", base_dir: str | Path | None 
     if problems:
         raise RecipeError(problems, source)
     assert model is not None and data_spec is not None and measure is not None  # noqa: S101 - no problems
-    return Recipe(
-        model=model, data=data_spec, stages=stages, seed=seed, measure=measure, name=name, base_dir=base
-    )
+    return Recipe(model=model, data=data_spec, stages=stages, seed=seed, measure=measure, name=name, base_dir=base)
 
 
 def _parse_stages(raw: Any, base: Path, problems: list[str]) -> list[StageSpec]:
@@ -247,9 +241,7 @@ def _parse_stages(raw: Any, base: Path, problems: list[str]) -> list[StageSpec]:
     return out if ok else []
 
 
-def parse_stage(
-    name: str, index: int, body: Any, problems: list[str], base: Path | None = None
-) -> StageSpec | None:
+def parse_stage(name: str, index: int, body: Any, problems: list[str], base: Path | None = None) -> StageSpec | None:
     """Parse one stage's options (``body``) into a :class:`StageSpec`, appending problems to ``problems``."""
     stage = get_stage(name)
     path = f"stages[{index}].{name}"
@@ -262,9 +254,7 @@ def parse_stage(
     body = dict(body)
     label = body.pop("label", None)
     if label is not None and (not isinstance(label, str) or not label.strip()):
-        problems.append(
-            f"{path}.label must be a non-empty string (the stage's name in the report), got {_kind(label)}"
-        )
+        problems.append(f"{path}.label must be a non-empty string (the stage's name in the report), got {_kind(label)}")
     own_fields = {f.name for f in dataclasses.fields(stage.options)}  # type: ignore[arg-type]
     own = {k: v for k, v in body.items() if k in own_fields}
     rest = {k: v for k, v in body.items() if k not in own_fields}
@@ -320,9 +310,7 @@ def _check_checkpoint(src: ModelSource, path: str, base: Path, problems: list[st
 
 
 # ---- typed parsing with every problem collected ---------------------------------------------------
-def parse_config(
-    cls: type[Config], data: Any, path: str, problems: list[str], extra_allowed: Any = ()
-) -> Any:
+def parse_config(cls: type[Config], data: Any, path: str, problems: list[str], extra_allowed: Any = ()) -> Any:
     """Build ``cls`` from plain ``data``, appending every problem (with its path) to ``problems``.
 
     Nested configs (fields typed as a Config, possibly chosen by a ``type`` key, or lists of them)

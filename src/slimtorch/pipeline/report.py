@@ -86,8 +86,7 @@ def html_table(columns: tuple[str, ...], rows: list[dict[str, Any]]) -> str:
     """The same table as HTML."""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(c, r.get(c)))}</td>" for c in columns) + "</tr>"
-        for r in rows
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(c, r.get(c)))}</td>" for c in columns) + "</tr>" for r in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -112,9 +111,7 @@ def plot_tradeoff(rows: list[dict[str, Any]], x_key: str, x_label: str) -> bytes
     pts = [
         (r[x_key], 100 * r["accuracy"], r["stage"], r.get("runtime", ""))
         for r in rows
-        if isinstance(r.get(x_key), (int, float))
-        and r[x_key] > 0
-        and isinstance(r.get("accuracy"), (int, float))
+        if isinstance(r.get(x_key), (int, float)) and r[x_key] > 0 and isinstance(r.get("accuracy"), (int, float))
     ]
     fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
     if pts:

@@ -83,11 +83,7 @@ def read_record(stage_dir: Path) -> dict[str, Any] | None:
 def stage_records(run_dir: str | Path) -> list[dict[str, Any]]:
     """Every complete stage record of a run folder, in stage order."""
     run_dir = Path(run_dir)
-    dirs = (
-        sorted(d for d in run_dir.iterdir() if d.is_dir() and _STAGE_DIR.match(d.name))
-        if run_dir.is_dir()
-        else []
-    )
+    dirs = sorted(d for d in run_dir.iterdir() if d.is_dir() and _STAGE_DIR.match(d.name)) if run_dir.is_dir() else []
     return [r for r in (read_record(d) for d in dirs) if r is not None]
 
 
@@ -175,9 +171,7 @@ def run_recipe(
             say(f"[{spec.index + 1}/{n}] {label}: complete in an earlier run, skipped")
             continue
         if record is not None or (fresh and d.exists()):
-            shutil.rmtree(
-                d
-            )  # a stale or complete-but-changed stage starts over; an interrupted one continues
+            shutil.rmtree(d)  # a stale or complete-but-changed stage starts over; an interrupted one continues
         fresh = True  # every later stage depends on this one's new output
         d.mkdir(parents=True, exist_ok=True)
         ctx.stage_dir = d
@@ -191,7 +185,7 @@ def run_recipe(
         product = stage.run(ctx, spec, product)
         product.info["stage"] = label
         wall = time.perf_counter() - t0
-        row = measure(ctx, label, product, previous=rows[-1] if rows else None)
+        row = measure(ctx, label, product)
         row["stage_s"] = wall
         record = {
             "stage": label,
@@ -206,10 +200,7 @@ def run_recipe(
         }
         write_json_atomic(d / STAGE_FILE, record)  # last: marks the stage complete
         rows.append(row)
-        say(
-            f"[{spec.index + 1}/{n}] {label}: accuracy {row['accuracy']:.4f}, {row['size_bytes']} bytes, "
-            f"{wall:.1f} s"
-        )
+        say(f"[{spec.index + 1}/{n}] {label}: accuracy {row['accuracy']:.4f}, {row['size_bytes']} bytes, {wall:.1f} s")
         _write_outputs(run_dir, rows, report)
     _write_outputs(run_dir, rows, report)
     return rows

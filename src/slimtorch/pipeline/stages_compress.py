@@ -92,9 +92,7 @@ def run_prune(ctx: StageContext, spec: Any, product: Product) -> Product:
         # resume). Masks exist from step 0 so a resumed checkpoint loads into the same structure.
         pruner = MaskPruner(model, cfg, example)
         ones_masks_(pruner.layers)
-        ctx.fit(
-            model, FitOptions.from_dict({"epochs": schedule.epochs, **schedule.finetune}), callbacks=[pruner]
-        )
+        ctx.fit(model, FitOptions.from_dict({"epochs": schedule.epochs, **schedule.finetune}), callbacks=[pruner])
         report = pruner.report()
     elif isinstance(schedule, Iterative):
         opts = FitOptions.from_dict({"epochs": schedule.epochs, **schedule.finetune})
@@ -229,13 +227,22 @@ def write_quantized(ctx: StageContext, model: Any, stage_dir: Path, export: bool
 
 def run_quantize(ctx: StageContext, spec: Any, product: Product) -> Product:
     """Quantize the current model; write the int8 ONNX file when the scheme allows it."""
+    from slimtorch import metrics
+
     model = product.model
+    example = ctx.example_inputs(model, ctx.recipe.measure.batch_size)
+    counts = {
+        "params": metrics.count_params(model),
+        "nonzero_params": metrics.count_nonzero(model),
+        "macs": int(metrics.count_macs(model, example)),
+    }
     report = _quantize_model(ctx, spec, model, train=True)
     artefact, onnx = write_quantized(ctx, model, ctx.stage_dir, spec.options.export)
     info = {
         "scheme": report.scheme,
         "quantized_layers": len(report.quantized),
         "float_layers": report.skipped,
+        "float_counts": counts,
     }
     return Product(model=model.eval(), state=QUANTIZED, artefact=artefact, onnx=onnx, info=info)
 
@@ -252,9 +259,7 @@ def restore_quantized(ctx: StageContext, spec: Any, previous: Product, record: d
     load_state_into(model, load_file(str(d / QUANT_STATE_FILE)))
     onnx = d / QUANT_ONNX_FILE if (d / QUANT_ONNX_FILE).exists() else None
     artefact = d / (record.get("artefact_name") or QUANT_STATE_FILE)
-    return Product(
-        model=model.eval(), state=QUANTIZED, artefact=artefact, onnx=onnx, info=record.get("info", {})
-    )
+    return Product(model=model.eval(), state=QUANTIZED, artefact=artefact, onnx=onnx, info=record.get("info", {}))
 
 
 register_stage(

@@ -112,9 +112,7 @@ def run_distill(ctx: StageContext, spec: Any, product: Product) -> Product:
     if opts.init_from_teacher:
         init_from_teacher(student, teacher)
     example = ctx.example_inputs(student, 2)
-    distiller = Distiller(
-        student, teacher, list(opts.losses), task_weight=opts.task_weight, example_inputs=example
-    )
+    distiller = Distiller(student, teacher, list(opts.losses), task_weight=opts.task_weight, example_inputs=example)
     ctx.fit(distiller, opts.train)
     return save_float(ctx, student, {"epochs": opts.train.epochs, "teacher_stage": product.info.get("stage")})
 

@@ -1,0 +1,102 @@
+"""Each technique stage through the runner on tiny digits models, and its restore on --resume."""
+
+from __future__ import annotations
+
+from slimtorch.pipeline import parse_recipe, run_recipe
+
+MEASURE = {"repeats": 3, "warmup": 1}
+TEACHER = {"train": {"epochs": 2, "lr": 0.1, "batch_size": 128}}
+DIGITS_MLP16 = 64 * 16 + 16 + 16 * 10 + 10
+
+
+def _run(tmp_path, stages, hidden=(16,), resume=False):
+    recipe = parse_recipe(
+        {
+            "model": {"zoo": "mlp", "args": {"hidden": list(hidden)}},
+            "data": {"name": "digits"},
+            "measure": MEASURE,
+            "stages": stages,
+        }
+    )
+    return run_recipe(recipe, tmp_path, progress=False, report=False, resume=resume)
+
+
+def _resume_last(tmp_path, stages, hidden=(16,)):
+    """Drop the last stage's completion marker and resume: earlier stages are restored from their folders."""
+    n = len(stages)
+    last = sorted(p for p in tmp_path.iterdir() if p.name.startswith(f"{n:02d}-"))[0]
+    (last / "stage.json").unlink()
+    return _run(tmp_path, stages, hidden, resume=True)
+
+
+def test_int8_static_writes_an_onnx_file_measured_on_onnxruntime_and_restores(tmp_path):
+    stages = [TEACHER, {"quantize": {"type": "Int8Static"}}, {"evaluate": {}}]
+    teacher, int8, ev = _run(tmp_path, stages)
+    onnx = tmp_path / "02-quantize" / "model.onnx"
+    assert int8["runtime"] == "onnxruntime" and onnx.stat().st_size == int8["size_bytes"]
+    assert int8["size_bytes"] < teacher["size_bytes"] / 2
+    assert abs(int8["accuracy"] - teacher["accuracy"]) <= 0.03
+    assert {lay["bits"] for lay in int8["layers"]} == {8}
+    again = _resume_last(tmp_path, stages)
+    assert again[2]["accuracy"] == int8["accuracy"] and again[2]["size_bytes"] == int8["size_bytes"]
+
+
+def test_weight_only_low_bit_is_timed_on_torch_with_its_packed_file(tmp_path):
+    stages = [TEACHER, {"quantize": {"type": "WeightOnly", "bits": 4, "group_size": 16}}]
+    teacher, w4 = _run(tmp_path, stages)
+    assert w4["runtime"] == "torch"  # packed 4-bit layers have no ONNX form
+    assert w4["size_bytes"] < teacher["size_bytes"] / 2  # 4-bit codes + group scales vs fp32
+    assert {lay["bits"] for lay in w4["layers"]} == {4}
+
+
+def test_channel_pruning_gives_a_smaller_dense_model(tmp_path):
+    teacher, pruned = _run(tmp_path, [TEACHER, {"prune": {"type": "Channel", "ratio": 0.5}}], hidden=(32,))
+    assert pruned["params"] == DIGITS_MLP16 and teacher["params"] == 64 * 32 + 32 + 32 * 10 + 10
+    assert pruned["macs"] < teacher["macs"] and pruned["size_bytes"] < teacher["size_bytes"]
+
+
+def test_prune_then_share_writes_a_slim_file_and_restores(tmp_path):
+    stages = [TEACHER, {"prune": {"sparsity": 0.5}}, {"share": {"bits": 4}}, {"evaluate": {}}]
+    teacher, pruned, shared, ev = _run(tmp_path, stages)
+    slim = tmp_path / "03-share" / "model.slim"
+    assert slim.stat().st_size == shared["size_bytes"] < pruned["size_bytes"]
+    assert shared["nonzero_params"] <= pruned["nonzero_params"]
+    assert {lay["bits"] for lay in shared["layers"]} == {4}
+    again = _resume_last(tmp_path, stages)
+    assert again[3]["accuracy"] == shared["accuracy"]
+
+
+def test_distill_trains_the_student_from_the_teacher(tmp_path):
+    stages = [
+        TEACHER,
+        {
+            "distill": {
+                "student": {"zoo": "mlp", "args": {"hidden": [8]}},
+                "losses": [{"type": "KD", "temperature": 2.0}],
+                "train": {"epochs": 2, "lr": 0.1},
+            }
+        },
+    ]
+    teacher, student = _run(tmp_path, stages)
+    assert student["params"] == 64 * 8 + 8 + 8 * 10 + 10
+    assert student["accuracy"] > 0.5  # trained (chance is 0.1)
+    again = _resume_last(tmp_path, stages)
+    assert again[1]["accuracy"] == student["accuracy"]
+
+
+def test_joint_stage_distils_prunes_and_quantizes_in_one_run(tmp_path):
+    stages = [
+        TEACHER,
+        {
+            "joint": {
+                "student": {"zoo": "mlp", "args": {"hidden": [16]}},
+                "prune": {"sparsity": 0.5, "schedule": {"type": "AGP", "frequency": 5}},
+                "train": {"epochs": 2, "lr": 0.1},
+            }
+        },
+    ]
+    teacher, joint = _run(tmp_path, stages)
+    assert joint["params"] == DIGITS_MLP16 and joint["runtime"] == "onnxruntime"
+    assert joint["nonzero_params"] == DIGITS_MLP16 - round(0.5 * (64 * 16 + 16 * 10))
+    assert {lay["bits"] for lay in joint["layers"]} == {8}
+    assert (tmp_path / "02-joint" / "model.onnx").stat().st_size == joint["size_bytes"]
