@@ -1,0 +1,219 @@
+"""W4A8: round-to-nearest vs AdaRound vs QAT (LSQ) (BENCHMARKS.md: quant_low_bit).
+
+All three share one pipeline: BatchNorm folded, weights symmetric per output channel (4-bit), every
+Conv/Linear input and output static uint8 (min-max calibrated on 512 training images), i.e. the
+fake-quant form :class:`slimtorch.quant.Int8Static` produces and ONNX Runtime executes.
+
+* RTN: ``LowBitStatic(bits_w=4, method="rtn")`` (= ``Int8Static(weight_bits=4)``);
+* AdaRound: ``LowBitStatic(bits_w=4, method="adaround")`` (Nagel et al. 2020, 1000 steps per layer);
+* QAT: ``QAT(bits_w=4, bits_a=8)`` (LSQ learned step sizes, Esser et al. 2020) fine-tuned with
+  ``slimtorch.train.fit`` on a training subset, then ``convert_qat_``.
+
+``--model resnet20`` uses ``bench/checkpoints/resnet20_cifar10.safetensors`` (CIFAR-10);
+``--model lenet5`` is the stand-in used when that checkpoint is missing: Caffe LeNet-5 on MNIST
+(trained here once if ``bench/checkpoints/lenet5_mnist_lowbit.safetensors`` is missing).
+
+Run: ``.venv/bin/python bench/quant_low_bit.py --model resnet20`` (``--quick`` for a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import slimtorch  # noqa: E402
+from common import CHECKPOINTS_DIR, DATA_ROOT, Timer, check, write_result  # noqa: E402
+from slimtorch.data import calibration_subset, load  # noqa: E402
+from slimtorch.metrics import accuracy  # noqa: E402
+from slimtorch.models import create  # noqa: E402
+from slimtorch.quant import QAT, LowBitStatic, convert_qat_, quantize_  # noqa: E402
+from slimtorch.train import fit  # noqa: E402
+
+SEED = 0
+SETUPS = {
+    "resnet20": {"data": "cifar10", "ckpt": CHECKPOINTS_DIR / "resnet20_cifar10.safetensors"},
+    "lenet5": {"data": "mnist", "ckpt": CHECKPOINTS_DIR / "lenet5_mnist_lowbit.safetensors"},
+}
+
+
+def tensors(ds, n: int | None, seed: int = SEED) -> TensorDataset:
+    """The first ``n`` items of a seeded random draw (all items when ``n`` is None) as tensors."""
+    sub = ds if n is None or n >= len(ds) else calibration_subset(ds, n, seed=seed)
+    x, y = zip(*[sub[i] for i in range(len(sub))])
+    return TensorDataset(torch.stack(x), torch.stack([torch.as_tensor(t) for t in y]))
+
+
+def lenet_checkpoint(path: Path) -> dict:
+    """Train Caffe LeNet-5 on MNIST (2 epochs, Adam) and save it; returns what was done."""
+    torch.manual_seed(SEED)
+    model = create("lenet5")
+    train = load("mnist", "train", root=DATA_ROOT)
+    t = Timer()
+    fit(
+        model,
+        train,
+        2,
+        optimizer="adam",
+        lr=1e-3,
+        weight_decay=0.0,
+        batch_size=128,
+        progress=False,
+        seed=SEED,
+    )
+    slimtorch.save(model, path)
+    return {"trained": "lenet5 on MNIST, 2 epochs Adam lr 1e-3", "train_s": round(t.elapsed, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=sorted(SETUPS), default="resnet20")
+    ap.add_argument("--bits", type=int, nargs="+", default=[4], help="weight widths (checks use 4)")
+    ap.add_argument("--calib", type=int, default=512, help="calibration images (training split)")
+    ap.add_argument("--test-n", type=int, default=None, help="test images (default: all)")
+    ap.add_argument("--adaround-iters", type=int, default=1000)
+    ap.add_argument("--adaround-batch", type=int, default=32, help="images per AdaRound step")
+    ap.add_argument("--qat-n", type=int, default=10000, help="training images for QAT fine-tuning")
+    ap.add_argument("--qat-epochs", type=int, default=2)
+    ap.add_argument("--qat-lr", type=float, default=1e-4)
+    ap.add_argument("--no-control", action="store_true", help="skip the fp32 fine-tuned control row")
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny data and iterations")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(SEED)
+    timer = Timer()
+    setup = SETUPS[a.model]
+    if a.quick:
+        a.calib, a.test_n, a.adaround_iters, a.qat_n, a.qat_epochs = 128, 500, 50, 512, 1
+    extra: dict = {"model": a.model, "stand_in": a.model != "resnet20"}
+    if a.model == "lenet5" and not setup["ckpt"].exists():
+        extra["checkpoint_training"] = lenet_checkpoint(setup["ckpt"])
+    if not setup["ckpt"].exists():
+        raise SystemExit(f"missing checkpoint {setup['ckpt']} (run bench/prune_resnet.py --stage train first)")
+    model = slimtorch.load(setup["ckpt"]).eval()
+    train = load(setup["data"], "train", root=DATA_ROOT)
+    test = tensors(load(setup["data"], "test", root=DATA_ROOT), a.test_n)
+    calib_set = tensors(train, a.calib, seed=SEED + 1)
+    calib = [x for x, _ in DataLoader(calib_set, batch_size=64)]
+    # A fixed random subset of the training split, augmented afresh in every batch (dataset transforms).
+    qat_train = calibration_subset(load(setup["data"], "train", root=DATA_ROOT, augment=True), a.qat_n, SEED + 2)
+
+    def acc(m: torch.nn.Module) -> float:
+        return 100.0 * accuracy(m, test, batch_size=250)
+
+    fp32 = acc(model)
+    print(f"fp32: {fp32:.2f}%", flush=True)
+    rows = [{"model": a.model, "scheme": "fp32", "method": "-", "top1": fp32, "drop_pt": 0.0, "seconds": 0.0}]
+    if not a.no_control:
+        # Control: the float model fine-tuned exactly as QAT is, so QAT's number is not credited with
+        # what extra training alone does (it matters for under-trained checkpoints).
+        ctl = copy.deepcopy(model)
+        t = time.perf_counter()
+        fit(
+            ctl,
+            qat_train,
+            a.qat_epochs,
+            optimizer="adam",
+            lr=a.qat_lr,
+            weight_decay=0.0,
+            batch_size=64,
+            progress=False,
+            seed=SEED,
+        )
+        top1 = acc(ctl)
+        rows.append(
+            {
+                "model": a.model,
+                "scheme": "fp32",
+                "method": "fine-tuned like QAT (control)",
+                "top1": top1,
+                "drop_pt": fp32 - top1,
+                "seconds": round(time.perf_counter() - t, 1),
+            }
+        )
+        print(f"fp32 fine-tuned control: {top1:.2f}%", flush=True)
+    for bits in a.bits:
+        for method in ("rtn", "adaround", "qat"):
+            q = copy.deepcopy(model)
+            t = time.perf_counter()
+            if method == "qat":
+                quantize_(q, QAT(bits_w=bits, bits_a=8), calib)
+                fit(
+                    q,
+                    qat_train,
+                    a.qat_epochs,
+                    optimizer="adam",
+                    lr=a.qat_lr,
+                    weight_decay=0.0,
+                    batch_size=64,
+                    progress=False,
+                    seed=SEED,
+                )
+                convert_qat_(q)
+            else:
+                quantize_(
+                    q,
+                    LowBitStatic(
+                        bits_w=bits,
+                        bits_a=8,
+                        method=method,
+                        adaround_iters=a.adaround_iters,
+                        adaround_batch=a.adaround_batch,
+                    ),
+                    calib,
+                )
+            secs = time.perf_counter() - t
+            top1 = acc(q)
+            rows.append(
+                {
+                    "model": a.model,
+                    "scheme": f"w{bits}a8",
+                    "method": method,
+                    "top1": top1,
+                    "drop_pt": fp32 - top1,
+                    "seconds": round(secs, 1),
+                }
+            )
+            print(f"w{bits}a8 {method}: {top1:.2f}% ({secs:.0f}s)", flush=True)
+
+    def top(method: str, bits: int = 4) -> float:
+        return next(r["top1"] for r in rows if r["method"] == method and r["scheme"] == f"w{bits}a8")
+
+    checks = []
+    if 4 in a.bits:
+        label = a.model + (" (STAND-IN for ResNet-20)" if extra["stand_in"] else "")
+        r, ad, qa = top("rtn"), top("adaround"), top("qat")
+        checks.append(
+            check(
+                f"{label}: ordering RTN < AdaRound < QAT (top-1 %)",
+                [round(r, 2), round(ad, 2), round(qa, 2)],
+                "RTN < AdaRound < QAT",
+                r < ad < qa,
+            )
+        )
+        checks.append(check(f"{label}: QAT drop vs fp32 (pt)", round(fp32 - qa, 2), "<= 1.0", fp32 - qa <= 1.0))
+    if extra["stand_in"]:
+        extra["resnet20"] = "not run: bench/checkpoints/resnet20_cifar10.safetensors was not available"
+    extra.update(
+        {
+            "test_images": len(test),
+            "calib_images": len(calib_set),
+            "qat_images": len(qat_train),
+            "qat_epochs": a.qat_epochs,
+            "qat_lr": a.qat_lr,
+            "adaround_iters": a.adaround_iters,
+            "activations": "uint8 static, min-max, every Conv/Linear input and output",
+            "weights": "symmetric per-output-channel, BN folded",
+        }
+    )
+    write_result("quant_low_bit", rows, checks, seeds=[SEED], wall_s=timer.elapsed, extra=extra)
+
+
+if __name__ == "__main__":
+    main()
