@@ -141,6 +141,22 @@ def test_kl_observer_clips_gaussian_tail():
     assert relu.zeros.item() == (x <= 0).sum().item()
 
 
+def test_kl_coverage_guard_on_a_dominant_background_value():
+    # like a normalised MNIST image: 80% background at -0.42, 20% foreground spread up to 2.8
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.full((80000,), -0.42), torch.rand(20000, generator=g) * 3.2 - 0.4])
+    obs = create_observer("kl", symmetric=True, signed=True)
+    obs(x)
+    _, hi = obs.min_max()
+    q99 = x.abs().quantile(0.99).item()
+    assert hi.item() >= q99 - 0.01  # without the guard KL clips at the background value
+    free = create_observer("kl", symmetric=True, signed=True, coverage=0.0)
+    free(x)
+    assert free.min_max()[1].item() < 0.5
+    with pytest.raises(ValueError, match="coverage"):
+        create_observer("kl", coverage=1.5)
+
+
 def test_histogram_observers_are_per_tensor():
     with pytest.raises(ValueError, match="per-tensor only"):
         create_observer("percentile", axis=0)

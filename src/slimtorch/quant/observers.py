@@ -341,15 +341,22 @@ class KLObserver(HistogramObserver):
     in KL divergence to the clipped reference (:func:`kl_threshold_bin`), and returns ``[-T, T]`` (or
     ``[0, T]`` for non-negative data such as ReLU outputs, which then use all ``2**bits`` levels).
 
+    The divergence does not see how far clipped values move (their mass is folded into the last
+    bin of the reference), so a distribution dominated by one value, such as an image background,
+    can get a threshold at that value that clips every foreground pixel. ``T`` is therefore never
+    below the ``coverage`` quantile of ``|x|`` (at most ``1 - coverage`` of the values are clipped).
+
     Args:
         stride: evaluate every ``stride``-th candidate bin (1 = exhaustive, as TensorRT).
+        coverage: the fraction of ``|x|`` that must stay inside ``[-T, T]`` (0 disables the guard).
     """
 
     absolute = True
 
-    def __init__(self, bins: int = 2048, stride: int = 1, **kwargs) -> None:
+    def __init__(self, bins: int = 2048, stride: int = 1, coverage: float = 0.99, **kwargs) -> None:
+        check_range("coverage", coverage, 0.0, 1.0)
         super().__init__(bins=bins, **kwargs)
-        self.stride = stride
+        self.stride, self.coverage = stride, coverage
         self.register_buffer("zeros", torch.tensor(0.0, dtype=torch.float64))
 
     def observe(self, x: torch.Tensor) -> None:
@@ -369,4 +376,9 @@ class KLObserver(HistogramObserver):
             hist = hist.reshape(-1, self.stride).sum(1) if len(hist) % self.stride == 0 else hist
         i = kl_threshold_bin(hist, levels)
         t = float(self.hist_lo) + i * (float(self.hist_hi) - float(self.hist_lo)) / len(hist)
-        return torch.tensor(0.0 if nonneg else -t), torch.tensor(t)
+        if self.coverage > 0:
+            t = max(t, self.quantile(self.coverage))
+        lo = 0.0 if nonneg else -t
+        if not self.symmetric:  # an asymmetric grid spends no levels below the observed minimum
+            lo = max(lo, min(float(self.min_val), 0.0))
+        return torch.tensor(lo), torch.tensor(min(t, max(float(self.max_val), 0.0)))
