@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from slimtorch.cli.main import main
 from slimtorch.pipeline import ROW_KEYS
 
@@ -53,3 +55,35 @@ def test_bad_recipe_lists_every_problem_and_exits_2(tmp_path, capsys):
 def test_report_of_a_folder_without_stages_exits_2(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "holds no completed stage" in capsys.readouterr().err
+
+
+def test_search_trains_a_zoo_model_then_writes_the_best_recipe(tmp_path, capsys):
+    js = tmp_path / "search.json"
+    argv = [
+        "search",
+        "--model",
+        "mlp",
+        "--data",
+        "digits",
+        "--space",
+        "tiny",
+        "--train-epochs",
+        "1",
+        "--finetune-epochs",
+        "1",
+        "--max-drop",
+        "100",
+        "--out",
+        str(tmp_path / "s"),
+        "--json",
+        str(js),
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    result = json.loads(js.read_text())
+    assert result["best"]["candidate"] in ("prune0-int8", "prune50-int8")
+    assert (tmp_path / "s" / "best_recipe.yaml").is_file()
+    assert "Pareto front:" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # argparse refuses an unknown target before anything runs
+        main([*argv[:-3], "--target", "speed"])
+    assert "invalid choice: 'speed' (choose from 'latency', 'size')" in capsys.readouterr().err

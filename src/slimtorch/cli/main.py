@@ -15,7 +15,7 @@ from slimtorch.core.errors import SlimtorchError
 
 #: Sub-command modules under ``slimtorch.cli``, in the order ``--help`` lists them.
 COMMAND_MODULES: list[str] = [
-    "train", "eval", "profile", "demo", "distill", "share", "prune", "run", "report", "quantize",
+    "train", "eval", "profile", "demo", "distill", "share", "prune", "run", "report", "quantize", "search",
 ]
 
 

@@ -132,8 +132,33 @@ class Recipe:
 
 
 def plain_config(cfg: Config) -> dict[str, Any]:
-    """``cfg.to_dict()`` without callables (``filter_fn``) and with nested configs typed."""
-    return {k: v for k, v in cfg.to_dict().items() if not callable(v)}
+    """``cfg.to_dict()`` without callables (``filter_fn``) and without fields left at their default.
+
+    Nested configs keep their ``type``; the result parses back to an equal config.
+    """
+    out = {}
+    plain = cfg.to_dict()
+    for f in dataclasses.fields(cfg):  # type: ignore[arg-type]
+        value = getattr(cfg, f.name)
+        if callable(value) and not isinstance(value, Config):
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        if default is not dataclasses.MISSING and _same(value, default):
+            continue
+        out[f.name] = plain[f.name]
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b) and type(a) is type(b)
+    except Exception:  # noqa: BLE001 - values whose == is not a bool (tensors) count as different
+        return False
 
 
 # ---- loading -------------------------------------------------------------------------------------
