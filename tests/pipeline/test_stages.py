@@ -100,3 +100,24 @@ def test_joint_stage_distils_prunes_and_quantizes_in_one_run(tmp_path):
     assert joint["nonzero_params"] == DIGITS_MLP16 - round(0.5 * (64 * 16 + 16 * 10))
     assert {lay["bits"] for lay in joint["layers"]} == {8}
     assert (tmp_path / "02-joint" / "model.onnx").stat().st_size == joint["size_bytes"]
+
+
+def test_distill_in_place_fine_tunes_the_pruned_model_from_a_checkpoint_teacher(tmp_path):
+    _run(tmp_path / "t", [TEACHER], hidden=(32,))
+    teacher_ckpt = str(tmp_path / "t" / "01-train")
+    stages = [
+        {"prune": {"type": "Channel", "ratio": 0.5}},
+        {"distill": {"teacher": {"zoo": "mlp", "checkpoint": teacher_ckpt}, "train": {"epochs": 2, "lr": 0.05}}},
+    ]
+    recipe = parse_recipe(
+        {
+            "model": {"zoo": "mlp", "checkpoint": teacher_ckpt},
+            "data": {"name": "digits"},
+            "measure": MEASURE,
+            "stages": stages,
+        }
+    )
+    source, pruned, distilled = run_recipe(recipe, tmp_path / "d", progress=False, report=False)
+    assert source["stage"] == "source" and source["params"] == 64 * 32 + 32 + 32 * 10 + 10
+    assert pruned["params"] == distilled["params"] == DIGITS_MLP16  # the student is the pruned model itself
+    assert distilled["accuracy"] > 0.5

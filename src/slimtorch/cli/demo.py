@@ -30,22 +30,22 @@ HELP = (
 #: The recipe the demo runs (``slimtorch run`` runs the same thing from a file).
 DEMO_RECIPE = """
 name: digits demo (teacher -> distilled student -> pruned -> int8 ONNX)
-model: {zoo: mlp, args: {hidden: [512, 512]}}
+model: {zoo: mlp, args: {hidden: [256, 256]}}
 data: {name: digits}
 measure: {runtime: onnxruntime, batch_size: 1, threads: 1, repeats: 50}
 stages:
-  - train: {label: teacher, epochs: 30, lr: 0.05, batch_size: 64}
+  - train: {label: teacher, epochs: 20, lr: 0.05, batch_size: 64}
   - distill:
       label: student
       student: {zoo: mlp, args: {hidden: [128]}}
       losses: [{type: KD, temperature: 4.0}]
       task_weight: 0.5
-      train: {epochs: 30, lr: 0.05, batch_size: 64}
+      train: {epochs: 20, lr: 0.05, batch_size: 64}
   - prune:
       label: pruned
       type: Magnitude
       sparsity: 0.5
-      finetune: {epochs: 5, lr: 0.01, batch_size: 64}
+      finetune: {epochs: 3, lr: 0.01, batch_size: 64}
   - quantize: {label: int8, type: Int8Static, observer: minmax}
 """
 

@@ -21,7 +21,6 @@ from slimtorch.pipeline.stages import (
     FLOAT_STATES,
     Product,
     StageDef,
-    constant_state,
     keep_state,
     register_stage,
 )
@@ -59,11 +58,13 @@ def _distill_losses() -> tuple[DistillLoss, ...]:
 
 @dataclass
 class DistillOptions(Config):
-    """Options of the ``distill`` stage: the current model becomes the (frozen) teacher.
+    """Options of the ``distill`` stage (Hinton et al. 2015 soft targets by default).
 
     Args:
-        student: the student's model source (``None``: a fresh copy of the teacher's architecture,
-            i.e. born-again distillation).
+        student: the student's model source. ``None``: the current model itself, which keeps its weights
+            (and pruning masks) and is fine-tuned by distillation (e.g. after channel pruning).
+        teacher: the teacher's model source (typically a checkpoint). ``None``: a frozen copy of the
+            current model.
         losses: distillation loss configs of :mod:`slimtorch.distill` (``KD``, ``Hint``, ``RKD``, ...),
             each a mapping with a ``type`` key (default: one ``KD``).
         task_weight: weight of the hard-label cross-entropy.
@@ -72,6 +73,7 @@ class DistillOptions(Config):
     """
 
     student: ModelSource | None = None
+    teacher: ModelSource | None = None
     losses: tuple[DistillLoss, ...] = field(default_factory=_distill_losses)
     task_weight: float = 1.0
     init_from_teacher: bool = False
@@ -83,47 +85,46 @@ class DistillOptions(Config):
             raise ValueError(f"init_from_teacher must be true or false, got {self.init_from_teacher!r}")
         if not isinstance(self.train, FitOptions):
             raise ValueError(f"train must be a mapping of training options, got {self.train!r}")
-        if self.student is not None and not isinstance(self.student, ModelSource):
-            raise ValueError(
-                f"student must be a model source mapping (zoo/args/factory/checkpoint), got {self.student!r}"
-            )
+        for name in ("student", "teacher"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, ModelSource):
+                raise ValueError(f"{name} must be a model source mapping (zoo/args/factory/checkpoint), got {v!r}")
         self.losses = tuple(self.losses)
 
 
-def build_student(ctx: StageContext, opts: DistillOptions, teacher: Any) -> Any:
-    """The student the options describe, or a re-initialised copy of the teacher's architecture."""
-    if opts.student is not None:
-        return ctx.build_model(opts.student)
-    student = copy.deepcopy(teacher)
-    for m in student.modules():
-        if hasattr(m, "reset_parameters"):
-            m.reset_parameters()
-    return student.requires_grad_(True).train()
+def distill_produces(spec: Any, state: str) -> str:
+    """A new student is dense; the current model distilled in place keeps its state (masks)."""
+    return state if spec.options.student is None else DENSE
 
 
 def run_distill(ctx: StageContext, spec: Any, product: Product) -> Product:
-    """Train a student against the current model (the teacher) with the configured losses."""
+    """Train the student against the teacher with the configured losses."""
     from slimtorch.distill import Distiller, init_from_teacher
     from slimtorch.prune import make_permanent_
 
     opts: DistillOptions = spec.options
-    teacher = make_permanent_(copy.deepcopy(product.model)).eval()
-    student = build_student(ctx, opts, teacher)
+    if opts.teacher is not None:
+        teacher = ctx.build_model(opts.teacher).eval()
+    else:
+        teacher = make_permanent_(copy.deepcopy(product.model)).eval()
+    student = product.model if opts.student is None else ctx.build_model(opts.student)
+    student.requires_grad_(True).train()
     if opts.init_from_teacher:
         init_from_teacher(student, teacher)
     example = ctx.example_inputs(student, 2)
     distiller = Distiller(student, teacher, list(opts.losses), task_weight=opts.task_weight, example_inputs=example)
     ctx.fit(distiller, opts.train)
-    return save_float(ctx, student, {"epochs": opts.train.epochs, "teacher_stage": product.info.get("stage")})
+    return save_float(ctx, student, {"epochs": opts.train.epochs})
 
 
 def restore_student(ctx: StageContext, spec: Any, previous: Product, record: dict) -> Product:
-    """Reload the distilled student (a factory student is rebuilt from its own source)."""
+    """Reload the distilled student (masks re-applied when the current model was distilled in place)."""
     from slimtorch.storage import MODEL_FILE
 
     d = Path(record["dir"])
-    like = spec.options.student or ctx.recipe.model
-    model = ctx.restore_model(d / MODEL_FILE, like=like)
+    if spec.options.student is None:
+        return restore_float(ctx, d, record)
+    model = ctx.restore_model(d / MODEL_FILE, like=spec.options.student)
     return Product(model=model, state=DENSE, artefact=d / MODEL_FILE, info=record.get("info", {}))
 
 
@@ -134,8 +135,8 @@ register_stage(
         run=run_distill,
         restore=restore_student,
         accepts=FLOAT_STATES,
-        produces=constant_state(DENSE),
+        produces=distill_produces,
         trains=True,
-        doc="train a student (student: model source) from the current model as teacher",
+        doc="train a student (default: the current model) from a teacher (default: the current model)",
     )
 )
