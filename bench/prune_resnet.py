@@ -51,18 +51,24 @@ def test_set(n: int):
     return test if n >= len(test) else D.calibration_subset(test, n, seed=SEED)
 
 
-def train_checkpoint(path: Path, n_train: int, epochs: int, test_n: int, log: list[str]) -> None:
-    """Train ResNet-20 (shortcut B) from scratch on ``n_train`` CIFAR-10 images and save it."""
-    torch.manual_seed(SEED)
-    train = D.calibration_subset(D.load("cifar10", "train", root=DATA_ROOT), n_train, seed=SEED)
-    model = create("resnet20")
+def train_checkpoint(path: Path, n_train: int, epochs: int, test_n: int, log: list[str],
+                     start: Path | None = None, lr: float = 0.1, seed: int = SEED) -> None:
+    """Train ResNet-20 (shortcut B) on ``n_train`` CIFAR-10 images and save it.
+
+    From scratch, or continuing the model saved at ``start`` (a second cosine cycle on another subset).
+    """
+    torch.manual_seed(seed)
+    train = D.calibration_subset(D.load("cifar10", "train", root=DATA_ROOT), n_train, seed=seed)
+    model = create("resnet20") if start is None else slimtorch.load(start).train()
+    before = "" if start is None else slimtorch.storage.read_spec(start).get("metadata", {}).get("trained_on", "")
     t = Timer()
-    fit(model, train, epochs, lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine", batch_size=128,
-        seed=SEED, progress=False)
+    fit(model, train, epochs, lr=lr, momentum=0.9, weight_decay=5e-4, schedule="cosine", batch_size=128,
+        seed=seed, progress=False)
     acc = accuracy(model, test_set(test_n))
+    now = (f"CIFAR-10 train subset of {n_train} images (seed {seed}), {epochs} epochs, SGD {lr} cosine, "
+           "batch 128, no augmentation, 1 CPU thread")
     slimtorch.save(model, path, metadata={
-        "trained_on": f"CIFAR-10 train subset of {n_train} images (seed {SEED}), {epochs} epochs, SGD 0.1 "
-                      "cosine, batch 128, no augmentation, 1 CPU thread",
+        "trained_on": f"{before}; then {now}" if before else now,
         f"test_accuracy_{test_n}": acc, "train_s": round(t.elapsed, 1)})
     log.append(f"trained {path.name}: {n_train} imgs x {epochs} epochs in {t.elapsed:.0f}s, "
                f"test acc {acc:.4f}")
@@ -80,6 +86,8 @@ def main() -> None:
     ap.add_argument("--latency-batch", type=int, default=32)
     ap.add_argument("--latency-repeats", type=int, default=60)
     ap.add_argument("--checkpoint", type=Path, default=CKPT, help="dense model (trained here if missing)")
+    ap.add_argument("--continue-from", type=Path, default=None,
+                    help="train stage: continue this checkpoint (new subset, seed 2, lr 0.05)")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -88,7 +96,10 @@ def main() -> None:
         a.train_n, a.epochs, a.test_n, a.finetune_n, a.finetune_epochs = 512, 1, 256, 256, 1
         a.latency_batch, a.latency_repeats = 4, 3
     if a.stage in ("all", "train") and not a.checkpoint.exists():
-        train_checkpoint(a.checkpoint, a.train_n, a.epochs, a.test_n, log)
+        if a.continue_from is None:
+            train_checkpoint(a.checkpoint, a.train_n, a.epochs, a.test_n, log)
+        else:
+            train_checkpoint(a.checkpoint, a.train_n, a.epochs, a.test_n, log, a.continue_from, 0.05, SEED + 2)
     if a.stage in ("all", "compare"):
         compare(a, log)
 
