@@ -311,6 +311,12 @@ class QuantLinear(_QuantMixin, nn.Linear):
             return self._finish(self._export_dynamic(x))
         if self.input_quant is not None:
             x = self.input_quant(x)
+        if torch.onnx.is_in_onnx_export() and x.dim() != 2 and self.weight_quant.quantizing:
+            # (B, T, in) inputs export as MatMul; a DQ'd (in, out) weight lets ONNX Runtime fuse it
+            # (F.linear would put a Transpose between the weight's DQ and the MatMul)
+            y = torch.matmul(x, self._quant_weight(transposed=True))
+            b = self._export_bias()
+            return self._finish(y if b is None else y + b)
         y = F.linear(x, self._quant_weight(), self._export_bias())
         return self._finish(y)
 
