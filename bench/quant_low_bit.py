@@ -7,7 +7,8 @@ fake-quant form :class:`slimtorch.quant.Int8Static` produces and ONNX Runtime ex
 * RTN: ``LowBitStatic(bits_w=4, method="rtn")`` (= ``Int8Static(weight_bits=4)``);
 * AdaRound: ``LowBitStatic(bits_w=4, method="adaround")`` (Nagel et al. 2020, 1000 steps per layer);
 * QAT: ``QAT(bits_w=4, bits_a=8)`` (LSQ learned step sizes, Esser et al. 2020) fine-tuned with
-  ``slimtorch.train.fit`` on a training subset, then ``convert_qat_``.
+  ``slimtorch.train.fit`` on a training subset (SGD momentum 0.9, cosine, lr 1e-3 by default), then
+  ``convert_qat_``; a control row fine-tunes the float model the same way.
 
 ``--model resnet20`` uses ``bench/checkpoints/resnet20_cifar10.safetensors`` (CIFAR-10);
 ``--model lenet5`` is the stand-in used when that checkpoint is missing: Caffe LeNet-5 on MNIST
@@ -81,7 +82,9 @@ def main() -> None:
     ap.add_argument("--adaround-batch", type=int, default=32, help="images per AdaRound step")
     ap.add_argument("--qat-n", type=int, default=10000, help="training images for QAT fine-tuning")
     ap.add_argument("--qat-epochs", type=int, default=2)
-    ap.add_argument("--qat-lr", type=float, default=1e-4)
+    ap.add_argument("--qat-lr", type=float, default=1e-3)
+    ap.add_argument("--qat-optimizer", choices=["sgd", "adam"], default="sgd")
+    ap.add_argument("--qat-augment", action="store_true", help="augment the QAT fine-tuning images")
     ap.add_argument("--no-control", action="store_true", help="skip the fp32 fine-tuned control row")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny data and iterations")
     a = ap.parse_args()
@@ -101,8 +104,10 @@ def main() -> None:
     test = tensors(load(setup["data"], "test", root=DATA_ROOT), a.test_n)
     calib_set = tensors(train, a.calib, seed=SEED + 1)
     calib = [x for x, _ in DataLoader(calib_set, batch_size=64)]
-    # A fixed random subset of the training split, augmented afresh in every batch (dataset transforms).
-    qat_train = calibration_subset(load(setup["data"], "train", root=DATA_ROOT, augment=True), a.qat_n, SEED + 2)
+    # A fixed random subset of the training split (augmented afresh in every batch with --qat-augment).
+    qat_train = calibration_subset(
+        load(setup["data"], "train", root=DATA_ROOT, augment=a.qat_augment), a.qat_n, SEED + 2
+    )
 
     def acc(m: torch.nn.Module) -> float:
         return 100.0 * accuracy(m, test, batch_size=250)
@@ -119,7 +124,7 @@ def main() -> None:
             ctl,
             qat_train,
             a.qat_epochs,
-            optimizer="adam",
+            optimizer=a.qat_optimizer,
             lr=a.qat_lr,
             weight_decay=0.0,
             batch_size=64,
@@ -148,7 +153,7 @@ def main() -> None:
                     q,
                     qat_train,
                     a.qat_epochs,
-                    optimizer="adam",
+                    optimizer=a.qat_optimizer,
                     lr=a.qat_lr,
                     weight_decay=0.0,
                     batch_size=64,
@@ -207,6 +212,9 @@ def main() -> None:
             "qat_images": len(qat_train),
             "qat_epochs": a.qat_epochs,
             "qat_lr": a.qat_lr,
+            "qat_optimizer": a.qat_optimizer,
+            "qat_augment": a.qat_augment,
+            "qat_schedule": "cosine",
             "adaround_iters": a.adaround_iters,
             "activations": "uint8 static, min-max, every Conv/Linear input and output",
             "weights": "symmetric per-output-channel, BN folded",
