@@ -149,7 +149,7 @@ def main() -> None:
     worst_drop = max(s["accuracy_drop_pt"] for s in summaries)
     checks = [
         check(
-            "demo wall time, s (worst seed, 2 threads, shared CPU)",
+            "demo wall time, s (worst seed; 2 cores shared with other jobs)",
             worst_wall,
             f"<= {FLOOR_WALL_S:g}",
             worst_wall <= FLOOR_WALL_S,

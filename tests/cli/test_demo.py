@@ -45,3 +45,8 @@ def test_demo_fast_writes_the_stage_table_as_json(tmp_path, capsys):
 def test_demo_prints_its_recipe(capsys):
     assert main(["demo", "--print-recipe"]) == 0
     assert parse_recipe(yaml.safe_load(capsys.readouterr().out)).stages[3].label == "int8"
+
+
+def test_demo_refuses_a_bad_thread_count(capsys):
+    assert main(["demo", "--threads", "0", "--no-progress"]) == 2
+    assert "--threads must be >= 1, got 0" in capsys.readouterr().err

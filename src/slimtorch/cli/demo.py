@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from slimtorch.cli.common import write_json
@@ -74,6 +75,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--resume", action="store_true", help="continue an interrupted demo in --out")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: the demo's layers are too small to gain from more, "
+        "and extra OpenMP threads spin on a busy CPU)",
+    )
     p.add_argument("--fast", action="store_true", help="tiny models, 1-2 epochs per stage (a smoke test)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the stage table here as JSON")
     p.add_argument("--print-recipe", action="store_true", help="print the embedded recipe and exit")
@@ -85,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
     if args.print_recipe:
         print(yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
         return 0
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="slimtorch-demo-"))
     recipe = parse_recipe(data, source="the demo recipe")
