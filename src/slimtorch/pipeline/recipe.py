@@ -230,7 +230,8 @@ def parse_recipe(data: Any, source: str = "recipe", base_dir: str | Path | None 
         _check_order(stages, problems)
     if problems:
         raise RecipeError(problems, source)
-    assert model is not None and data_spec is not None and measure is not None  # noqa: S101 - no problems
+    if model is None or data_spec is None or measure is None:  # every parse failure appended a problem
+        raise RecipeError(["recipe could not be parsed"], source)
     return Recipe(model=model, data=data_spec, stages=stages, seed=seed, measure=measure, name=name, base_dir=base)
 
 

@@ -91,13 +91,11 @@ def holds_run(out: Path) -> bool:
     """Whether ``out`` already holds a pipeline run (or a single-model run folder)."""
     from slimtorch.storage import MODEL_FILE
 
-    return (
-        (out / RECIPE_FILE).exists()
-        or (out / MODEL_FILE).exists()
-        or any(d.is_dir() and _STAGE_DIR.match(d.name) for d in out.iterdir())
-        if out.is_dir()
-        else False
-    )
+    if not out.is_dir():
+        return False
+    if (out / RECIPE_FILE).exists() or (out / MODEL_FILE).exists():
+        return True
+    return any(d.is_dir() and _STAGE_DIR.match(d.name) for d in out.iterdir())
 
 
 def prepare_run_dir(out: str | Path, recipe: Recipe, resume: bool, overwrite: bool) -> Path:

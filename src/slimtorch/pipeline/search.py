@@ -22,7 +22,7 @@ from typing import Any
 from slimtorch.core.config import check_choice
 from slimtorch.core.errors import SlimtorchError
 from slimtorch.pipeline.recipe import Recipe, parse_recipe
-from slimtorch.pipeline.runner import run_recipe
+from slimtorch.pipeline.runner import run_recipe, write_json_atomic
 
 TARGETS = {"size": "size_bytes", "latency": "latency_ms"}
 BEST_RECIPE_FILE = "best_recipe.yaml"
@@ -189,8 +189,6 @@ def search(
             + _recipe(base, best.stages, f"search best: {best.name}").to_yaml()
         )
         result["best_recipe"] = str(path)
-    from slimtorch.pipeline.runner import write_json_atomic
-
     write_json_atomic(out / "search.json", result)
     return result
 

@@ -162,7 +162,8 @@ class QuantizeOptions(Config):
     Args:
         export: write the int8 ONNX QDQ file (the deployed form, measured on ONNX Runtime) when the
             scheme can be exported; otherwise the quantized weights file is the artefact.
-        finetune: training with fake quantization on (``type: QAT``; required there).
+        finetune: the QAT training run with fake quantization on (``type: QAT``; without it QAT only
+            calibrates its initial scales). Ignored by post-training schemes.
     """
 
     export: bool = True
