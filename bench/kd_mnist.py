@@ -71,9 +71,7 @@ def test_errors(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     """Number of misclassified test images (eval mode)."""
     was = model.training
     model.eval()
-    wrong = sum(
-        int((model(x[i : i + 2000]).argmax(1) != y[i : i + 2000]).sum()) for i in range(0, len(x), 2000)
-    )
+    wrong = sum(int((model(x[i : i + 2000]).argmax(1) != y[i : i + 2000]).sum()) for i in range(0, len(x), 2000))
     model.train(was)
     return wrong
 
@@ -174,9 +172,7 @@ def train_student(
 
 def cached_teacher(teacher: nn.Module, name: str, xtr: torch.Tensor, ytr: torch.Tensor):
     """Teacher logits over the un-jittered training set, memory-mapped and keyed by sample index."""
-    return cache_teacher_outputs(
-        teacher, torch.utils.data.TensorDataset(xtr, ytr), CACHE_ROOT / name, batch_size=1000
-    )
+    return cache_teacher_outputs(teacher, torch.utils.data.TensorDataset(xtr, ytr), CACHE_ROOT / name, batch_size=1000)
 
 
 def step_time_ratio(
@@ -278,7 +274,7 @@ def main() -> int:
             "model": "teacher 784-1200-1200-10 (dropout, jitter)",
             "test_errors": t_err,
             "paper_errors": 67,
-            "epochs": TEACHERS["kd_mnist_teacher"][2],
+            "epochs": sum(p[0] for p in TEACHERS["kd_mnist_teacher"][3]),
         },
         {
             "model": "student 784-800-800-10 plain",
