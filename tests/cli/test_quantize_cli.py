@@ -75,3 +75,19 @@ def test_bad_input(run_dir, tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["quantize", str(run_dir), "--scheme", "int3", "--out", str(tmp_path / "w")])
+
+
+@pytest.mark.parametrize(
+    "extra, config_type",
+    [(["--scheme", "w4a8", "--method", "adaround"], "LowBitStatic"),
+     (["--scheme", "w4a8", "--qat-epochs", "1", "--lr", "0.001"], "QAT"),
+     (["--scheme", "weight-only", "--bits", "4", "--group-size", "16", "--method", "gptq"], "WeightOnly")],
+)
+def test_low_bit_schemes(run_dir, tmp_path, extra, config_type):
+    out = tmp_path / "q"
+    assert main(["quantize", str(run_dir), *extra, "--calib", "128", "--data", "digits", "--out", str(out),
+                 "--eval-n", "300"]) == 0
+    doc = json.loads((out / "quant_report.json").read_text())
+    assert doc["config"]["type"] == config_type
+    # 4-bit weights on a 32-unit MLP: the simulated model keeps most of the float accuracy.
+    assert doc["accuracy"]["simulated"] > doc["accuracy"]["fp32"] - 0.08

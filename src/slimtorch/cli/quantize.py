@@ -26,7 +26,8 @@ import torch
 import slimtorch
 from slimtorch import data as sdata
 from slimtorch.cli.common import add_data_arguments, check_out_dir, write_json
-from slimtorch.quant import OBSERVERS, SCHEMES, quantize_, save_quantized
+from slimtorch.quant import OBSERVERS, QAT, SCHEMES, convert_qat_, quantize_, save_quantized
+from slimtorch.train import fit
 
 NAME = "quantize"
 HELP = "Quantize a trained model (int8 PTQ and the registered low-bit schemes) and export int8 ONNX."
@@ -86,6 +87,12 @@ def run(args: argparse.Namespace) -> int:
     fp32_onnx = export_float_onnx(model, out / "model.fp32.onnx", example[:1])
 
     report = quantize_(model, config, calib_data=batches)
+    if isinstance(config, QAT):
+        # QAT: the prepared model (LSQ fake quantizers, BN folded) trains on the training split, then its
+        # learned scales are frozen into the same simulated form PTQ produces.
+        fit(model, train, args.qat_epochs, lr=args.lr or 1e-3, batch_size=args.batch_size, seed=args.seed,
+            eval_data=eval_set)
+        convert_qat_(model)
     doc: dict[str, Any] = {
         "source": str(args.run),
         "scheme": args.scheme,

@@ -5,6 +5,7 @@ Entry points: :func:`quantize_` (dispatches on the config type, see :mod:`slimto
 in :mod:`slimtorch.quant.observers`.
 """
 
+from slimtorch.quant import schemes as _schemes  # noqa: F401  (registers the low-bit CLI schemes)
 from slimtorch.quant.api import QUANTIZERS, SCHEMES, QuantReport, quantize_, register_quantizer, register_scheme
 from slimtorch.quant.equalization import CrossLayerEqualization, equalize_
 from slimtorch.quant.export import compare_with_onnx, export_float_onnx, export_onnx

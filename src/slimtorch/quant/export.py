@@ -60,6 +60,14 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
     Raises:
         SlimtorchError: if the model cannot be exported (e.g. a layer quantized below 8 bits).
     """
+    from slimtorch.quant.packed_modules import WeightOnlyConv2d, WeightOnlyLinear
+
+    packed = [n for n, m in model.named_modules() if isinstance(m, (WeightOnlyLinear, WeightOnlyConv2d))]
+    if packed:
+        # Standard ONNX has no operator for sub-byte packed weights with per-group scales (ORT's
+        # MatMulNBits is a contrib op); the packed safetensors file is the deployed form of these models.
+        raise SlimtorchError(f"weight-only packed layers have no standard ONNX form: {packed[:5]}; deploy the "
+                             "safetensors file (slimtorch.quant.save_quantized) or use Int8Static/LowBitStatic")
     return _export(model, Path(path), _as_tuple(example_inputs), dynamic_batch, tidy=True)
 
 
