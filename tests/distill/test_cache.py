@@ -103,3 +103,21 @@ def test_class_count_mismatch_with_cache(tmp_path):
     cached = cache_teacher_outputs(teacher, data, tmp_path)
     with pytest.raises(ValueError, match="student has 5 classes but teacher 0 has 10"):
         Distiller(create("mlp", in_features=64, hidden=(16,), num_classes=5), cached, [KD(temperature=2.0)])
+
+
+def test_fit_forwards_sample_indices_to_a_cached_teacher(tmp_path):
+    """``fit`` passes a batch's third item as ``index=``, so offline distillation runs in the trainer."""
+    from slimtorch.train import fit
+
+    data, teacher = _setup()
+    cached = cache_teacher_outputs(teacher, data, tmp_path / "c")
+    torch.manual_seed(0)
+    s_live = create("mlp", in_features=64, hidden=(16,), num_classes=10)
+    s_off = create("mlp", in_features=64, hidden=(16,), num_classes=10)
+    s_off.load_state_dict(s_live.state_dict())
+    fit(Distiller(s_live, teacher, [KD(temperature=4.0)]), IndexedDataset(data), 2, batch_size=8, lr=0.05,
+        progress=False, seed=1)
+    fit(Distiller(s_off, cached, [KD(temperature=4.0)]), IndexedDataset(data), 2, batch_size=8, lr=0.05,
+        progress=False, seed=1)
+    for a, b in zip(s_live.parameters(), s_off.parameters()):
+        assert torch.allclose(a, b, atol=1e-5)

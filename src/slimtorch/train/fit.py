@@ -2,7 +2,8 @@
 
 It trains any ``nn.Module`` on any dataset or iterable of ``(inputs, targets)`` batches, with a loss
 callable (cross-entropy by default) or a *loss module*: a module with ``computes_loss = True`` (the
-distillation ``Distiller``) is called as ``module(inputs, targets)`` and returns a dict with ``loss``
+distillation ``Distiller``) is called as ``module(inputs, targets)`` (plus ``index=`` when batches carry a
+third item, e.g. sample indices for cached teacher outputs) and returns a dict with ``loss``
 (what is backpropagated) and ``output`` (logits, for accuracy); its other entries are logged.
 
 Per epoch it evaluates, appends a line to ``metrics.jsonl`` and writes ``checkpoint.pt`` atomically.
@@ -200,7 +201,9 @@ def _train_one_epoch(net, model, loader, sampler, epoch, seed, opt, sched, loss_
         x, y = _split_batch(batch)
         x, y = x.to(device), y.to(device)
         if is_loss_module:
-            out = net(x, y)
+            # A third batch item (e.g. sample indices from distill.IndexedDataset) goes to the loss module
+            # as ``index=``, so a teacher whose outputs were cached can look them up.
+            out = net(x, y, index=batch[2]) if isinstance(batch, (tuple, list)) and len(batch) > 2 else net(x, y)
             if not isinstance(out, dict) or "loss" not in out:
                 raise SlimtorchError(f"{type(model).__name__} has computes_loss=True but did not return a dict "
                                      "with a 'loss' entry")
