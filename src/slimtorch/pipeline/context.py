@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from slimtorch.core.errors import SlimtorchError
 from slimtorch.pipeline.options import FitOptions, ModelSource
@@ -85,7 +85,8 @@ class StageContext:
             root = self.recipe.resolve(d.root)
             ds = sdata.load(d.name, split, root=root, augment=d.augment and split == "train", **d.options)
             if split == "test" and d.eval_samples is not None and d.eval_samples < len(ds):
-                ds = Subset(ds, range(d.eval_samples))
+                # a seeded random subset: test splits are often sorted by class
+                ds = sdata.calibration_subset(ds, d.eval_samples, seed=self.recipe.seed)
             self._cache[split] = ds
         return self._cache[split]
 

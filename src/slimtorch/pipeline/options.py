@@ -76,7 +76,7 @@ class DataSpec(Config):
         options: extra keyword arguments of ``slimtorch.data.load`` (e.g. ``{"block_size": 128}``).
         calib_samples: samples drawn (seeded) from the training split for calibration and importance.
         calib_batch_size: batch size of the calibration batches.
-        eval_samples: evaluate on at most this many test samples (``None``: all).
+        eval_samples: evaluate on a seeded random subset of this many test samples (``None``: all).
     """
 
     name: str = "digits"
