@@ -75,3 +75,24 @@ def test_help_for_every_command(capsys):
             main([cmd, "--help"])
         assert e.value.code == 0
         assert "usage: slimtorch" in capsys.readouterr().out
+
+
+def test_profile_and_eval_read_slim_files(tmp_path, capsys):
+    from slimtorch import share
+    from slimtorch.models import create
+    from slimtorch.prune import Magnitude, make_permanent_, prune_
+
+    model = create("mlp", in_features=64, hidden=[32], num_classes=10)
+    prune_(model, Magnitude(sparsity=0.75))
+    make_permanent_(model)
+    share.cluster_(model, bits=4)
+    path = tmp_path / "m.slim"
+    share.save(model, path)
+    assert main(["profile", str(path), "--json", str(tmp_path / "p.json")]) == 0
+    p = json.loads((tmp_path / "p.json").read_text())
+    assert p["file_bytes"] == path.stat().st_size
+    loaded = share.load(path)
+    assert p["nonzero_params"] == sum(int((t != 0).sum()) for t in loaded.parameters())
+    assert p["nonzero_params"] < 0.4 * p["params"]  # the 75% of pruned weights stay zero
+    assert main(["eval", str(path), "--data", "digits"]) == 0
+    assert "%" in capsys.readouterr().out

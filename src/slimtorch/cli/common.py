@@ -69,6 +69,20 @@ def check_out_dir(out: str | Path, overwrite: bool, resume: bool = False) -> Pat
     return p
 
 
+def load_model(path: str | Path) -> nn.Module:
+    """Any model file the CLI accepts: a run folder, a ``.safetensors`` file or a ``.slim`` file."""
+    from slimtorch import share
+    from slimtorch.storage import load
+
+    return share.load(path) if share.is_slim_file(path) else load(path)
+
+
+def stored_file(path: str | Path) -> Path:
+    """The file whose size is the model's size on disk (``model.safetensors`` inside a run folder)."""
+    p = Path(path)
+    return p / MODEL_FILE if p.is_dir() else p
+
+
 def add_data_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
     """``--data`` and ``--root``."""
     p.add_argument("--data", required=required, help="dataset name: digits, mnist, cifar10, tinyshakespeare")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-import slimtorch
 from slimtorch import data as sdata
-from slimtorch.cli.common import add_data_arguments
+from slimtorch.cli.common import add_data_arguments, load_model
 from slimtorch.metrics import check_input_shape, evaluate, render_table
 
 NAME = "eval"
@@ -14,14 +13,14 @@ HELP = "Evaluate a saved model (run folder or .safetensors file) on a dataset sp
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="run folder or model file")
+    p.add_argument("model", help="run folder, .safetensors or .slim file")
     add_data_arguments(p)
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--batch-size", type=int, default=512)
 
 
 def run(args: argparse.Namespace) -> int:
-    model = slimtorch.load(args.model)
+    model = load_model(args.model)
     dataset = sdata.load(args.data, args.split, root=args.root)
     check_input_shape(model, dataset[0][0])
     res = evaluate(model, dataset, batch_size=args.batch_size)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import slimtorch
-from slimtorch.cli.common import write_json
+from slimtorch.cli.common import load_model, stored_file, write_json
 from slimtorch.metrics import example_inputs_for, file_size, profile, render_table
 
 NAME = "profile"
@@ -14,7 +13,7 @@ HELP = "Profile a saved model: params, nonzero params, size on disk, MACs, laten
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="run folder or model file")
+    p.add_argument("model", help="run folder, .safetensors or .slim file")
     p.add_argument("--runtime", action="append", choices=["torch", "onnxruntime"],
                    help="latency runtime (repeatable; default torch)")
     p.add_argument("--batch", type=int, default=1, help="batch size for MACs and latency")
@@ -24,11 +23,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     path = Path(args.model)
-    model = slimtorch.load(path)
+    model = load_model(path)
     prof = profile(model, example_inputs_for(model, args.batch), runtimes=tuple(args.runtime or ["torch"]),
                    threads=args.threads)
-    stored = path / "model.safetensors" if path.is_dir() else path
-    prof["file_bytes"] = file_size(stored)
+    prof["file_bytes"] = file_size(stored_file(path))  # .slim: the compressed file, not the dense copy
     print(render_table([{"model": str(path), **prof}]))
     if args.json:
         write_json(args.json, prof)
