@@ -11,10 +11,11 @@ of centroid ``C_k`` is the sum of the gradients of the weights in its cluster,
     dL/dC_k = sum_{i,j} dL/dW_ij * 1(I_ij = k)
 
 which is the backward of the lookup ``W = table[codes]`` (:func:`shared_lookup` computes it as one
-``index_add`` over the flat gradient). :class:`SharedWeight` is that lookup, registered as a ``torch.nn.utils.parametrize`` parametrization
-of ``module.weight``: train the model with any loop and only the centroids (and whatever else is
-trainable, e.g. biases) move. ``codes`` is 0 for a pruned weight (the constant zero in front of the
-table), so pruned weights stay exactly zero and receive no update.
+``index_add`` over the flat gradient). :class:`SharedWeight` is that lookup, registered as a
+``torch.nn.utils.parametrize`` parametrization of ``module.weight``: train the model with any loop and
+only the centroids (and whatever else is trainable, e.g. biases) move. ``codes`` is 0 for a pruned
+weight (the constant zero in front of the table), so pruned weights stay exactly zero and receive no
+update.
 
 A model that still carries pruning masks (any parametrization of ``weight``) is read through its
 effective weight: the mask is baked in first, and a zero weight is a pruned weight.
