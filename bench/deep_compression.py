@@ -39,6 +39,7 @@ from bench.common import (  # noqa: E402
     CHECKPOINTS_DIR,
     DATA_ROOT,
     RESULTS_DIR,
+    TensorBatches,
     Timer,
     check,
     print_table,
@@ -95,23 +96,6 @@ SETUPS: dict[str, dict[str, Any]] = {
 }
 
 
-class Batches:
-    """Shuffled mini-batches over in-memory tensors (a new order per pass); cheap on one thread."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> None:
-        self.x, self.y, self.batch_size = x, y, batch_size
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return (len(self.x) + self.batch_size - 1) // self.batch_size
-
-    def __iter__(self):
-        order = torch.randperm(len(self.x), generator=self.gen)
-        for i in range(0, len(order), self.batch_size):
-            idx = order[i : i + self.batch_size]
-            yield self.x[idx], self.y[idx]
-
-
 def tensors(split: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     ds = load_data("mnist", split, root=DATA_ROOT)
     n = len(ds) if limit is None else min(limit, len(ds))
@@ -148,7 +132,7 @@ def pruned_start(
     from slimtorch.prune import Iterative, Magnitude, make_permanent_, prune_
 
     dense_ckpt = CHECKPOINTS_DIR / f"{name}.safetensors"
-    train = Batches(data["xtr"], data["ytr"], 128, SEED)
+    train = TensorBatches(data["xtr"], data["ytr"], 128, SEED)
     epochs = 1 if quick else setup["dense_epochs"]
     if dense_ckpt.exists() and not quick:
         model = slimtorch.load(dense_ckpt)
@@ -203,7 +187,7 @@ def kd_loss_module(student: torch.nn.Module, teacher: torch.nn.Module, temperatu
 
 def finetune(
     model: torch.nn.Module,
-    train: Batches,
+    train: TensorBatches,
     epochs: int,
     lr: float,
     teacher: torch.nn.Module | None,
@@ -227,7 +211,7 @@ def finetune(
 
 
 def retrain_masked(
-    model: torch.nn.Module, train: Batches, epochs: int, teacher: torch.nn.Module | None, kd: dict[str, float]
+    model: torch.nn.Module, train: TensorBatches, epochs: int, teacher: torch.nn.Module | None, kd: dict[str, float]
 ) -> torch.nn.Module:
     """Retrain a pruned model with its zeros held by masks (SGD, as pruning's retraining), KD optional."""
     from slimtorch.prune import apply_mask_, make_permanent_
@@ -263,7 +247,7 @@ def run_model(
     torch.manual_seed(SEED)
     # Images stay (B, 1, 28, 28): the MLPs flatten inside, so any teacher can see the same batches.
     xte = data["xte"]
-    train = Batches(data["xtr"], data["ytr"], 128, SEED)
+    train = TensorBatches(data["xtr"], data["ytr"], 128, SEED)
     dense_file = slimtorch.save(create(name), tmp / f"{name}-dense.safetensors")
     dense_bytes = dense_file.stat().st_size
     rows: list[dict[str, Any]] = []

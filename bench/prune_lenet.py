@@ -29,7 +29,16 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import CHECKPOINTS_DIR, DATA_ROOT, RESULTS_DIR, Timer, check, print_table, write_result  # noqa: E402
+from bench.common import (  # noqa: E402
+    CHECKPOINTS_DIR,
+    DATA_ROOT,
+    RESULTS_DIR,
+    TensorBatches,
+    Timer,
+    check,
+    print_table,
+    write_result,
+)
 
 import slimtorch  # noqa: E402
 from slimtorch.data import load as load_data  # noqa: E402
@@ -78,29 +87,16 @@ SETUPS: dict[str, dict[str, Any]] = {
 }
 
 
-class Batches:
-    """Shuffled mini-batches over in-memory tensors (a new order per pass), optionally with ±2 px shifts.
+def lenet_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, augment: bool,
+                  flatten: bool) -> TensorBatches:
+    """Shuffled MNIST batches, optionally with ±2 px shifts, flattened for the MLP."""
 
-    Far cheaper than a per-item DataLoader on one thread; ``fit`` accepts any sized iterable of batches.
-    """
+    def transform(xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:  # (B, 1, 28, 28)
+        if augment:
+            xb = random_shift(xb, 2, gen)
+        return xb.flatten(1) if flatten else xb
 
-    def __init__(
-        self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, augment: bool, flatten: bool
-    ) -> None:
-        self.x, self.y, self.batch_size, self.augment, self.flatten = x, y, batch_size, augment, flatten
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return (len(self.x) + self.batch_size - 1) // self.batch_size
-
-    def __iter__(self):
-        order = torch.randperm(len(self.x), generator=self.gen)
-        for i in range(0, len(order), self.batch_size):
-            idx = order[i : i + self.batch_size]
-            xb = self.x[idx]  # (B, 1, 28, 28)
-            if self.augment:
-                xb = random_shift(xb, 2, self.gen)
-            yield (xb.flatten(1) if self.flatten else xb), self.y[idx]
+    return TensorBatches(x, y, batch_size, seed, transform)
 
 
 def random_shift(x: torch.Tensor, s: int, gen: torch.Generator) -> torch.Tensor:
@@ -184,7 +180,7 @@ def run_model(
         ckpt_dir = tmp
         (tmp / f"{name}.safetensors").write_bytes((CHECKPOINTS_DIR / f"{name}.safetensors").read_bytes())
     dense_path = ckpt_dir / f"{name}.safetensors"
-    train = Batches(data["xtr"], data["ytr"], 128, SEED, args.augment, flat)
+    train = lenet_batches(data["xtr"], data["ytr"], 128, SEED, args.augment, flat)
     fit_kw = dict(
         optimizer="sgd",
         momentum=0.9,
