@@ -10,7 +10,7 @@ batches are sliced from it; the student sees un-jittered data, so the teacher's 
 sample and come from the offline cache (``slimtorch.distill.cache_teacher_outputs``, keyed by sample
 index). The trained teacher is stored in fp16 under ``bench/checkpoints/`` and reused by later runs.
 
-Usage: ``.venv/bin/python bench/kd_mnist.py [--epochs 60] [--quick]``
+Usage: ``.venv/bin/python bench/kd_mnist.py [--teacher kd_mnist_teacher_long] [--threads 2] [--epochs 60] [--quick]``
 """
 
 from __future__ import annotations
@@ -236,7 +236,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="2 epochs, smoke test only")
     ap.add_argument("--train-teacher", choices=sorted(TEACHERS), help="only train/store this teacher")
-    ap.add_argument("--teacher", default="kd_mnist_teacher", choices=sorted(TEACHERS), help="teacher to distil from")
+    ap.add_argument("--teacher", default="kd_mnist_teacher_long", choices=sorted(TEACHERS),
+                    help="teacher to distil from")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--resume-from", help="with --train-teacher: weights of an interrupted run (safetensors)")
     ap.add_argument("--phase", type=int, default=0, help="with --resume-from: the phase to continue at")
