@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from slimtorch.core.config import Config, check_positive
@@ -30,7 +29,7 @@ from slimtorch.pipeline.stages import (
     constant_state,
     register_stage,
 )
-from slimtorch.pipeline.stages_compress import QUANT_ONNX_FILE, QUANT_STATE_FILE, ones_masks_, write_quantized
+from slimtorch.pipeline.stages_compress import load_quantized_product, ones_masks_, write_quantized
 from slimtorch.prune import AGP, Magnitude
 from slimtorch.quant.qat import QAT
 
@@ -128,19 +127,12 @@ def run_joint(ctx: StageContext, spec: Any, product: Product) -> Product:
 
 def restore_joint(ctx: StageContext, spec: Any, previous: Product, record: dict) -> Product:
     """Rebuild the student's structure and load the saved quantized tensors."""
-    from safetensors.torch import load_file
-
     from slimtorch.prune import make_permanent_
-    from slimtorch.storage import load_state_into
 
-    d = Path(record["dir"])
     teacher = make_permanent_(copy.deepcopy(previous.model)).eval()
     student, _ = _prepare_student(ctx, spec.options, teacher)
     _finish(student)
-    load_state_into(student, load_file(str(d / QUANT_STATE_FILE)))
-    onnx = d / QUANT_ONNX_FILE if (d / QUANT_ONNX_FILE).exists() else None
-    artefact = d / (record.get("artefact_name") or QUANT_STATE_FILE)
-    return Product(model=student.eval(), state=QUANTIZED, artefact=artefact, onnx=onnx, info=record.get("info", {}))
+    return load_quantized_product(student, record)
 
 
 register_stage(

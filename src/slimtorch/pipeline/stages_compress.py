@@ -250,13 +250,20 @@ def run_quantize(ctx: StageContext, spec: Any, product: Product) -> Product:
 
 def restore_quantized(ctx: StageContext, spec: Any, previous: Product, record: dict) -> Product:
     """Rebuild the quantized structure on the previous product and load the saved quantized tensors."""
+
+
+    model = previous.model
+    _quantize_model(ctx, spec, model, train=False)
+    return load_quantized_product(model, record)
+
+
+def load_quantized_product(model: Any, record: dict) -> Product:
+    """Load a finished quantize-like stage's saved tensors into ``model`` (already in quantized structure)."""
     from safetensors.torch import load_file
 
     from slimtorch.storage import load_state_into
 
     d = Path(record["dir"])
-    model = previous.model
-    _quantize_model(ctx, spec, model, train=False)
     load_state_into(model, load_file(str(d / QUANT_STATE_FILE)))
     onnx = d / QUANT_ONNX_FILE if (d / QUANT_ONNX_FILE).exists() else None
     artefact = d / (record.get("artefact_name") or QUANT_STATE_FILE)
