@@ -250,8 +250,6 @@ def run_quantize(ctx: StageContext, spec: Any, product: Product) -> Product:
 
 def restore_quantized(ctx: StageContext, spec: Any, previous: Product, record: dict) -> Product:
     """Rebuild the quantized structure on the previous product and load the saved quantized tensors."""
-
-
     model = previous.model
     _quantize_model(ctx, spec, model, train=False)
     return load_quantized_product(model, record)
