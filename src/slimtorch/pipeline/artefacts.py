@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -52,6 +53,11 @@ def restore_float(ctx: StageContext, stage_dir: Path, record: dict) -> Product:
     remask_(model, masked)
     artefact = stage_dir / record["artefact_name"] if record.get("artefact_name") else stage_dir / MODEL_FILE
     return Product(model=model, state=MASKED if masked else DENSE, artefact=artefact, info=record.get("info", {}))
+
+
+def restore_saved(ctx: StageContext, spec: Any, previous: Product, record: dict) -> Product:
+    """The ``restore`` of every stage whose product :func:`save_float` wrote (train, prune)."""
+    return restore_float(ctx, Path(record["dir"]), record)
 
 
 @torch.no_grad()

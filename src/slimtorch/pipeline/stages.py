@@ -4,7 +4,7 @@ A stage is one :class:`StageDef` registered in :data:`STAGES`::
 
     register_stage(StageDef(name="prune", options=PruneOptions, techniques=pruning_configs,
                             default_technique="Magnitude", accepts=FLOAT_STATES, produces=prune_produces,
-                            run=run_prune, restore=restore_pruned))
+                            run=run_prune, restore=restore_saved))
 
 Recipe options of a stage are split in two: keys that are fields of the stage's own ``options``
 class (e.g. ``finetune``) and everything else, which (with ``type``) is parsed into the technique's

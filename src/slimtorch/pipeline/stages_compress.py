@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from slimtorch.core.config import Config, check_choice
-from slimtorch.pipeline.artefacts import masked_layer_names, remask_, restore_float, save_float
+from slimtorch.pipeline.artefacts import masked_layer_names, remask_, restore_saved, save_float
 from slimtorch.pipeline.context import StageContext
 from slimtorch.pipeline.options import FitOptions
 from slimtorch.pipeline.stages import (
@@ -133,17 +133,12 @@ def ones_masks_(layers: list[tuple[str, Any]]) -> None:
             apply_mask_(m, torch.ones_like(m.weight, dtype=torch.bool))
 
 
-def restore_pruned(ctx: StageContext, spec: Any, previous: Product, record: dict) -> Product:
-    """Reload the pruned model (masks back from the zeros)."""
-    return restore_float(ctx, Path(record["dir"]), record)
-
-
 register_stage(
     StageDef(
         name="prune",
         options=PruneOptions,
         run=run_prune,
-        restore=restore_pruned,
+        restore=restore_saved,  # masks come back from the zeros
         accepts=FLOAT_STATES,
         produces=prune_produces,
         techniques=pruning_configs,

@@ -13,7 +13,7 @@ from typing import Any
 
 from slimtorch.core.config import Config, check_positive
 from slimtorch.distill import KD, DistillLoss
-from slimtorch.pipeline.artefacts import restore_float, save_float
+from slimtorch.pipeline.artefacts import restore_float, restore_saved, save_float
 from slimtorch.pipeline.context import StageContext
 from slimtorch.pipeline.options import FitOptions, ModelSource
 from slimtorch.pipeline.stages import (
@@ -31,11 +31,6 @@ def run_train(ctx: StageContext, spec: Any, product: Product) -> Product:
     opts: FitOptions = spec.options
     ctx.fit(product.model, opts)
     return save_float(ctx, product.model, {"epochs": opts.epochs})
-
-
-def restore_saved(ctx: StageContext, spec: Any, previous: Product, record: dict) -> Product:
-    """Reload a float stage's model from its folder."""
-    return restore_float(ctx, Path(record["dir"]), record)
 
 
 register_stage(
