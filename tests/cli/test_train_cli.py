@@ -32,6 +32,26 @@ def test_train_then_load_eval_and_profile(tmp_path, capsys):
     assert p["latency_ms_torch"] > 0 and p["latency_ms_onnxruntime"] > 0
 
 
+def test_precision_layout_and_warmup_flags_reach_the_loop(tmp_path, monkeypatch):
+    import slimtorch.cli.train as cli_train
+
+    seen = {}
+    real_fit = cli_train.fit
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(cli_train, "fit", spy)
+    out = tmp_path / "run"
+    assert main(["train", "--model", "mlp", "--model-arg", "hidden=[32]", "--data", "digits", "--epochs", "3",
+                 "--lr", "0.1", "--precision", "bf16", "--channels-last", "--warmup-epochs", "0.5",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert (seen["precision"], seen["channels_last"], seen["warmup_epochs"]) == ("bf16", True, 0.5)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["val_accuracy"] > 0.85
+
+
 def test_existing_run_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--model", "mlp", "--model-arg", "hidden=[8]", "--data", "digits", "--epochs", "1",

@@ -210,13 +210,60 @@ def test_interrupted_checkpoint_write_keeps_previous_file(tmp_path, monkeypatch)
 @pytest.mark.parametrize(
     "kwargs, match",
     [({"epochs": -1}, "epochs must be"), ({"batch_size": 0}, "batch_size must be"), ({"lr": 0.0}, "lr must be"),
-     ({"optimizer": "lion"}, "unknown optimizer 'lion'; valid: adam, adamw, sgd")],
+     ({"optimizer": "lion"}, "unknown optimizer 'lion'; valid: adam, adamw, sgd"),
+     ({"precision": "fp16"}, r"precision must be one of \['bf16', 'fp32'\], got 'fp16'")],
 )
 def test_bad_arguments(kwargs, match):
     kw = {"epochs": 1, **kwargs}
     epochs = kw.pop("epochs")
     with pytest.raises(ValueError, match=match):
         fit(small_mlp(), blobs(32), epochs, progress=False, **kw)
+
+
+class _DtypeProbe(nn.Module):
+    """A tiny conv net that records the dtype and memory format its convolution saw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+        self.seen: list[tuple[torch.dtype, bool]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        self.seen.append((h.dtype, x.is_contiguous(memory_format=torch.channels_last)))
+        return self.fc(h.mean((2, 3)))
+
+
+def _images(n: int = 32) -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (n,), generator=g)
+    return TensorDataset(torch.randn(n, 3, 8, 8, generator=g) + y[:, None, None, None].float(), y)
+
+
+def test_bf16_autocast_and_channels_last_train_in_that_format():
+    model = _DtypeProbe()
+    res = fit(model, _images(), 2, lr=0.05, batch_size=8, progress=False, precision="bf16", channels_last=True)
+    assert model.seen and all(s == (torch.bfloat16, True) for s in model.seen)
+    # Master weights stay float32, and the model comes back in the default memory format.
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert model.conv.weight.is_contiguous()
+    assert math.isfinite(res.final["train_loss"])
+
+
+def test_bf16_training_follows_fp32_training_closely():
+    """bf16 autocast changes the rounding of the forward pass only: weights after a few steps stay close."""
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = _DtypeProbe()
+        fit(model, _images(), 1, lr=0.01, batch_size=8, progress=False, precision=precision)
+        runs[precision] = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    torch.manual_seed(0)
+    start = torch.cat([p.detach().reshape(-1) for p in _DtypeProbe().parameters()])
+    moved = (runs["fp32"] - start).norm()
+    assert moved > 0
+    assert (runs["bf16"] - runs["fp32"]).norm() < 0.05 * moved
 
 
 def test_input_shape_mismatch_is_reported():

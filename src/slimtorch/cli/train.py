@@ -24,6 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"])
     p.add_argument("--augment", action="store_true", help="train-time augmentation (shifts/crops/flips)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: bfloat16 autocast (2-3x faster on CPUs with AMX/AVX-512-BF16)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster CPU convolutions)")
+    p.add_argument("--warmup-epochs", type=float, default=0.0, help="linear learning-rate warm-up")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -38,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     model = build_model(args.model, train_set, parse_kv(args.model_arg))
     result = fit(model, train_set, args.epochs, eval_data=test_set, optimizer=args.optimizer, lr=args.lr,
                  weight_decay=args.weight_decay, schedule=args.schedule, batch_size=args.batch_size, out_dir=out,
-                 resume=args.resume, overwrite=args.overwrite, seed=args.seed, progress=not args.no_progress)
+                 resume=args.resume, overwrite=args.overwrite, seed=args.seed, progress=not args.no_progress,
+                 precision=args.precision, channels_last=args.channels_last, warmup_epochs=args.warmup_epochs)
     prof = profile(model, example_inputs_for(model))
     prof.update({k: v for k, v in result.final.items() if k.startswith("val_")})
     write_json(out / "profile.json", prof)

@@ -43,6 +43,8 @@ from slimtorch.train.state import FitResult, TrainState
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 METRICS_FILE = "metrics.jsonl"
+# Autocast dtype per precision name; None trains in plain float32.
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -83,6 +85,8 @@ def fit(
     grad_clip: float | None = None,
     device: str | torch.device = "cpu",
     log_every: int = 10,
+    precision: str = "fp32",
+    channels_last: bool = False,
 ) -> FitResult:
     """Train ``model`` for ``epochs`` epochs.
 
@@ -106,6 +110,11 @@ def fit(
         grad_clip: clip the global gradient norm to this value.
         device: where to train.
         log_every: refresh the progress bar every this many steps.
+        precision: ``"fp32"``, or ``"bf16"`` for bfloat16 autocast of the forward pass (weights, gradients and
+            optimizer state stay float32). On CPUs with AMX or AVX-512-BF16 this trains convolutional nets
+            2-3x faster (ResNet-20 on 2 cores: 108 -> 40 s per CIFAR-10 epoch with ``channels_last``).
+        channels_last: train in the NHWC memory format, which oneDNN's CPU convolutions prefer. The
+            returned model is converted back to the default (contiguous) format.
 
     Returns:
         A :class:`FitResult` with the trained model and the per-epoch history.
@@ -116,6 +125,8 @@ def fit(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if lr <= 0 or not math.isfinite(lr):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     distributed = dist_utils.maybe_init()
     is_main = dist_utils.rank() == 0
     out = Path(out_dir) if out_dir is not None else None
@@ -127,6 +138,8 @@ def fit(
     torch.manual_seed(seed)
     device = torch.device(device)
     model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     is_loss_module = bool(getattr(model, "computes_loss", False))
     loss_fn = loss_fn or cross_entropy
     loader, sampler = _make_loader(train_data, batch_size, seed, distributed)
@@ -144,6 +157,7 @@ def fit(
         net = nn.parallel.DistributedDataParallel(model)
 
     state = TrainState(model=model, optimizer=opt, epochs=epochs, total_steps=total_steps)
+    state.precision, state.channels_last = precision, channels_last
     history: list[dict[str, float]] = []
     start_epoch = 0
     if resume and ckpt_path is not None and ckpt_path.exists():
@@ -177,6 +191,8 @@ def fit(
             )
         dist_utils.barrier()
 
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
     if out is not None and is_main:
         save_model(_without_parametrizations(product_module(model)), out,
                    metadata={"history": history[-1:] if history else []})
@@ -200,21 +216,11 @@ def _train_one_epoch(net, model, loader, sampler, epoch, seed, opt, sched, loss_
     for batch in bar:
         x, y = _split_batch(batch)
         x, y = x.to(device), y.to(device)
-        if is_loss_module:
-            # A third batch item (e.g. sample indices from distill.IndexedDataset) goes to the loss module
-            # as ``index=``, so a teacher whose outputs were cached can look them up.
-            out = net(x, y, index=batch[2]) if isinstance(batch, (tuple, list)) and len(batch) > 2 else net(x, y)
-            if not isinstance(out, dict) or "loss" not in out:
-                raise SlimtorchError(f"{type(model).__name__} has computes_loss=True but did not return a dict "
-                                     "with a 'loss' entry")
-            loss, logits = out["loss"], out.get("output")
-            for k, v in out.items():
-                if k not in ("loss", "output") and isinstance(v, torch.Tensor) and v.numel() == 1:
-                    extras[k] = extras.get(k, 0.0) + float(v.detach())
-        else:
-            logits = net(x)
-            loss = loss_fn(logits, y)
-            out = logits
+        if state.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        dtype = PRECISIONS[state.precision]
+        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            loss, logits, out = _forward(net, model, batch, x, y, loss_fn, is_loss_module, extras)
         if not torch.isfinite(loss):
             raise SlimtorchError(f"loss became {float(loss)} at epoch {epoch + 1}, step {state.step}; lower the "
                                  "learning rate or check the data")
@@ -230,6 +236,7 @@ def _train_one_epoch(net, model, loader, sampler, epoch, seed, opt, sched, loss_
         seen += n
         n_batches += 1
         if logits is not None and logits.dim() >= 2 and y.dtype == torch.long:
+            logits = logits.detach().float()
             correct += float((logits.argmax(-1) == y).float().mean()) * n  # also right for (B, T) targets
         state.metrics = {"loss": float(loss.detach())}
         state.batch_output = out
@@ -242,6 +249,23 @@ def _train_one_epoch(net, model, loader, sampler, epoch, seed, opt, sched, loss_
               "time_s": wall, "samples_per_s": seen / max(wall, 1e-9)}
     record.update({f"train_{k}": v / max(1, n_batches) for k, v in extras.items()})
     return record
+
+
+def _forward(net, model, batch, x, y, loss_fn, is_loss_module, extras):
+    """One forward pass and its loss: ``(loss, logits, output)``; a loss module's extra scalars go to ``extras``."""
+    if not is_loss_module:
+        logits = net(x)
+        return loss_fn(logits, y), logits, logits
+    # A third batch item (e.g. sample indices from distill.IndexedDataset) goes to the loss module
+    # as ``index=``, so a teacher whose outputs were cached can look them up.
+    out = net(x, y, index=batch[2]) if isinstance(batch, (tuple, list)) and len(batch) > 2 else net(x, y)
+    if not isinstance(out, dict) or "loss" not in out:
+        raise SlimtorchError(f"{type(model).__name__} has computes_loss=True but did not return a dict "
+                             "with a 'loss' entry")
+    for k, v in out.items():
+        if k not in ("loss", "output") and isinstance(v, torch.Tensor) and v.numel() == 1:
+            extras[k] = extras.get(k, 0.0) + float(v.detach())
+    return out["loss"], out.get("output"), out
 
 
 def _prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> None:

@@ -22,6 +22,8 @@ class TrainState:
         epochs: epochs the whole run will take.
         metrics: the latest metrics (``loss`` during steps; train and eval metrics at epoch end).
         batch_output: the forward output of the last step (tensor or dict), for callbacks that log it.
+        precision: ``"fp32"`` or ``"bf16"`` (autocast of the forward pass).
+        channels_last: whether image batches are fed in the NHWC memory format.
     """
 
     model: nn.Module
@@ -32,6 +34,8 @@ class TrainState:
     epochs: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     batch_output: Any = None
+    precision: str = "fp32"
+    channels_last: bool = False
 
 
 class Callback(Protocol):
