@@ -29,6 +29,10 @@ def test_ratio_outside_0_1_is_rejected(ratio: float) -> None:
         ({"allocation": "greedy"}, "allocation: 'greedy' is not one of"),
         ({"target_macs": -5}, "target_macs must be > 0"),
         ({"tracer": "jit"}, "tracer"),
+        ({"target_speedup": 1.0}, r"target_speedup must be > 1 \(a speedup factor\), got 1.0"),
+        ({"latency_runtimes": ("tvm",)}, "latency_runtimes: 'tvm' is not one of"),
+        ({"latency_runtimes": ()}, "latency_runtimes must name at least one runtime"),
+        ({"latency_batch": 0}, "latency_batch must be > 0"),
     ],
 )
 def test_bad_options_name_the_option(kwargs: dict, match: str) -> None:
@@ -132,6 +136,35 @@ def test_target_macs_reaches_the_target_with_the_smallest_ratio(target: float) -
 def test_unreachable_mac_target_is_an_error() -> None:
     with pytest.raises(ValueError, match="out of reach"):
         prune_(create("mlp"), Channel(target_macs=10), example_inputs=torch.randn(1, 784))
+
+
+def test_target_speedup_is_met_as_measured_and_prunes_no_more_than_needed() -> None:
+    # Wide hidden layers: latency tracks the hidden width, so the search has a clear signal.
+    model = create("mlp", in_features=256, hidden=[1024, 1024], num_classes=10).eval()
+    x = torch.randn(1, 256)
+    ref = model(x).shape
+    config = Channel(target_speedup=1.5, latency_runtimes=("torch",), latency_batch=64, latency_repeats=5)
+    report = prune_(model, config, example_inputs=x)
+    measured = report.extra["measured_speedups"]
+    assert set(measured) == {"torch"} and measured["torch"] >= 1.5
+    assert model(x).shape == ref
+    assert 0.0 < report.extra["ratio"] < 0.999
+    assert report.macs_after < report.macs_before / 1.2  # latency fell because work fell
+
+
+def test_target_speedup_and_target_macs_must_both_hold() -> None:
+    model = create("mlp", in_features=256, hidden=[512], num_classes=10).eval()
+    x = torch.randn(1, 256)
+    macs0 = count_macs(model, x)
+    report = prune_(model, Channel(target_macs=0.3, target_speedup=1.1, latency_repeats=3), example_inputs=x)
+    assert report.macs_after <= 0.3 * macs0
+    assert report.extra["measured_speedups"]["torch"] >= 1.1
+
+
+def test_unreachable_speedup_is_an_error_with_the_measurement() -> None:
+    model = create("mlp", in_features=64, hidden=[16], num_classes=10)
+    with pytest.raises(ValueError, match=r"speedup >= 1000.0 on torch\) is out of reach.*measured speedups torch"):
+        prune_(model, Channel(target_speedup=1000.0, latency_repeats=3), example_inputs=torch.randn(1, 64))
 
 
 def test_untraceable_model_says_where_and_suggests_ignore() -> None:

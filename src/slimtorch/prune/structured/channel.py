@@ -41,6 +41,15 @@ class Channel(Config):
         target_macs: if set, the ratio is searched (bisection, then group-by-group refinement) until
             the model's MACs are ``<=`` this: a fraction of the current MACs if ``<= 1`` (``0.5`` =
             half), else an absolute count. ``ratio`` is then ignored.
+        target_speedup: if set (> 1), the ratio is searched the same way until the pruned model runs
+            at least this many times faster than the unpruned one on every runtime in
+            ``latency_runtimes``, *measured* (alternating runs, median, CPU-time clock) on a batch of
+            ``latency_batch`` copies of the example input. Latency is far from proportional to MACs on
+            CPUs (thin layers are memory-bound; runtimes block channels by 8 or 16), so this is how to
+            ask for a real speedup. With ``target_macs`` too, both must hold.
+        latency_runtimes: runtimes of ``target_speedup`` (``"torch"``, ``"onnxruntime"``).
+        latency_batch, latency_threads, latency_repeats: the latency measurement's batch size, intra-op
+            threads and timed runs per model.
         importance: criterion name from :data:`IMPORTANCE` (``l1``, ``l2``, ``bn_scale``, ``taylor``,
             ``fpgm``, ``lamp``, ``random``). ``taylor`` needs calibration batches as ``data=``.
         round_to: kept channel counts are multiples of this (e.g. 8 for SIMD-friendly widths).
@@ -61,6 +70,11 @@ class Channel(Config):
 
     ratio: float = 0.5
     target_macs: float | None = None
+    target_speedup: float | None = None
+    latency_runtimes: tuple[str, ...] = ("torch",)
+    latency_batch: int = 32
+    latency_threads: int = 1
+    latency_repeats: int = 15
     importance: str = "l1"
     round_to: int = 1
     ignore: tuple[str, ...] = ()
@@ -75,6 +89,17 @@ class Channel(Config):
         check_range("ratio", self.ratio, 0.0, 1.0, hi_open=True)
         if self.target_macs is not None:
             check_positive("target_macs", self.target_macs)
+        if self.target_speedup is not None and not self.target_speedup > 1:
+            raise ValueError(f"target_speedup must be > 1 (a speedup factor), got {self.target_speedup!r}")
+        if isinstance(self.latency_runtimes, str):
+            self.latency_runtimes = (self.latency_runtimes,)
+        self.latency_runtimes = tuple(self.latency_runtimes)
+        if not self.latency_runtimes:
+            raise ValueError("latency_runtimes must name at least one runtime")
+        for rt in self.latency_runtimes:
+            check_choice("latency_runtimes", rt, ("torch", "onnxruntime"))
+        for name in ("latency_batch", "latency_threads", "latency_repeats"):
+            check_positive(name, getattr(self, name))
         IMPORTANCE.get(self.importance)  # unknown names list the valid ones
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
             raise ValueError(f"round_to must be an integer >= 1, got {self.round_to!r}")
@@ -101,6 +126,10 @@ class Channel(Config):
             default=None,
             help="prune until MACs <= this (<= 1: fraction of the current MACs)",
         )
+        g.add_argument("--target-speedup", type=float, default=None,
+                       help="prune until the measured latency speedup is >= this on every --latency-runtime")
+        g.add_argument("--latency-runtime", action="append", choices=["torch", "onnxruntime"], default=None,
+                       help="runtime of --target-speedup (repeatable; default torch)")
         g.add_argument("--importance", default="l1", help=f"one of {IMPORTANCE.names()}")
         g.add_argument("--round-to", type=int, default=1, help="kept channel counts are multiples of this")
         g.add_argument("--ignore", nargs="*", default=[], help="module name patterns whose channels are kept")
@@ -114,6 +143,8 @@ class Channel(Config):
         return cls(
             ratio=args.ratio,
             target_macs=args.target_macs,
+            target_speedup=args.target_speedup,
+            latency_runtimes=tuple(args.latency_runtime or ("torch",)),
             importance=args.importance,
             round_to=args.round_to,
             ignore=tuple(args.ignore or ()),
@@ -350,38 +381,93 @@ def _macs(model: nn.Module, ex: Any) -> int:
         return int(count_macs(model, ex))  # type: ignore[arg-type]
 
 
+def _batch_of(ex: Any, n: int) -> Any:
+    """``n`` copies of each example input along the batch dimension (the latency measurement's batch)."""
+    if isinstance(ex, torch.Tensor):
+        return ex[:1].expand(n, *ex.shape[1:]).contiguous()
+    return tuple(_batch_of(t, n) for t in ex)
+
+
+class _Constraints:
+    """The targets a removal plan must meet: MACs at most ``max_macs`` and measured speedups at least
+    ``config.target_speedup`` on each runtime. Measurements of a plan are cached (bisection revisits)."""
+
+    def __init__(self, model: nn.Module, graph: DependencyGraph, config: Channel, ex: Any,
+                 max_macs: float | None) -> None:
+        self.model, self.graph, self.config, self.ex, self.max_macs = model, graph, config, ex, max_macs
+        self.speedups: dict[bytes, dict[str, float]] = {}
+        self.last: dict[str, float] = {}
+
+    def pruned(self, removed: list[np.ndarray]) -> nn.Module:
+        m = copy.deepcopy(self.model)
+        apply_removal(m, self.graph, removed)
+        return m
+
+    def measure(self, removed: list[np.ndarray]) -> dict[str, float]:
+        """Latency speedup of the plan on every runtime (dense / pruned, measured alternately)."""
+        from slimtorch.metrics import compare_latency
+
+        key = b"".join(r.astype(np.int64).tobytes() + b"|" for r in removed)
+        if key not in self.speedups:
+            cfg = self.config
+            pruned = self.pruned(removed).eval()
+            x = _batch_of(self.ex, cfg.latency_batch)
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    self.speedups[key] = {
+                        rt: compare_latency(self.model, pruned, x, runtime=rt, threads=cfg.latency_threads,
+                                            warmup=3, repeats=cfg.latency_repeats, clock="cpu")["speedup"]
+                        for rt in cfg.latency_runtimes}
+            finally:
+                self.model.train(was_training)
+        return self.speedups[key]
+
+    def __call__(self, removed: list[np.ndarray]) -> bool:
+        if self.max_macs is not None and _macs(self.pruned(removed), self.ex) > self.max_macs:
+            return False
+        if self.config.target_speedup is None:
+            return True
+        self.last = self.measure(removed)
+        return min(self.last.values()) >= self.config.target_speedup
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_macs is not None:
+            parts.append(f"MACs <= {int(self.max_macs)}")
+        if self.config.target_speedup is not None:
+            parts.append(f"speedup >= {self.config.target_speedup} on {', '.join(self.config.latency_runtimes)}")
+        return " and ".join(parts)
+
+
 def _search_ratio(
-    model: nn.Module,
     graph: DependencyGraph,
     scores: list[torch.Tensor],
     config: Channel,
-    ex: Any,
-    target: float,
+    meets: _Constraints,
 ) -> tuple[float, list[np.ndarray]]:
-    """The removal that meets ``MACs <= target`` with the smallest ratio, refined group by group.
+    """The removal that meets the targets (``meets``) with the smallest ratio, refined group by group.
 
-    Bisection (to 1e-3) on the ratio; MACs are monotone in it because larger ratios remove supersets.
-    With ``round_to`` or global ranking one ratio step can drop several groups at once, so between the
-    last plan above the target (``lo``) and the first below (``hi``) the groups' extra removals are
-    added one group at a time, least important first, until the target is met.
+    Bisection (to 1e-3) on the ratio; MACs are monotone in it because larger ratios remove supersets
+    (measured latency is monotone up to timing noise). With ``round_to`` or global ranking one ratio step
+    can drop several groups at once, so between the last plan that misses the targets (``lo``) and the
+    first that meets them (``hi``) the groups' extra removals are added one group at a time, least
+    important first, until the targets are met.
     """
-
-    def macs_of(removed: list[np.ndarray]) -> int:
-        m = copy.deepcopy(model)
-        apply_removal(m, graph, removed)
-        return _macs(m, ex)
-
     hi = 0.999
-    best = macs_of(allocate(graph, scores, config, hi))
-    if best > target:
+    if not meets(allocate(graph, scores, config, hi)):
+        got = f" (measured speedups {', '.join(f'{k} {v:.2f}x' for k, v in meets.last.items())})" if meets.last else ""
         raise ValueError(
-            f"target_macs={config.target_macs} ({int(target)} MACs) is out of reach: even ratio {hi} leaves "
-            f"{best} MACs (pinned channels and at least one unit per group remain)"
+            f"the target ({meets.describe()}) is out of reach: even ratio {hi} misses it{got}; pinned channels "
+            "and at least one unit per group remain"
         )
     lo = 0.0
-    while hi - lo > 1e-3:
+    tol = 1e-3 if config.target_speedup is None else 1e-2  # latency is measured: fewer, coarser steps
+    while hi - lo > tol:
         mid = (lo + hi) / 2
-        if macs_of(allocate(graph, scores, config, mid)) <= target:
+        if meets(allocate(graph, scores, config, mid)):
             hi = mid
         else:
             lo = mid
@@ -397,7 +483,7 @@ def _search_ratio(
     current = list(removed_lo)
     for gi in sorted(extra, key=cost)[:-1]:  # with every group added, it is removed_hi
         current[gi] = removed_hi[gi]
-        if macs_of(current) <= target:
+        if meets(current):
             return hi, current
     return hi, removed_hi
 
@@ -423,9 +509,15 @@ def prune_channels_(
     scores = score_groups(model, graph, config, data)
     macs_before = _macs(model, ex)
     warn: list[str] = []
-    if config.target_macs is not None:
-        target = config.target_macs * macs_before if config.target_macs <= 1 else config.target_macs
-        ratio, removed = _search_ratio(model, graph, scores, config, ex, target)
+    speedups: dict[str, float] = {}
+    if config.target_macs is not None or config.target_speedup is not None:
+        target = None
+        if config.target_macs is not None:
+            target = config.target_macs * macs_before if config.target_macs <= 1 else config.target_macs
+        meets = _Constraints(model, graph, config, ex, target)
+        ratio, removed = _search_ratio(graph, scores, config, meets)
+        if config.target_speedup is not None:
+            speedups = meets.measure(removed)
         allocate(graph, scores, config, ratio, warn)  # only for its warnings
     else:
         ratio = config.ratio
@@ -481,5 +573,6 @@ def prune_channels_(
             "warnings": warn,
             "tracer": graph.tracer,
             "graph_build_s": graph.build_s,
+            "measured_speedups": speedups,
         },
     )
