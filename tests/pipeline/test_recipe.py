@@ -50,6 +50,14 @@ def test_bad_option_value_is_reported_with_its_path():
     assert probs == ["stages[1].prune.sparsity: 1.5 is not in [0, 1)"]
 
 
+def test_train_precision_options_parse_and_bad_precision_has_its_path():
+    r = parse_recipe(_recipe([{"train": {"epochs": 1, "precision": "bf16", "channels_last": True}}]))
+    kw = r.stages[0].options.fit_kwargs()
+    assert (kw["precision"], kw["channels_last"]) == ("bf16", True)
+    probs = _problems(_recipe([{"train": {"precision": "int4"}}]))
+    assert len(probs) == 1 and probs[0].startswith("stages[0].train.precision: 'int4' is not one of")
+
+
 def test_unknown_keys_are_errors_listing_allowed_keys():
     probs = _problems(_recipe([{"train": {"epochs": 1, "learning_rate": 0.1}}]))
     assert len(probs) == 1

@@ -117,6 +117,9 @@ class FitOptions(Config):
         warmup_epochs: linear warm-up length in epochs.
         batch_size: training batch size.
         grad_clip: clip the global gradient norm to this value (``None``: no clipping).
+        precision: ``fp32``, or ``bf16`` for bfloat16 autocast of the forward pass (2-3x faster conv
+            training on CPUs with AMX/AVX-512-BF16; weights stay float32).
+        channels_last: train image models in the NHWC memory format.
     """
 
     epochs: int = 1
@@ -128,10 +131,14 @@ class FitOptions(Config):
     warmup_epochs: float = 0.0
     batch_size: int = 128
     grad_clip: float | None = None
+    precision: str = "fp32"
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         from slimtorch.train import OPTIMIZERS, SCHEDULES
+        from slimtorch.train.fit import PRECISIONS
 
+        check_choice("precision", self.precision, sorted(PRECISIONS))
         _check_int("epochs", self.epochs, 0)
         check_choice("optimizer", self.optimizer, OPTIMIZERS.names())
         check_positive("lr", self.lr)
