@@ -87,8 +87,9 @@ def main() -> None:
     ap.add_argument("--qat-augment", action="store_true", help="augment the QAT fine-tuning images")
     ap.add_argument("--no-control", action="store_true", help="skip the fp32 fine-tuned control row")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny data and iterations")
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads (AdaRound and QAT)")
     a = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     torch.manual_seed(SEED)
     timer = Timer()
     setup = SETUPS[a.model]
