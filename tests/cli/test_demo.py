@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import torch
 import yaml
 
 from slimtorch.cli.demo import DEMO_RECIPE, demo_recipe
@@ -23,7 +24,10 @@ def test_demo_recipe_is_a_valid_recipe_with_the_four_stages():
 
 def test_demo_fast_writes_the_stage_table_as_json(tmp_path, capsys):
     js = tmp_path / "demo.json"
-    assert main(["demo", "--fast", "--out", str(tmp_path / "run"), "--json", str(js), "--no-progress"]) == 0
+    threads = torch.get_num_threads()
+    assert main(["demo", "--fast", "--out", str(tmp_path / "run"), "--json", str(js), "--no-progress",
+                 "--threads", str(threads + 1)]) == 0
+    assert torch.get_num_threads() == threads  # the demo's thread count does not leak into the caller
     table = json.loads(js.read_text())
     assert [r["stage"] for r in table] == EXPECTED_STAGES
     for r in table:

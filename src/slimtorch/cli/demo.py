@@ -95,18 +95,22 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="slimtorch-demo-"))
     recipe = parse_recipe(data, source="the demo recipe")
-    rows = run_recipe(
-        recipe,
-        out,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-        log=lambda msg: print(msg, file=sys.stderr, flush=True),
-    )
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:  # restored afterwards: main() may be called in-process (tests, notebooks)
+        rows = run_recipe(
+            recipe,
+            out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            log=lambda msg: print(msg, file=sys.stderr, flush=True),
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
     table = [public_row(r) for r in rows]
     print(render_table(table, columns=ROW_KEYS))
     teacher, final = table[0], table[-1]
