@@ -132,3 +132,10 @@ def test_report_holds_the_real_numbers_and_plots(tmp_path):
 def test_report_of_an_empty_folder_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="holds no completed stage"):
         write_report(tmp_path)
+
+
+def test_stages_on_the_same_point_share_one_plot_label():
+    from slimtorch.pipeline.report import point_labels
+
+    pts = [(1000.0, 90.0, "source"), (200.0, 89.0, "int8"), (200.0, 89.0, "final"), (500.0, 89.5, "pruned")]
+    assert point_labels(pts) == [(1000.0, 90.0, "source"), (200.0, 89.0, "int8 = final"), (500.0, 89.5, "pruned")]

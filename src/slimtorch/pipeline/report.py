@@ -106,6 +106,15 @@ def _figure_png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
+def point_labels(pts: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
+    """One label per distinct point: stages that land on the same spot (e.g. ``int8`` and the ``final``
+    evaluation of it) share one label, ``"int8 = final"``, instead of printing over each other."""
+    groups: dict[tuple[float, float], list[str]] = {}
+    for x, y, name in pts:
+        groups.setdefault((x, y), []).append(name)
+    return [(x, y, " = ".join(names)) for (x, y), names in groups.items()]
+
+
 def plot_tradeoff(rows: list[dict[str, Any]], x_key: str, x_label: str) -> bytes:
     """Accuracy (%) against ``x_key`` (log scale), one labelled point per stage, joined in stage order.
 
@@ -122,9 +131,10 @@ def plot_tradeoff(rows: list[dict[str, Any]], x_key: str, x_label: str) -> bytes
     if pts:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], color="0.75", zorder=1)
         markers = {"onnxruntime": "s", "torch": "o"}
-        for i, (x, y, name, runtime) in enumerate(pts):
+        for i, (x, y, _, runtime) in enumerate(pts):
             ax.scatter([x], [y], marker=markers.get(runtime, "o"), s=60, zorder=2, color=f"C{i % 10}")
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        for x, y, label in point_labels([(x, y, name) for x, y, name, _ in pts]):
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
         ax.set_xscale("log")
         from matplotlib.ticker import NullFormatter
 
