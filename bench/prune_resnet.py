@@ -45,6 +45,8 @@ from slimtorch.train import fit  # noqa: E402
 
 CKPT = CHECKPOINTS_DIR / "resnet20_cifar10.safetensors"
 SEED = 0
+#: threads for training and fine-tuning (latency is always measured on 1 thread)
+TRAIN_THREADS = int(os.environ.get("SLIMTORCH_TRAIN_THREADS", "2"))
 
 
 def test_set(n: int):
@@ -96,7 +98,7 @@ def main() -> None:
         a.epochs, a.test_n, a.finetune_n, a.finetune_epochs = 1, 256, 256, 1
         a.latency_batch, a.latency_repeats = 4, 3
     if a.stage in ("all", "train") and not a.checkpoint.exists():
-        torch.set_num_threads(int(os.environ.get("SLIMTORCH_TRAIN_THREADS", "2")))
+        torch.set_num_threads(TRAIN_THREADS)
         train_checkpoint(a.checkpoint, a.epochs, a.test_n, log)
         torch.set_num_threads(1)
     if a.stage in ("all", "compare"):
@@ -244,7 +246,7 @@ def compare(a: argparse.Namespace, log: list[str]) -> None:
         if name != "dense":
             torch.manual_seed(SEED)
             t = Timer()
-            torch.set_num_threads(int(os.environ.get("SLIMTORCH_TRAIN_THREADS", "2")))
+            torch.set_num_threads(TRAIN_THREADS)
             fit(m, ft, a.finetune_epochs, lr=a.finetune_lr, momentum=0.9, weight_decay=5e-4, schedule="cosine",
                 batch_size=128, seed=SEED, progress=False, precision="bf16", channels_last=True)
             torch.set_num_threads(1)

@@ -110,6 +110,11 @@ def main() -> None:
         load(setup["data"], "train", root=DATA_ROOT, augment=a.qat_augment), a.qat_n, SEED + 2
     )
 
+    def finetune(m: torch.nn.Module) -> None:
+        """The QAT fine-tune; the fp32 control row runs exactly this too."""
+        fit(m, qat_train, a.qat_epochs, optimizer=a.qat_optimizer, lr=a.qat_lr, weight_decay=0.0, batch_size=64,
+            progress=False, seed=SEED)
+
     def acc(m: torch.nn.Module) -> float:
         return 100.0 * accuracy(m, test, batch_size=250)
 
@@ -121,17 +126,7 @@ def main() -> None:
         # what extra training alone does (it matters for under-trained checkpoints).
         ctl = copy.deepcopy(model)
         t = time.perf_counter()
-        fit(
-            ctl,
-            qat_train,
-            a.qat_epochs,
-            optimizer=a.qat_optimizer,
-            lr=a.qat_lr,
-            weight_decay=0.0,
-            batch_size=64,
-            progress=False,
-            seed=SEED,
-        )
+        finetune(ctl)
         top1 = acc(ctl)
         rows.append(
             {
@@ -150,17 +145,7 @@ def main() -> None:
             t = time.perf_counter()
             if method == "qat":
                 quantize_(q, QAT(bits_w=bits, bits_a=8), calib)
-                fit(
-                    q,
-                    qat_train,
-                    a.qat_epochs,
-                    optimizer=a.qat_optimizer,
-                    lr=a.qat_lr,
-                    weight_decay=0.0,
-                    batch_size=64,
-                    progress=False,
-                    seed=SEED,
-                )
+                finetune(q)
                 convert_qat_(q)
             else:
                 quantize_(

@@ -403,14 +403,15 @@ class _Constraints:
         apply_removal(m, self.graph, removed)
         return m
 
-    def measure(self, removed: list[np.ndarray]) -> dict[str, float]:
-        """Latency speedup of the plan on every runtime (dense / pruned, measured alternately)."""
+    def measure(self, removed: list[np.ndarray], pruned: nn.Module | None = None) -> dict[str, float]:
+        """Latency speedup of the plan on every runtime (dense / pruned, measured alternately);
+        ``pruned`` is the plan already applied to a copy, when the caller has one."""
         from slimtorch.metrics import compare_latency
 
         key = b"".join(r.astype(np.int64).tobytes() + b"|" for r in removed)
         if key not in self.speedups:
             cfg = self.config
-            pruned = self.pruned(removed).eval()
+            pruned = (pruned if pruned is not None else self.pruned(removed)).eval()
             x = _batch_of(self.ex, cfg.latency_batch)
             was_training = self.model.training
             self.model.eval()
@@ -426,11 +427,12 @@ class _Constraints:
         return self.speedups[key]
 
     def __call__(self, removed: list[np.ndarray]) -> bool:
-        if self.max_macs is not None and _macs(self.pruned(removed), self.ex) > self.max_macs:
+        pruned = self.pruned(removed)  # one copy serves the MAC count and the timing
+        if self.max_macs is not None and _macs(pruned, self.ex) > self.max_macs:
             return False
         if self.config.target_speedup is None:
             return True
-        self.last = self.measure(removed)
+        self.last = self.measure(removed, pruned)
         return min(self.last.values()) >= self.config.target_speedup
 
     def describe(self) -> str:
