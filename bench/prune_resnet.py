@@ -6,7 +6,8 @@ Stages (all in one run unless ``--stage`` says otherwise):
      ``bench/checkpoints/resnet20_cifar10.safetensors`` (skipped when it exists).
   2. ``compare``: on the SAME checkpoint, slimtorch ``Channel(target_macs=0.5, importance="l1")`` and
      Torch-Pruning (``MagnitudeImportance(p=1)``, pruning ratio searched to the same MAC target), the same
-     fine-tune budget for both (full training set, augmentation, ``--finetune-epochs``), then accuracy on
+     fine-tune budget for both (full training set, augmentation, ``--finetune-epochs``, by default distillation
+     from the dense checkpoint, ``--finetune kd``), then accuracy on
      the full 10k test set, MACs, params, latency speedup in torch and ONNX Runtime (each a ratio inside one
      run, ``slimtorch.metrics.compare_latency``), and dependency-graph build time for ResNet-56 and
      char_gpt (slimtorch vs Torch-Pruning).
@@ -85,6 +86,9 @@ def main() -> None:
     ap.add_argument("--finetune-n", type=int, default=50000, help="training images used for fine-tuning")
     ap.add_argument("--finetune-epochs", type=int, default=8)
     ap.add_argument("--finetune-lr", type=float, default=0.01)
+    ap.add_argument("--finetune", choices=("kd", "plain"), default="kd",
+                    help="kd: distillation from the dense checkpoint (KD T=4, hard-label weight 0.5), as in "
+                         "examples/cifar10_resnet20.yaml; plain: cross-entropy only")
     ap.add_argument("--variants", default="uniform:1,uniform:8,speedup:8",
                     help="comma list of allocation:round_to (allocation: uniform, global or speedup)")
     ap.add_argument("--latency-batch", type=int, default=32)
@@ -189,6 +193,17 @@ def widths(model: torch.nn.Module) -> str:
     return " ".join(parts)
 
 
+def trainee(model: torch.nn.Module, dense: torch.nn.Module, how: str) -> torch.nn.Module:
+    """What ``fit`` trains: the pruned model itself, or a Distiller around it with the dense model as teacher
+    (Hinton KD at T=4 plus 0.5 x cross-entropy; the teacher is a frozen copy, run in bf16 like the student)."""
+    if how == "plain":
+        return model
+    from slimtorch.distill import KD, Distiller
+
+    return Distiller(model, copy.deepcopy(dense).eval(), [KD(temperature=4.0)], task_weight=0.5,
+                     example_inputs=torch.zeros(2, 3, 32, 32))
+
+
 def compare(a: argparse.Namespace, log: list[str]) -> None:
     """Prune the checkpoint with slimtorch and Torch-Pruning to half the MACs, fine-tune both, measure."""
     t_all = Timer()
@@ -247,8 +262,9 @@ def compare(a: argparse.Namespace, log: list[str]) -> None:
             torch.manual_seed(SEED)
             t = Timer()
             torch.set_num_threads(TRAIN_THREADS)
-            fit(m, ft, a.finetune_epochs, lr=a.finetune_lr, momentum=0.9, weight_decay=5e-4, schedule="cosine",
-                batch_size=128, seed=SEED, progress=False, precision="bf16", channels_last=True)
+            fit(trainee(m, dense, a.finetune), ft, a.finetune_epochs, lr=a.finetune_lr, momentum=0.9,
+                weight_decay=5e-4, schedule="cosine", batch_size=128, seed=SEED, progress=False, precision="bf16",
+                channels_last=True)
             torch.set_num_threads(1)
             row["finetune_s"] = round(t.elapsed, 1)
             row["acc_after_ft"] = round(accuracy(m.eval(), test), 4)
@@ -276,7 +292,8 @@ def compare(a: argparse.Namespace, log: list[str]) -> None:
     extra = {"budget": {
         "checkpoint": spec.get("trained_on", "?"),
         "checkpoint_accuracy": {k: v for k, v in spec.items() if k.startswith("test_accuracy")},
-        "finetune": f"{min(a.finetune_n, 50000)} CIFAR-10 train images, crop+flip, x {a.finetune_epochs} "
+        "finetune": ("distillation from the dense checkpoint (KD T=4 + 0.5 CE), " if a.finetune == "kd" else
+                     "cross-entropy, ") + f"{min(a.finetune_n, 50000)} CIFAR-10 train images, crop+flip, x {a.finetune_epochs} "
                     f"epoch(s), SGD lr {a.finetune_lr} cosine, batch 128, bf16 autocast, channels_last, 2 threads, "
                     "same for every pruned model",
         "test": f"{a.test_n} CIFAR-10 test images (fixed random subset, seed {SEED})" if a.test_n < 10000

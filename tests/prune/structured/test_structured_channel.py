@@ -212,3 +212,41 @@ def test_report_lists_changed_layers() -> None:
     assert rows["net.1"] == ((8, 784), (4, 784)) and rows["net.3"] == ((4, 8), (2, 4))
     assert rows["net.5"] == ((10, 4), (10, 2))
     assert "Channel" in report.table()
+
+
+
+def test_target_macs_gives_back_a_group_a_later_one_made_unnecessary() -> None:
+    # hidden=[16, 16], round_to=8: both groups step 16 -> 8 at the same ratio. The second hidden layer's
+    # weak half is cheap to cut but saves few MACs, so the refinement adds it first, misses the target,
+    # then adds the first hidden layer (most MACs), which alone meets the target: the second is given back.
+    torch.manual_seed(0)
+    model = create("mlp", in_features=784, hidden=[16, 16], num_classes=10)
+    with torch.no_grad():
+        model.net[3].weight[8:] *= 1e-3  # second hidden layer: units 8..15 nearly unused
+        model.net[5].weight[:, 8:] *= 1e-3
+    x = torch.randn(1, 784)
+    report = prune_(model, Channel(target_macs=0.51, round_to=8), example_inputs=x)
+    assert (model.net[1].out_features, model.net[3].out_features) == (8, 16)
+    assert report.macs_after <= 0.51 * report.macs_before
+
+
+def test_target_macs_keeps_no_group_the_target_does_not_need() -> None:
+    # round_to=8 on ResNet-20 moves whole groups in steps of 8 channels, so the refinement adds groups one by
+    # one; the reverting pass must leave a plan from which no single group can be given back.
+    from slimtorch.prune.structured.channel import _Constraints, _search_ratio
+
+    model = create("resnet20")
+    x = torch.randn(1, 3, 32, 32)
+    config = Channel(target_macs=0.5, round_to=8)
+    graph = build_dependency_graph(model, x)
+    scores = score_groups(model, graph, config)
+    goal = 0.5 * count_macs(model, x)
+    meets = _Constraints(model, graph, config, x, goal)
+    ratio, removed = _search_ratio(graph, scores, config, meets)
+    assert meets(removed)
+    below = allocate(graph, scores, config, ratio - 1e-3)
+    for gi in range(len(removed)):
+        if len(removed[gi]) > len(below[gi]):
+            trial = list(removed)
+            trial[gi] = below[gi]
+            assert not meets(trial), f"group {graph.groups[gi].name} is pruned past what the target needs"

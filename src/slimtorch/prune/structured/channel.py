@@ -456,7 +456,10 @@ def _search_ratio(
     (measured latency is monotone up to timing noise). With ``round_to`` or global ranking one ratio step
     can drop several groups at once, so between the last plan that misses the targets (``lo``) and the
     first that meets them (``hi``) the groups' extra removals are added one group at a time, least
-    important first, until the targets are met.
+    important first, until the targets are met. A reverting pass then takes back, most important first,
+    every added group the targets do not need: a cheap group added early can be made redundant by a larger
+    one added later (ResNet-20 at ``round_to=8``: the 16 -> 8 stage-1 group went in first and stayed,
+    landing at 0.424x MACs for a 0.5x target).
     """
     hi = 0.999
     if not meets(allocate(graph, scores, config, hi)):
@@ -483,11 +486,18 @@ def _search_ratio(
         return float(s[units].mean() / s.mean()) if float(s.mean()) > 0 else float(s[units].mean())
 
     current = list(removed_lo)
-    for gi in sorted(extra, key=cost)[:-1]:  # with every group added, it is removed_hi
+    added: list[int] = []
+    for gi in sorted(extra, key=cost):
         current[gi] = removed_hi[gi]
-        if meets(current):
-            return hi, current
-    return hi, removed_hi
+        added.append(gi)
+        if len(added) == len(extra) or meets(current):  # with every group added, it is removed_hi
+            break
+    for gi in sorted(added[:-1], key=cost, reverse=True):  # the last one added was needed
+        trial = list(current)
+        trial[gi] = removed_lo[gi]
+        if meets(trial):
+            current = trial
+    return hi, current
 
 
 @register_pruner(Channel, name="channel")
