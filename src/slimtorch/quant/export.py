@@ -9,8 +9,8 @@ The fake-quant modules emit, during ``torch.onnx.export`` (legacy TorchScript ex
 
 ONNX Runtime's graph optimizer fuses ``DQ -> Conv -> Q`` into ``QLinearConv`` and ``DQ -> Gemm``
 into ``QGemm`` (U8S8 kernels). After export the graph is tidied so the file is close to one byte per
-weight: constants become initializers, tensor names are shortened, all-zero bias zero points (an
-optional input) are dropped, and the ``model.slimtorch.*`` metadata records the scheme.
+weight: constants become initializers, then the lossless passes of :mod:`slimtorch.quant.onnx_compact`
+(default zero points and attributes dropped, bias scales derived, duplicates merged, short names).
 """
 
 from __future__ import annotations
@@ -97,13 +97,16 @@ def _export(model: nn.Module, path: Path, inputs: tuple[Any, ...], dynamic_batch
     return path
 
 
-def tidy_qdq_graph(proto: onnx.ModelProto) -> None:
+def tidy_qdq_graph(proto: onnx.ModelProto, compact: bool = True) -> None:
     """Shrink an exported QDQ graph in place without changing what it computes.
 
-    ``Constant`` nodes become initializers, internal tensor names become short (``t12``), and
-    ``DequantizeLinear`` zero points that are all zero and int32 (biases) are dropped: the operator
-    defaults to zero.
+    ``Constant`` nodes become initializers, grid-preserving ops are moved onto integers
+    (:func:`propagate_qdq`) and tensor names are shortened; with ``compact`` the lossless passes of
+    :mod:`slimtorch.quant.onnx_compact` run too: default zero points and attributes dropped, bias scales
+    derived from the input and weight scales, duplicate constants and nodes merged.
     """
+    from slimtorch.quant import onnx_compact as C
+
     g = proto.graph
     inits = {t.name: t for t in g.initializer}
     keep = []
@@ -115,26 +118,28 @@ def tidy_qdq_graph(proto: onnx.ModelProto) -> None:
             inits[t.name] = t
         else:
             keep.append(node)
-    for node in keep:
-        if node.op_type == "DequantizeLinear" and len(node.input) == 3 and node.input[2] in inits:
-            zp = inits[node.input[2]]
-            if zp.data_type == onnx.TensorProto.INT32 and not np.any(numpy_helper.to_array(zp)):
-                del node.input[2]
-    keep = propagate_qdq(keep, inits, {o.name for o in g.output})
-    used = {i for n in keep for i in n.input} | {o.name for o in g.output}
-    graph_io = {i.name for i in g.input} | {o.name for o in g.output}
+    outputs = {o.name for o in g.output}
+    graph_io = {i.name for i in g.input} | outputs
+    keep = propagate_qdq(keep, inits, outputs)
+    if compact:
+        C.drop_default_zero_points(keep, inits)
+        C.drop_default_attributes(keep, inits)
+        keep = C.derive_bias_scales(keep, inits)
+        C.dedupe_initializers(keep, inits, graph_io)
+        keep = C.dedupe_nodes(keep, outputs)
+    used = {i for n in keep for i in n.input} | outputs
     rename: dict[str, str] = {}
 
     def short(name: str) -> str:
         if not name or name in graph_io:
             return name
         if name not in rename:
-            rename[name] = f"t{len(rename)}"
+            rename[name] = C.short_name(len(rename))
         return rename[name]
 
-    for i, node in enumerate(keep):
-        node.name = f"n{i}"
-        node.doc_string = ""
+    for node in keep:
+        node.ClearField("name")
+        node.ClearField("doc_string")
         for j, name in enumerate(node.input):
             node.input[j] = short(name)
         for j, name in enumerate(node.output):
@@ -152,6 +157,7 @@ def tidy_qdq_graph(proto: onnx.ModelProto) -> None:
     for vi in list(g.input):
         if vi.name in inits and vi.name not in used:
             g.input.remove(vi)
+    g.name = "slimtorch"
     proto.doc_string = ""
     proto.producer_name = "slimtorch"
 
