@@ -293,9 +293,9 @@ def compare(a: argparse.Namespace, log: list[str]) -> None:
         "checkpoint": spec.get("trained_on", "?"),
         "checkpoint_accuracy": {k: v for k, v in spec.items() if k.startswith("test_accuracy")},
         "finetune": ("distillation from the dense checkpoint (KD T=4 + 0.5 CE), " if a.finetune == "kd" else
-                     "cross-entropy, ") + f"{min(a.finetune_n, 50000)} CIFAR-10 train images, crop+flip, x {a.finetune_epochs} "
-                    f"epoch(s), SGD lr {a.finetune_lr} cosine, batch 128, bf16 autocast, channels_last, 2 threads, "
-                    "same for every pruned model",
+                     "cross-entropy, ") + f"{min(a.finetune_n, 50000)} CIFAR-10 train images, crop+flip, x "
+                    f"{a.finetune_epochs} epoch(s), SGD lr {a.finetune_lr} cosine, batch 128, bf16 autocast, "
+                    "channels_last, 2 threads, same for every pruned model",
         "test": f"{a.test_n} CIFAR-10 test images (fixed random subset, seed {SEED})" if a.test_n < 10000
         else "full CIFAR-10 test set",
         "latency": f"batch {a.latency_batch}, 1 thread, CPU-time clock, {a.latency_repeats} alternating "

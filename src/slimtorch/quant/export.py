@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
@@ -251,11 +250,9 @@ def _quantize_before_reshapes(nodes: list[onnx.NodeProto], inits: dict[str, onnx
     that produced ``y`` (e.g. ``GlobalAveragePool -> Flatten -> Q`` becomes ``GlobalAveragePool -> Q``,
     which ONNX Runtime fuses into ``QLinearGlobalAveragePool``).
     """
-    producer = {o: n for n in nodes for o in n.output}
-    users: dict[str, int] = {}
-    for n in nodes:
-        for i in n.input:
-            users[i] = users.get(i, 0) + 1
+    from slimtorch.quant.onnx_compact import graph_index
+
+    producer, users = graph_index(nodes)
     out: list[onnx.NodeProto] = []
     inserted: dict[str, list[onnx.NodeProto]] = {}
     for n in nodes:

@@ -45,6 +45,16 @@ def short_name(i: int) -> str:
     return out
 
 
+def graph_index(nodes: list[onnx.NodeProto]) -> tuple[dict[str, onnx.NodeProto], dict[str, int]]:
+    """``(producer, reads)``: the node writing each tensor, and how many node inputs read each tensor."""
+    producer = {o: n for n in nodes for o in n.output}
+    reads: dict[str, int] = {}
+    for n in nodes:
+        for i in n.input:
+            reads[i] = reads.get(i, 0) + 1
+    return producer, reads
+
+
 def _attr(node: onnx.NodeProto, name: str) -> onnx.AttributeProto | None:
     return next((a for a in node.attribute if a.name == name), None)
 
@@ -116,11 +126,7 @@ def drop_default_attributes(nodes: list[onnx.NodeProto], inits: dict[str, onnx.T
 def derive_bias_scales(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto]
                        ) -> list[onnx.NodeProto]:
     """Replace a stored bias scale equal to ``s_x * s_w`` (float32, bit for bit) by a ``Mul`` of the two."""
-    producer = {o: n for n in nodes for o in n.output}
-    users: dict[str, int] = {}
-    for n in nodes:
-        for i in n.input:
-            users[i] = users.get(i, 0) + 1
+    producer, users = graph_index(nodes)
     out: list[onnx.NodeProto] = []
     for node in nodes:
         if node.op_type in ("Conv", "Gemm") and len(node.input) == 3:
