@@ -8,7 +8,9 @@ fake-quant form :class:`slimtorch.quant.Int8Static` produces and ONNX Runtime ex
 * AdaRound: ``LowBitStatic(bits_w=4, method="adaround")`` (Nagel et al. 2020, 1000 steps per layer);
 * QAT: ``QAT(bits_w=4, bits_a=8)`` (LSQ learned step sizes, Esser et al. 2020) fine-tuned with
   ``slimtorch.train.fit`` on a training subset (SGD momentum 0.9, cosine, lr 1e-3 by default), then
-  ``convert_qat_``; a control row fine-tunes the float model the same way.
+  ``convert_qat_``; a control row fine-tunes the float model the same way. ``--qat-kd`` makes both
+  fine-tunes distil from the fp32 model (Hinton KD, T=4, plus half the cross-entropy); with BN folded,
+  QAT then needs ``--qat-grad-clip`` (lr 1e-3 without clipping diverged in 5 steps; docs/low_bit.md).
 
 ``--model resnet20`` uses ``bench/checkpoints/resnet20_cifar10.safetensors`` (CIFAR-10);
 ``--model lenet5`` is the stand-in used when that checkpoint is missing: Caffe LeNet-5 on MNIST
@@ -85,6 +87,10 @@ def main() -> None:
     ap.add_argument("--qat-lr", type=float, default=1e-3)
     ap.add_argument("--qat-optimizer", choices=["sgd", "adam"], default="sgd")
     ap.add_argument("--qat-augment", action="store_true", help="augment the QAT fine-tuning images")
+    ap.add_argument("--qat-kd", action="store_true",
+                    help="fine-tune (QAT and the control) by distillation from the fp32 model: KD T=4 + 0.5 CE")
+    ap.add_argument("--qat-grad-clip", type=float, default=None,
+                    help="clip the gradient norm of the fine-tunes (QAT with BN folded needs it under --qat-kd)")
     ap.add_argument("--no-control", action="store_true", help="skip the fp32 fine-tuned control row")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny data and iterations")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads (AdaRound and QAT)")
@@ -112,8 +118,14 @@ def main() -> None:
 
     def finetune(m: torch.nn.Module) -> None:
         """The QAT fine-tune; the fp32 control row runs exactly this too."""
-        fit(m, qat_train, a.qat_epochs, optimizer=a.qat_optimizer, lr=a.qat_lr, weight_decay=0.0, batch_size=64,
-            progress=False, seed=SEED)
+        trainee = m
+        if a.qat_kd:
+            from slimtorch.distill import KD, Distiller
+
+            trainee = Distiller(m, copy.deepcopy(model).eval(), [KD(temperature=4.0)], task_weight=0.5,
+                                example_inputs=calib[0][:2])
+        fit(trainee, qat_train, a.qat_epochs, optimizer=a.qat_optimizer, lr=a.qat_lr, weight_decay=0.0,
+            batch_size=64, progress=False, seed=SEED, grad_clip=a.qat_grad_clip)
 
     def acc(m: torch.nn.Module) -> float:
         return 100.0 * accuracy(m, test, batch_size=250)
@@ -200,6 +212,8 @@ def main() -> None:
             "qat_lr": a.qat_lr,
             "qat_optimizer": a.qat_optimizer,
             "qat_augment": a.qat_augment,
+            "qat_kd": "KD from the fp32 model, T=4, + 0.5 x cross-entropy" if a.qat_kd else "no",
+            "qat_grad_clip": a.qat_grad_clip,
             "qat_schedule": "cosine",
             "adaround_iters": a.adaround_iters,
             "activations": "uint8 static, min-max, every Conv/Linear input and output",
