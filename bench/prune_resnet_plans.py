@@ -7,8 +7,14 @@ of the trained checkpoint with ``Channel(overrides=...)`` and timed against the 
 run (batch 32, one thread, CPU-time clock, alternating repeats, median) on both runtimes. The rows say
 which plans at <= 0.5x MACs, if any, reach 1.6x on both runtimes; accuracy is not measured here.
 
-    .venv/bin/python bench/prune_resnet_plans.py            # the full grid (~64 plans, ~8 min)
-    .venv/bin/python bench/prune_resnet_plans.py --quick    # 4 plans, few repeats
+    .venv/bin/python bench/prune_resnet_plans.py                    # the full grid (63 plans, ~3 min)
+    .venv/bin/python bench/prune_resnet_plans.py --model resnet56   # the same grid on ResNet-56 (~12 min)
+    .venv/bin/python bench/prune_resnet_plans.py --quick            # 4 plans, few repeats
+
+ResNet-56 has no trained checkpoint here; its plans cut the lowest-L1 channels of a seeded random
+initialisation, which changes which channels go but not the widths, so the latencies are the same as
+for trained weights. Results: ``bench/results/prune_resnet_plans.json`` (ResNet-20) and
+``prune_resnet_plans_resnet56.json``.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import slimtorch  # noqa: E402
 from common import CHECKPOINTS_DIR, Timer, write_result  # noqa: E402
 from prune_resnet import widths  # noqa: E402
 from slimtorch.metrics import compare_latency, count_macs  # noqa: E402
+from slimtorch.models import create  # noqa: E402
 from slimtorch.prune import prune_  # noqa: E402
 from slimtorch.prune.structured import Channel  # noqa: E402
 
@@ -54,6 +61,7 @@ def plan_config(plan: dict[int, tuple[int, int]]) -> Channel:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", choices=("resnet20", "resnet56"), default="resnet20")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--quick", action="store_true")
@@ -61,7 +69,11 @@ def main() -> None:
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     t_all = Timer()
-    dense = slimtorch.load(CKPT).eval()
+    if a.model == "resnet20":
+        dense = slimtorch.load(CKPT).eval()
+    else:
+        torch.manual_seed(0)
+        dense = create(a.model).eval()
     x1 = torch.zeros(1, 3, 32, 32)
     xb = torch.randn(a.batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     macs0 = count_macs(dense, x1)
@@ -91,10 +103,13 @@ def main() -> None:
         "plans_at_half_macs_with_1.6x_on_both": both,
     }
     print(summary)
-    write_result("prune_resnet_plans", rows, [], seeds=[0], wall_s=t_all.elapsed, extra={
+    bench_id = "prune_resnet_plans" + ("" if a.model == "resnet20" else f"_{a.model}")
+    write_result(bench_id, rows, [], seeds=[0], wall_s=t_all.elapsed, extra={
         "summary": summary,
-        "budget": {"checkpoint": str(CKPT.name), "latency": f"batch {a.batch}, 1 thread, CPU-time clock, "
-                   f"{a.repeats} alternating repeats, speedup = dense / pruned in the same run",
+        "budget": {"model": a.model,
+                   "checkpoint": str(CKPT.name) if a.model == "resnet20" else "random init, seed 0",
+                   "latency": f"batch {a.batch}, 1 thread, CPU-time clock, {a.repeats} alternating repeats, "
+                              "speedup = dense / pruned in the same run",
                    "plans": "per stage (stream, inner) in {full, inner/2, stream/2, both/2}, round_to 8, "
                             "lowest-L1 channels removed"}})
 
