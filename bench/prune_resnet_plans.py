@@ -14,7 +14,7 @@ which plans at <= 0.5x MACs, if any, reach 1.6x on both runtimes; accuracy is no
 ResNet-56 has no trained checkpoint here; its plans cut the lowest-L1 channels of a seeded random
 initialisation, which changes which channels go but not the widths, so the latencies are the same as
 for trained weights. Results: ``bench/results/prune_resnet_plans.json`` (ResNet-20) and
-``prune_resnet_plans_resnet56.json``.
+``prune_resnet_plans_resnet56.json``; a batch other than 32 adds ``_batch<N>`` to the name.
 """
 
 from __future__ import annotations
@@ -103,7 +103,8 @@ def main() -> None:
         "plans_at_half_macs_with_1.6x_on_both": both,
     }
     print(summary)
-    bench_id = "prune_resnet_plans" + ("" if a.model == "resnet20" else f"_{a.model}")
+    bench_id = ("prune_resnet_plans" + ("" if a.model == "resnet20" else f"_{a.model}")
+                + ("" if a.batch == 32 else f"_batch{a.batch}"))
     write_result(bench_id, rows, [], seeds=[0], wall_s=t_all.elapsed, extra={
         "summary": summary,
         "budget": {"model": a.model,
