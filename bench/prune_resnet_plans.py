@@ -14,7 +14,8 @@ which plans at <= 0.5x MACs, if any, reach 1.6x on both runtimes; accuracy is no
 ResNet-56 has no trained checkpoint here; its plans cut the lowest-L1 channels of a seeded random
 initialisation, which changes which channels go but not the widths, so the latencies are the same as
 for trained weights. Results: ``bench/results/prune_resnet_plans.json`` (ResNet-20) and
-``prune_resnet_plans_resnet56.json``; a batch other than 32 adds ``_batch<N>`` to the name.
+``prune_resnet_plans_resnet56.json``; a batch other than 32 adds ``_batch<N>`` to the name, ``--threads``
+other than 1 adds ``_threads<N>`` and times on the wall clock (CPU time would add up the threads' work).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", choices=("resnet20", "resnet56"), default="resnet20")
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads of both runtimes while timing")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
@@ -87,7 +89,8 @@ def main() -> None:
         m.eval()
         row = {"widths": widths(m), "macs_frac": round(count_macs(m, x1) / macs0, 4)}
         for rt in ("torch", "onnxruntime"):
-            r = compare_latency(dense, m, xb, runtime=rt, threads=1, warmup=3, repeats=a.repeats, clock="cpu")
+            r = compare_latency(dense, m, xb, runtime=rt, threads=a.threads, warmup=3, repeats=a.repeats,
+                                clock="cpu" if a.threads == 1 else "wall")
             row[f"{rt}_speedup"] = round(r["speedup"], 3)
         row["min_speedup"] = min(row["torch_speedup"], row["onnxruntime_speedup"])
         rows.append(row)
@@ -104,12 +107,13 @@ def main() -> None:
     }
     print(summary)
     bench_id = ("prune_resnet_plans" + ("" if a.model == "resnet20" else f"_{a.model}")
-                + ("" if a.batch == 32 else f"_batch{a.batch}"))
+                + ("" if a.batch == 32 else f"_batch{a.batch}") + ("" if a.threads == 1 else f"_threads{a.threads}"))
     write_result(bench_id, rows, [], seeds=[0], wall_s=t_all.elapsed, extra={
         "summary": summary,
         "budget": {"model": a.model,
                    "checkpoint": str(CKPT.name) if a.model == "resnet20" else "random init, seed 0",
-                   "latency": f"batch {a.batch}, 1 thread, CPU-time clock, {a.repeats} alternating repeats, "
+                   "latency": f"batch {a.batch}, {a.threads} thread(s), "
+                              f"{'CPU-time' if a.threads == 1 else 'wall'} clock, {a.repeats} alternating repeats, "
                               "speedup = dense / pruned in the same run",
                    "plans": "per stage (stream, inner) in {full, inner/2, stream/2, both/2}, round_to 8, "
                             "lowest-L1 channels removed"}})
