@@ -27,6 +27,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from slimtorch.core.errors import SlimtorchError
+from slimtorch.quant import onnx_compact as C
 
 #: Opset of exported models (per-axis QuantizeLinear/DequantizeLinear need >= 13).
 OPSET = 17
@@ -104,8 +105,6 @@ def tidy_qdq_graph(proto: onnx.ModelProto, compact: bool = True) -> None:
     :mod:`slimtorch.quant.onnx_compact` run too: default zero points and attributes dropped, bias scales
     derived from the input and weight scales, duplicate constants and nodes merged.
     """
-    from slimtorch.quant import onnx_compact as C
-
     g = proto.graph
     inits = {t.name: t for t in g.initializer}
     keep = []
@@ -188,10 +187,7 @@ def propagate_qdq(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto
     Nodes must be in topological order (as exported); dead nodes are removed at the end.
     """
     nodes = _quantize_before_reshapes(nodes, inits)
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in nodes:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    _, readers = C.graph_index(nodes)
     producer: dict[str, onnx.NodeProto] = {}
     out: list[onnx.NodeProto] = []
     alias: dict[str, str] = {}
@@ -210,7 +206,7 @@ def propagate_qdq(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto
         src = producer.get(node.input[0]) if node.input else None
         p = _params(src, inits) if src is not None and src.op_type == "DequantizeLinear" else None
         if node.op_type == "Relu" and node.output[0] not in outputs:
-            users = consumers.get(node.output[0], [])
+            users = [u for u, _ in readers.get(node.output[0], [])]
             q_params = [_params(u, inits) if u.op_type == "QuantizeLinear" else None for u in users]
             # Q(relu(x)) == Q(x) when Q's zero point is the grid minimum (negatives clamp to it)
             if (p is not None and p[1] == grid_min(p)) or (
@@ -250,16 +246,14 @@ def _quantize_before_reshapes(nodes: list[onnx.NodeProto], inits: dict[str, onnx
     that produced ``y`` (e.g. ``GlobalAveragePool -> Flatten -> Q`` becomes ``GlobalAveragePool -> Q``,
     which ONNX Runtime fuses into ``QLinearGlobalAveragePool``).
     """
-    from slimtorch.quant.onnx_compact import graph_index
-
-    producer, users = graph_index(nodes)
+    producer, readers = C.graph_index(nodes)
     out: list[onnx.NodeProto] = []
     inserted: dict[str, list[onnx.NodeProto]] = {}
     for n in nodes:
         if n.op_type != "QuantizeLinear" or _params(n, inits) is None:
             continue
         op = producer.get(n.input[0])
-        if op is None or op.op_type not in GRID_PRESERVING or users.get(op.output[0], 0) != 1:
+        if op is None or op.op_type not in GRID_PRESERVING or len(readers.get(op.output[0], [])) != 1:
             continue
         src = producer.get(op.input[0])
         if src is not None and src.op_type == "DequantizeLinear":

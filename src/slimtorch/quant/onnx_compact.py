@@ -26,6 +26,7 @@ remove what is redundant in it, each exact by the ONNX operator definitions:
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -45,23 +46,25 @@ def short_name(i: int) -> str:
     return out
 
 
-def graph_index(nodes: list[onnx.NodeProto]) -> tuple[dict[str, onnx.NodeProto], dict[str, int]]:
-    """``(producer, reads)``: the node writing each tensor, and how many node inputs read each tensor."""
+def graph_index(nodes: list[onnx.NodeProto]
+                ) -> tuple[dict[str, onnx.NodeProto], dict[str, list[tuple[onnx.NodeProto, int]]]]:
+    """``(producer, readers)``: the node writing each tensor, and every ``(node, input index)`` reading it."""
     producer = {o: n for n in nodes for o in n.output}
-    reads: dict[str, int] = {}
+    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
     for n in nodes:
-        for i in n.input:
-            reads[i] = reads.get(i, 0) + 1
-    return producer, reads
+        for j, name in enumerate(n.input):
+            readers.setdefault(name, []).append((n, j))
+    return producer, readers
 
 
 def _attr(node: onnx.NodeProto, name: str) -> onnx.AttributeProto | None:
     return next((a for a in node.attribute if a.name == name), None)
 
 
-def _drop_attr(node: onnx.NodeProto, name: str) -> None:
+def _drop_attr_if(node: onnx.NodeProto, name: str, is_default: Callable[[onnx.AttributeProto], bool]) -> None:
+    """Remove attribute ``name`` of ``node`` when it is present and ``is_default(attribute)``."""
     a = _attr(node, name)
-    if a is not None:
+    if a is not None and is_default(a):
         node.attribute.remove(a)
 
 
@@ -69,10 +72,7 @@ def drop_default_zero_points(nodes: list[onnx.NodeProto], inits: dict[str, onnx.
     """Remove all-zero zero points of ``DequantizeLinear`` nodes that dequantize a constant: int32 biases,
     and weights read only as a ``Conv`` weight (ONNX Runtime's ``QGemm`` fusion wants the weight zero
     point written out, its ``QLinearConv`` fusion does not)."""
-    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
-    for n in nodes:
-        for j, name in enumerate(n.input):
-            readers.setdefault(name, []).append((n, j))
+    _, readers = graph_index(nodes)
     for node in nodes:
         if (node.op_type != "DequantizeLinear" or len(node.input) != 3 or node.input[0] not in inits
                 or node.input[2] not in inits or np.any(numpy_helper.to_array(inits[node.input[2]]))):
@@ -96,82 +96,48 @@ def _weight_shape(node: onnx.NodeProto, producer: dict[str, onnx.NodeProto],
 
 def drop_default_attributes(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto]) -> None:
     """Remove ``Conv`` / ``Gemm`` attributes whose value is the operator's default."""
-    producer = {o: n for n in nodes for o in n.output}
+    producer, _ = graph_index(nodes)
     for node in nodes:
         if node.op_type == "Conv":
-            for name in ("dilations", "strides"):
-                a = _attr(node, name)
-                if a is not None and all(v == 1 for v in a.ints):
-                    node.attribute.remove(a)
-            a = _attr(node, "group")
-            if a is not None and a.i == 1:
-                node.attribute.remove(a)
-            a = _attr(node, "pads")
-            if a is not None and not any(a.ints) and _attr(node, "auto_pad") is None:
-                node.attribute.remove(a)
-            a = _attr(node, "kernel_shape")
+            _drop_attr_if(node, "dilations", lambda a: all(v == 1 for v in a.ints))
+            _drop_attr_if(node, "strides", lambda a: all(v == 1 for v in a.ints))
+            _drop_attr_if(node, "group", lambda a: a.i == 1)
+            if _attr(node, "auto_pad") is None:
+                _drop_attr_if(node, "pads", lambda a: not any(a.ints))
             w = _weight_shape(node, producer, inits)
-            if a is not None and w is not None and list(a.ints) == w[2:]:
-                node.attribute.remove(a)
+            _drop_attr_if(node, "kernel_shape", lambda a, w=w: w is not None and list(a.ints) == w[2:])
         elif node.op_type == "Gemm":
-            for name, default in (("alpha", 1.0), ("beta", 1.0)):
-                a = _attr(node, name)
-                if a is not None and a.f == default:
-                    node.attribute.remove(a)
-            a = _attr(node, "transA")
-            if a is not None and a.i == 0:
-                node.attribute.remove(a)
+            _drop_attr_if(node, "alpha", lambda a: a.f == 1.0)
+            _drop_attr_if(node, "beta", lambda a: a.f == 1.0)
+            _drop_attr_if(node, "transA", lambda a: a.i == 0)
 
 
 def derive_bias_scales(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto]
                        ) -> list[onnx.NodeProto]:
-    """Replace a stored bias scale equal to ``s_x * s_w`` (float32, bit for bit) by a ``Mul`` of the two."""
-    producer, users = graph_index(nodes)
-    out: list[onnx.NodeProto] = []
+    """Replace a stored bias scale equal to ``s_x * s_w`` (float32, bit for bit) by a ``Mul`` of the two.
+
+    Each ``Mul`` is placed right before the bias ``DequantizeLinear`` that reads it (it reads only
+    initializers, so the order stays topological)."""
+    producer, readers = graph_index(nodes)
+    mul_before: dict[int, onnx.NodeProto] = {}  # id(bias DQ) -> its Mul
     for node in nodes:
-        if node.op_type in ("Conv", "Gemm") and len(node.input) == 3:
-            dqs = [producer.get(i) for i in node.input]
-            if all(d is not None and d.op_type == "DequantizeLinear" for d in dqs):
-                dx, dw, db = dqs
-                names = (dx.input[1], dw.input[1], db.input[1])
-                if all(n in inits for n in names) and users.get(db.input[1], 0) == 1:
-                    sx, sw, sb = (numpy_helper.to_array(inits[n]) for n in names)
-                    prod = (sx.astype(np.float32) * sw.astype(np.float32)).astype(np.float32)
-                    if sx.size == 1 and prod.shape == sb.shape and prod.tobytes() == sb.astype(np.float32).tobytes():
-                        mul_out = db.input[1] + "__derived"
-                        out.append(onnx.helper.make_node("Mul", [names[0], names[1]], [mul_out]))
-                        del inits[db.input[1]]
-                        db.input[1] = mul_out
-        out.append(node)
-    # a Mul must come before the DequantizeLinear that reads it: move each bias DQ after its Mul
-    return _topological(out)
-
-
-def _topological(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
-    """``nodes`` reordered so every node follows the producers of its inputs (stable otherwise)."""
-    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
-    done: set[int] = set()
-    order: list[onnx.NodeProto] = []
-
-    def visit(i: int) -> None:
-        stack = [(i, False)]
-        while stack:
-            j, expanded = stack.pop()
-            if j in done:
-                continue
-            if expanded:
-                done.add(j)
-                order.append(nodes[j])
-                continue
-            stack.append((j, True))
-            for name in reversed(nodes[j].input):
-                k = producer.get(name)
-                if k is not None and k not in done:
-                    stack.append((k, False))
-
-    for i in range(len(nodes)):
-        visit(i)
-    return order
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) != 3:
+            continue
+        dqs = [producer.get(i) for i in node.input]
+        if not all(d is not None and d.op_type == "DequantizeLinear" for d in dqs):
+            continue
+        dx, dw, db = dqs
+        names = (dx.input[1], dw.input[1], db.input[1])
+        if not all(n in inits for n in names) or len(readers.get(db.input[1], [])) != 1:
+            continue
+        sx, sw, sb = (numpy_helper.to_array(inits[n]) for n in names)
+        prod = (sx.astype(np.float32) * sw.astype(np.float32)).astype(np.float32)
+        if sx.size == 1 and prod.shape == sb.shape and prod.tobytes() == sb.astype(np.float32).tobytes():
+            mul_out = db.input[1] + "__derived"
+            mul_before[id(db)] = onnx.helper.make_node("Mul", [names[0], names[1]], [mul_out])
+            del inits[db.input[1]]
+            db.input[1] = mul_out
+    return [m for n in nodes for m in ([mul_before[id(n)]] if id(n) in mul_before else []) + [n]]
 
 
 def dedupe_initializers(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto],
