@@ -42,6 +42,17 @@ def check(name: str, value: float, floor: str, passed: bool) -> dict[str, Any]:
     return {"name": name, "value": value, "floor": floor, "pass": bool(passed)}
 
 
+def kd_trainee(student: Any, teacher: Any, example: Any) -> Any:
+    """The fine-tune target for distillation from ``teacher``: a ``Distiller`` with Hinton KD at T=4 plus
+    0.5 x cross-entropy (the setting of examples/cifar10_resnet20.yaml); the teacher is a frozen copy."""
+    import copy
+
+    from slimtorch.distill import KD, Distiller
+
+    return Distiller(student, copy.deepcopy(teacher).eval(), [KD(temperature=4.0)], task_weight=0.5,
+                     example_inputs=example)
+
+
 class Timer:
     """Wall-clock since creation (``Timer().elapsed``)."""
 

@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import slimtorch  # noqa: E402
-from common import CHECKPOINTS_DIR, DATA_ROOT, Timer, check, write_result  # noqa: E402
+from common import CHECKPOINTS_DIR, DATA_ROOT, Timer, check, kd_trainee, write_result  # noqa: E402
 from slimtorch import data as D  # noqa: E402
 from slimtorch.metrics import accuracy, compare_latency, count_macs, count_params  # noqa: E402
 from slimtorch.models import create  # noqa: E402
@@ -193,17 +193,6 @@ def widths(model: torch.nn.Module) -> str:
     return " ".join(parts)
 
 
-def trainee(model: torch.nn.Module, dense: torch.nn.Module, how: str) -> torch.nn.Module:
-    """What ``fit`` trains: the pruned model itself, or a Distiller around it with the dense model as teacher
-    (Hinton KD at T=4 plus 0.5 x cross-entropy; the teacher is a frozen copy, run in bf16 like the student)."""
-    if how == "plain":
-        return model
-    from slimtorch.distill import KD, Distiller
-
-    return Distiller(model, copy.deepcopy(dense).eval(), [KD(temperature=4.0)], task_weight=0.5,
-                     example_inputs=torch.zeros(2, 3, 32, 32))
-
-
 def compare(a: argparse.Namespace, log: list[str]) -> None:
     """Prune the checkpoint with slimtorch and Torch-Pruning to half the MACs, fine-tune both, measure."""
     t_all = Timer()
@@ -262,7 +251,8 @@ def compare(a: argparse.Namespace, log: list[str]) -> None:
             torch.manual_seed(SEED)
             t = Timer()
             torch.set_num_threads(TRAIN_THREADS)
-            fit(trainee(m, dense, a.finetune), ft, a.finetune_epochs, lr=a.finetune_lr, momentum=0.9,
+            trainee = m if a.finetune == "plain" else kd_trainee(m, dense, torch.zeros(2, 3, 32, 32))
+            fit(trainee, ft, a.finetune_epochs, lr=a.finetune_lr, momentum=0.9,
                 weight_decay=5e-4, schedule="cosine", batch_size=128, seed=SEED, progress=False, precision="bf16",
                 channels_last=True)
             torch.set_num_threads(1)

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import slimtorch  # noqa: E402
-from common import CHECKPOINTS_DIR, DATA_ROOT, Timer, check, write_result  # noqa: E402
+from common import CHECKPOINTS_DIR, DATA_ROOT, Timer, check, kd_trainee, write_result  # noqa: E402
 from slimtorch.data import calibration_subset, load  # noqa: E402
 from slimtorch.metrics import accuracy  # noqa: E402
 from slimtorch.models import create  # noqa: E402
@@ -118,12 +118,7 @@ def main() -> None:
 
     def finetune(m: torch.nn.Module) -> None:
         """The QAT fine-tune; the fp32 control row runs exactly this too."""
-        trainee = m
-        if a.qat_kd:
-            from slimtorch.distill import KD, Distiller
-
-            trainee = Distiller(m, copy.deepcopy(model).eval(), [KD(temperature=4.0)], task_weight=0.5,
-                                example_inputs=calib[0][:2])
+        trainee = kd_trainee(m, model, calib[0][:2]) if a.qat_kd else m
         fit(trainee, qat_train, a.qat_epochs, optimizer=a.qat_optimizer, lr=a.qat_lr, weight_decay=0.0,
             batch_size=64, progress=False, seed=SEED, grad_clip=a.qat_grad_clip)
 
