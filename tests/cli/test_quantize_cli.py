@@ -92,3 +92,20 @@ def test_low_bit_schemes(run_dir, tmp_path, extra, config_type):
     assert doc["config"]["type"] == config_type
     # 4-bit weights on a 32-unit MLP: the simulated model keeps most of the float accuracy.
     assert doc["accuracy"]["simulated"] > doc["accuracy"]["fp32"] - 0.08
+
+
+def test_qat_fine_tune_clips_the_gradient_norm(run_dir, tmp_path, monkeypatch, capsys):
+    import slimtorch.cli.quantize as cli_quantize
+    from slimtorch.quant.qat import QAT_GRAD_CLIP
+
+    seen: list = []
+    real_fit = cli_quantize.fit
+    monkeypatch.setattr(cli_quantize, "fit", lambda *a, **k: seen.append(k["grad_clip"]) or real_fit(*a, **k))
+    base = ["quantize", str(run_dir), "--scheme", "w4a8", "--qat-epochs", "1", "--calib", "128", "--data", "digits",
+            "--eval-n", "100"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert main([*base, "--grad-clip", "inf", "--out", str(tmp_path / "b")]) == 0
+    assert seen == [QAT_GRAD_CLIP, float("inf")]
+    for bad in ("0", "-1", "nan"):
+        assert main([*base, "--grad-clip", bad, "--out", str(tmp_path / "c")]) == 2
+        assert f"--grad-clip must be > 0 (inf: no clipping), got {float(bad)}" in capsys.readouterr().err

@@ -121,3 +121,33 @@ def test_distill_in_place_fine_tunes_the_pruned_model_from_a_checkpoint_teacher(
     assert source["stage"] == "source" and source["params"] == 64 * 32 + 32 + 32 * 10 + 10
     assert pruned["params"] == distilled["params"] == DIGITS_MLP16  # the student is the pruned model itself
     assert distilled["accuracy"] > 0.5
+
+
+def test_qat_fine_tunes_clip_the_gradient_norm_unless_the_recipe_says_otherwise(tmp_path, monkeypatch):
+    """QAT (and joint, which distils under QAT) fine-tunes clip at QAT_GRAD_CLIP; an explicit value wins."""
+    import slimtorch.train
+    from slimtorch.quant.qat import QAT_GRAD_CLIP
+
+    seen: list = []
+    real_fit = slimtorch.train.fit
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("grad_clip"))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(slimtorch.train, "fit", spy)
+    qat = {"type": "QAT", "bits_w": 8, "bits_a": 8}
+    _run(tmp_path / "a", [TEACHER, {"quantize": {**qat, "finetune": {"epochs": 1, "lr": 0.001}}}])
+    _run(tmp_path / "b", [TEACHER, {"quantize": {**qat, "finetune": {"epochs": 1, "lr": 0.001,
+                                                                       "grad_clip": float("inf")}}}])
+    _run(tmp_path / "c", [TEACHER, {"joint": {"prune": {"sparsity": 0.5, "schedule": {"type": "AGP", "frequency": 5}},
+                                                  "train": {"epochs": 1, "lr": 0.01}}}])
+    # each run: the teacher's own training (no clip), then the QAT fine-tune
+    assert seen == [None, QAT_GRAD_CLIP, None, float("inf"), None, QAT_GRAD_CLIP]
+
+
+def test_with_default_clip_fills_only_an_unset_clip():
+    from slimtorch.pipeline.options import FitOptions
+
+    assert FitOptions(epochs=1).with_default_clip(1.0).grad_clip == 1.0
+    assert FitOptions(epochs=1, grad_clip=5.0).with_default_clip(1.0).grad_clip == 5.0

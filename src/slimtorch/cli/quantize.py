@@ -27,6 +27,7 @@ import slimtorch
 from slimtorch import data as sdata
 from slimtorch.cli.common import add_data_arguments, check_out_dir, write_json
 from slimtorch.quant import OBSERVERS, QAT, SCHEMES, convert_qat_, quantize_, save_quantized
+from slimtorch.quant.qat import QAT_GRAD_CLIP
 from slimtorch.train import fit
 
 NAME = "quantize"
@@ -47,6 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group-size", type=int, default=None, help="weight group size of low-bit schemes")
     p.add_argument("--qat-epochs", type=int, default=0, help="quantization-aware training epochs (QAT schemes)")
     p.add_argument("--lr", type=float, default=None, help="learning rate for schemes that train")
+    p.add_argument("--grad-clip", type=float, default=QAT_GRAD_CLIP,
+                   help="clip the global gradient norm of the QAT fine-tune to this (inf: no clipping)")
     add_data_arguments(p, required=False)
     p.add_argument("--batch-size", type=int, default=64, help="calibration / evaluation batch size")
     p.add_argument("--eval-n", type=int, default=2000, help="test images for the accuracy report (0: none)")
@@ -64,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--calib must be >= 1, got {args.calib}")
     if args.qat_epochs < 0:
         raise ValueError(f"--qat-epochs must be >= 0, got {args.qat_epochs}")
+    if not args.grad_clip > 0:  # also refuses nan
+        raise ValueError(f"--grad-clip must be > 0 (inf: no clipping), got {args.grad_clip}")
     scheme = SCHEMES[args.scheme]
     options = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     config = scheme.build(options)
@@ -91,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         # QAT: the prepared model (LSQ fake quantizers, BN folded) trains on the training split, then its
         # learned scales are frozen into the same simulated form PTQ produces.
         fit(model, train, args.qat_epochs, lr=args.lr or 1e-3, batch_size=args.batch_size, seed=args.seed,
-            eval_data=eval_set)
+            eval_data=eval_set, grad_clip=args.grad_clip)
         convert_qat_(model)
     doc: dict[str, Any] = {
         "source": str(args.run),

@@ -31,7 +31,7 @@ from slimtorch.pipeline.stages import (
 )
 from slimtorch.pipeline.stages_compress import load_quantized_product, ones_masks_, write_quantized
 from slimtorch.prune import AGP, Magnitude
-from slimtorch.quant.qat import QAT
+from slimtorch.quant.qat import QAT, QAT_GRAD_CLIP
 
 
 def _default_prune() -> Magnitude:
@@ -117,7 +117,7 @@ def run_joint(ctx: StageContext, spec: Any, product: Product) -> Product:
         task_weight=opts.task_weight,
         example_inputs=ctx.example_inputs(student, 2),
     )
-    ctx.fit(distiller, opts.train, callbacks=[pruner])
+    ctx.fit(distiller, opts.train.with_default_clip(QAT_GRAD_CLIP), callbacks=[pruner])
     sparsity = pruner.sparsity()
     _finish(student)
     artefact, onnx = write_quantized(ctx, student, ctx.stage_dir, opts.export)

@@ -7,6 +7,7 @@ dataset, the keyword arguments of :func:`slimtorch.train.fit`, and how stages ar
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,7 +117,9 @@ class FitOptions(Config):
         schedule: ``cosine``, ``step`` or ``constant``.
         warmup_epochs: linear warm-up length in epochs.
         batch_size: training batch size.
-        grad_clip: clip the global gradient norm to this value (``None``: no clipping).
+        grad_clip: clip the global gradient norm to this value (``None``: no clipping, except in QAT
+            fine-tunes, which clip at ``slimtorch.quant.qat.QAT_GRAD_CLIP`` = 1.0 unless it is set;
+            ``.inf`` turns that off).
         precision: ``fp32``, or ``bf16`` for bfloat16 autocast of the forward pass (2-3x faster conv
             training on CPUs with AMX/AVX-512-BF16; weights stay float32).
         channels_last: train image models in the NHWC memory format.
@@ -149,6 +152,10 @@ class FitOptions(Config):
         _check_int("batch_size", self.batch_size, 1)
         if self.grad_clip is not None:
             check_positive("grad_clip", self.grad_clip)
+
+    def with_default_clip(self, grad_clip: float) -> FitOptions:
+        """These options, with ``grad_clip`` set to ``grad_clip`` when the recipe left it unset."""
+        return self if self.grad_clip is not None else dataclasses.replace(self, grad_clip=grad_clip)
 
     def fit_kwargs(self) -> dict[str, Any]:
         """Everything but ``epochs``, as ``fit`` keyword arguments."""

@@ -158,7 +158,8 @@ class QuantizeOptions(Config):
         export: write the int8 ONNX QDQ file (the deployed form, measured on ONNX Runtime) when the
             scheme can be exported; otherwise the quantized weights file is the artefact.
         finetune: the QAT training run with fake quantization on (``type: QAT``; without it QAT only
-            calibrates its initial scales). Ignored by post-training schemes.
+            calibrates its initial scales); its gradient norm is clipped at 1.0 unless ``grad_clip`` is
+            set (``slimtorch.quant.qat.QAT_GRAD_CLIP``). Ignored by post-training schemes.
     """
 
     export: bool = True
@@ -183,7 +184,7 @@ def _quantize_model(ctx: StageContext, spec: Any, model: Any, train: bool) -> An
     """``quantize_`` with the recipe's calibration batches; QAT trains (when ``train``) and is converted."""
     from slimtorch.prune import make_permanent_
     from slimtorch.quant import quantize_
-    from slimtorch.quant.qat import QAT, convert_qat_
+    from slimtorch.quant.qat import QAT, QAT_GRAD_CLIP, convert_qat_
 
     cfg = spec.technique
     make_permanent_(model)  # masked zeros stay zeros: symmetric int8 maps 0 to 0
@@ -192,7 +193,7 @@ def _quantize_model(ctx: StageContext, spec: Any, model: Any, train: bool) -> An
     report = quantize_(model, cfg, calib_data=ctx.calib_batches(model))
     if is_qat:
         if train and spec.options.finetune is not None:
-            ctx.fit(model, spec.options.finetune)
+            ctx.fit(model, spec.options.finetune.with_default_clip(QAT_GRAD_CLIP))
         convert_qat_(model)
     return report
 

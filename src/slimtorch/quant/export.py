@@ -28,6 +28,7 @@ from torch import nn
 
 from slimtorch.core.errors import SlimtorchError
 from slimtorch.quant import onnx_compact as C
+from slimtorch.quant import onnx_kernels as K
 
 #: Opset of exported models (per-axis QuantizeLinear/DequantizeLinear need >= 13).
 OPSET = 17
@@ -44,7 +45,7 @@ def export_float_onnx(model: nn.Module, path: str | os.PathLike[str], example_in
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: Any,
-                dynamic_batch: bool = True) -> Path:
+                dynamic_batch: bool = True, pad_input_channels: int = 4) -> Path:
     """Write the quantized ``model`` as an ONNX QDQ model carrying our scales and zero points.
 
     Args:
@@ -53,6 +54,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
         path: output ``.onnx`` file.
         example_inputs: a tensor or tuple of tensors of the model's input (any batch size).
         dynamic_batch: make the first dimension of inputs and outputs symbolic.
+        pad_input_channels: zero-pad the channels of an input read only by quantized convolutions (the
+            first conv of an image model, 1 or 3 channels) to a multiple of this, so ONNX Runtime runs that
+            conv on its symmetric int8 kernel (:mod:`slimtorch.quant.onnx_kernels`); exact. 1 or 0: off.
 
     Returns:
         The path written.
@@ -68,10 +72,14 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
         # MatMulNBits is a contrib op); the packed safetensors file is the deployed form of these models.
         raise SlimtorchError(f"weight-only packed layers have no standard ONNX form: {packed[:5]}; deploy the "
                              "safetensors file (slimtorch.quant.save_quantized) or use Int8Static/LowBitStatic")
-    return _export(model, Path(path), _as_tuple(example_inputs), dynamic_batch, tidy=True)
+    if pad_input_channels < 0:
+        raise SlimtorchError(f"pad_input_channels must be >= 0, got {pad_input_channels}")
+    return _export(model, Path(path), _as_tuple(example_inputs), dynamic_batch, tidy=True,
+                   pad_input_channels=pad_input_channels)
 
 
-def _export(model: nn.Module, path: Path, inputs: tuple[Any, ...], dynamic_batch: bool, tidy: bool) -> Path:
+def _export(model: nn.Module, path: Path, inputs: tuple[Any, ...], dynamic_batch: bool, tidy: bool,
+            pad_input_channels: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     in_names = [f"input{i}" if len(inputs) > 1 else "input" for i in range(len(inputs))]
     axes = {n: {0: "batch"} for n in [*in_names, "output"]} if dynamic_batch else None
@@ -91,19 +99,21 @@ def _export(model: nn.Module, path: Path, inputs: tuple[Any, ...], dynamic_batch
         model.train(was_training)
     if tidy:
         proto = onnx.load(str(path))
-        tidy_qdq_graph(proto)
+        tidy_qdq_graph(proto, pad_input_channels=pad_input_channels)
         onnx.checker.check_model(proto)
         onnx.save(proto, str(path))
     return path
 
 
-def tidy_qdq_graph(proto: onnx.ModelProto, compact: bool = True) -> None:
+def tidy_qdq_graph(proto: onnx.ModelProto, compact: bool = True, pad_input_channels: int = 0) -> None:
     """Shrink an exported QDQ graph in place without changing what it computes.
 
     ``Constant`` nodes become initializers, grid-preserving ops are moved onto integers
     (:func:`propagate_qdq`) and tensor names are shortened; with ``compact`` the lossless passes of
     :mod:`slimtorch.quant.onnx_compact` run too: default zero points and attributes dropped, bias scales
-    derived from the input and weight scales, duplicate constants and nodes merged.
+    derived from the input and weight scales, duplicate constants and nodes merged. With
+    ``pad_input_channels`` > 1 the input channels of first convolutions are zero-padded to that multiple
+    (:func:`slimtorch.quant.onnx_kernels.pad_input_channels`).
     """
     g = proto.graph
     inits = {t.name: t for t in g.initializer}
@@ -119,6 +129,7 @@ def tidy_qdq_graph(proto: onnx.ModelProto, compact: bool = True) -> None:
     outputs = {o.name for o in g.output}
     graph_io = {i.name for i in g.input} | outputs
     keep = propagate_qdq(keep, inits, outputs)
+    keep = K.pad_input_channels(keep, inits, {i.name for i in g.input} - set(inits), pad_input_channels)
     if compact:
         C.drop_default_zero_points(keep, inits)
         C.drop_default_attributes(keep, inits)
@@ -253,7 +264,10 @@ def _quantize_before_reshapes(nodes: list[onnx.NodeProto], inits: dict[str, onnx
         if n.op_type != "QuantizeLinear" or _params(n, inits) is None:
             continue
         op = producer.get(n.input[0])
-        if op is None or op.op_type not in GRID_PRESERVING or len(readers.get(op.output[0], [])) != 1:
+        # not through MaxPool: on a float input it stays a float pool (ONNX Runtime's uint8 MaxPool in
+        # NCHW is ~10x slower than its float one) and Q after it quantizes 4x fewer values
+        if (op is None or op.op_type not in GRID_PRESERVING or op.op_type == "MaxPool"
+                or len(readers.get(op.output[0], [])) != 1):
             continue
         src = producer.get(op.input[0])
         if src is not None and src.op_type == "DequantizeLinear":

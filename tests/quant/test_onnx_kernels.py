@@ -1,0 +1,118 @@
+"""Kernel-friendly rewrites of an exported QDQ graph: exact on ONNX Runtime, applied only where safe."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from slimtorch.core.errors import SlimtorchError
+from slimtorch.models import create
+from slimtorch.quant import Int8Static, export_onnx, quantize_
+from slimtorch.quant.export import ort_session, runtime_ops
+
+
+def _run(path, x: np.ndarray) -> np.ndarray:
+    sess = ort_session(path)
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def _graph(path):
+    g = onnx.load(str(path)).graph
+    return g, {t.name: numpy_helper.to_array(t) for t in g.initializer}
+
+
+def _conv_weights(g, inits):
+    """The int8 weight of every Conv, in graph order (through its DequantizeLinear)."""
+    producer = {o: n for n in g.node for o in n.output}
+    return [inits[producer[n.input[1]].input[0]] for n in g.node if n.op_type == "Conv"]
+
+
+def test_rgb_stem_is_padded_to_four_channels_and_computes_the_same(tmp_path):
+    torch.manual_seed(0)
+    model = create("resnet20").eval()
+    x = torch.randn(8, 3, 32, 32)
+    quantize_(model, Int8Static(), calib_data=[x])
+    plain = export_onnx(model, tmp_path / "plain.onnx", x[:1], pad_input_channels=0)
+    padded = export_onnx(model, tmp_path / "pad.onnx", x[:1])  # the default pads to 4
+    # bit-identical outputs: the new channel is zero and meets zero weights
+    assert np.array_equal(_run(plain, x.numpy()), _run(padded, x.numpy()))
+    g, inits = _graph(padded)
+    pads = [n for n in g.node if n.op_type == "Pad"]
+    assert len(pads) == 1 and pads[0].input[0] == "input"
+    assert list(inits[pads[0].input[1]]) == [0, 0, 0, 0, 0, 1, 0, 0]
+    stem_plain, stem = _conv_weights(*_graph(plain))[0], _conv_weights(g, inits)[0]
+    assert stem.shape == (16, 4, 3, 3) and stem.dtype == np.int8
+    assert np.array_equal(stem[:, :3], stem_plain) and not stem[:, 3].any()
+    # the graph input keeps its 3 channels; ONNX Runtime still runs every conv on integer kernels
+    dims = [d.dim_value for d in g.input[0].type.tensor_type.shape.dim]
+    assert dims[1:] == [3, 32, 32]
+    ops = runtime_ops(padded, tmp_path)
+    assert ops["QLinearConv"] == 21 and "Conv" not in ops and ops["Pad"] == 1
+
+
+def test_grey_input_pads_to_the_requested_multiple(tmp_path):
+    model = create("lenet5").eval()
+    x = torch.randn(16, 1, 28, 28)
+    quantize_(model, Int8Static(), calib_data=[x])
+    plain = export_onnx(model, tmp_path / "plain.onnx", x[:1], pad_input_channels=0)
+    padded = export_onnx(model, tmp_path / "pad8.onnx", x[:1], pad_input_channels=8)
+    assert np.array_equal(_run(plain, x.numpy()), _run(padded, x.numpy()))
+    g, inits = _graph(padded)
+    assert _conv_weights(g, inits)[0].shape == (20, 8, 5, 5)
+    assert not any(n.op_type == "Pad" for n in _graph(plain)[0].node)
+
+
+class _InputAlsoAdded(nn.Module):
+    """``conv(x) + x``: the input is read by an Add as well, so its channel count must stay."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) + x
+
+
+class _FourChannels(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+@pytest.mark.parametrize(("model", "channels"), [(_InputAlsoAdded, 3), (_FourChannels, 4)])
+def test_inputs_that_must_keep_their_channels_are_left_alone(model, channels, tmp_path):
+    torch.manual_seed(0)
+    m = model().eval()
+    x = torch.randn(4, channels, 8, 8)
+    quantize_(m, Int8Static(), calib_data=[x])
+    path = export_onnx(m, tmp_path / "m.onnx", x[:1])
+    g, inits = _graph(path)
+    assert not any(n.op_type == "Pad" for n in g.node)
+    assert _conv_weights(g, inits)[0].shape[1] == channels
+
+
+def test_negative_multiple_is_refused(tmp_path):
+    m = _FourChannels().eval()
+    with pytest.raises(SlimtorchError, match="pad_input_channels must be >= 0, got -4"):
+        export_onnx(m, tmp_path / "m.onnx", torch.randn(1, 4, 8, 8), pad_input_channels=-4)
+
+
+def test_float_first_conv_keeps_its_max_pool_in_float(tmp_path):
+    """A conv left in float feeding ``MaxPool -> Q``: the Q stays after the pool (4x fewer values)."""
+    model = create("lenet5").eval()
+    x = torch.randn(16, 1, 28, 28)
+    quantize_(model, Int8Static(exclude=("features.0",)), calib_data=[x])
+    path = export_onnx(model, tmp_path / "m.onnx", x[:1])
+    g, _ = _graph(path)
+    readers = {i: n for n in g.node for i in n.input}
+    conv = next(n for n in g.node if n.op_type == "Conv" and n.input[0] == "input")
+    pool = readers[conv.output[0]]
+    assert pool.op_type == "MaxPool" and readers[pool.output[0]].op_type == "QuantizeLinear"
+    assert not any(n.op_type == "Pad" for n in g.node)  # the float conv's input is not quantized
