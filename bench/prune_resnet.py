@@ -94,6 +94,11 @@ def main() -> None:
     ap.add_argument("--latency-batch", type=int, default=32)
     ap.add_argument("--latency-repeats", type=int, default=60)
     ap.add_argument("--checkpoint", type=Path, default=CKPT, help="dense model (trained here if missing)")
+    ap.add_argument("--seeds", default=str(SEED),
+                    help="comma-separated fine-tune seeds (pruning itself is deterministic); with several, each "
+                         "pruned model is fine-tuned once per seed and the checks use the mean accuracy")
+    ap.add_argument("--result-id", default="prune_resnet",
+                    help="bench/results/<id>.json to write (e.g. prune_resnet_r8_seeds for a seed study)")
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -243,40 +248,50 @@ def compare(a: argparse.Namespace, log: list[str]) -> None:
     ft = D.load("cifar10", "train", root=DATA_ROOT, augment=True)
     if a.finetune_n < len(ft):
         ft = D.calibration_subset(ft, a.finetune_n, seed=SEED + 1)
+    seeds = [int(v) for v in a.seeds.split(",")]
     acc = {}
     for name, m in models.items():
         row = next(r for r in rows if r.get("row") == name)
         row["acc_before_ft"] = round(accuracy(m, test), 4)
-        if name != "dense":
-            torch.manual_seed(SEED)
+        if name == "dense":
+            acc[name] = row["acc_after_ft"] = row["acc_before_ft"]
+            continue
+        per_seed = []
+        for seed in seeds:
+            tuned = copy.deepcopy(m) if len(seeds) > 1 else m
+            torch.manual_seed(seed)
             t = Timer()
             torch.set_num_threads(TRAIN_THREADS)
-            trainee = m if a.finetune == "plain" else kd_trainee(m, dense, torch.zeros(2, 3, 32, 32))
+            trainee = tuned if a.finetune == "plain" else kd_trainee(tuned, dense, torch.zeros(2, 3, 32, 32))
             fit(trainee, ft, a.finetune_epochs, lr=a.finetune_lr, momentum=0.9,
-                weight_decay=5e-4, schedule="cosine", batch_size=128, seed=SEED, progress=False, precision="bf16",
+                weight_decay=5e-4, schedule="cosine", batch_size=128, seed=seed, progress=False, precision="bf16",
                 channels_last=True)
             torch.set_num_threads(1)
             row["finetune_s"] = round(t.elapsed, 1)
-            row["acc_after_ft"] = round(accuracy(m.eval(), test), 4)
-            row["drop_pt"] = round(100 * (acc["dense"] - row["acc_after_ft"]), 2)
-        else:
-            row["acc_after_ft"] = row["acc_before_ft"]
+            per_seed.append(round(accuracy(tuned.eval(), test), 4))
+            print(f"{name} seed {seed}: {per_seed[-1]:.4f}", flush=True)
+        row["acc_after_ft"] = round(sum(per_seed) / len(per_seed), 4)
+        if len(seeds) > 1:
+            row["acc_after_ft_per_seed"] = dict(zip(map(str, seeds), per_seed, strict=True))
+            row["acc_after_ft_std"] = round(float(torch.tensor(per_seed, dtype=torch.float64).std()), 4)
+        row["drop_pt"] = round(100 * (acc["dense"] - row["acc_after_ft"]), 2)
         acc[name] = row["acc_after_ft"]
         print(row, flush=True)
     checks = []
+    over = f", mean of seeds {a.seeds}" if len(seeds) > 1 else ""
     for alloc, rt in variants:
         v = f"{alloc} r{rt}"
         ours_row = next(r for r in rows if r.get("row") == f"slimtorch {v}")
         diff = round(100 * (acc[f"slimtorch {v}"] - acc[f"torch-pruning {v}"]), 2)
         checks += [
             check(f"[{v}] MACs <= 0.5x dense", ours_row["macs_frac"], "<= 0.5", ours_row["macs_frac"] <= 0.5),
-            check(f"[{v}] accuracy drop (pt) after fine-tune", ours_row["drop_pt"], "<= 1.0",
+            check(f"[{v}] accuracy drop (pt) after fine-tune{over}", ours_row["drop_pt"], "<= 1.0",
                   ours_row["drop_pt"] <= 1.0),
             check(f"[{v}] torch latency speedup", ours_row["torch_speedup"], ">= 1.6",
                   ours_row["torch_speedup"] >= 1.6),
             check(f"[{v}] onnxruntime latency speedup", ours_row["onnxruntime_speedup"], ">= 1.6",
                   ours_row["onnxruntime_speedup"] >= 1.6),
-            check(f"[{v}] accuracy - Torch-Pruning's (pt)", diff, ">= -0.2", diff >= -0.2),
+            check(f"[{v}] accuracy - Torch-Pruning's (pt){over}", diff, ">= -0.2", diff >= -0.2),
         ]
     spec = slimtorch.storage.read_spec(a.checkpoint).get("metadata", {})
     extra = {"budget": {
@@ -285,7 +300,7 @@ def compare(a: argparse.Namespace, log: list[str]) -> None:
         "finetune": ("distillation from the dense checkpoint (KD T=4 + 0.5 CE), " if a.finetune == "kd" else
                      "cross-entropy, ") + f"{min(a.finetune_n, 50000)} CIFAR-10 train images, crop+flip, x "
                     f"{a.finetune_epochs} epoch(s), SGD lr {a.finetune_lr} cosine, batch 128, bf16 autocast, "
-                    "channels_last, 2 threads, same for every pruned model",
+                    "channels_last, 2 threads, same for every pruned model; fine-tune seeds " + a.seeds,
         "test": f"{a.test_n} CIFAR-10 test images (fixed random subset, seed {SEED})" if a.test_n < 10000
         else "full CIFAR-10 test set",
         "latency": f"batch {a.latency_batch}, 1 thread, CPU-time clock, {a.latency_repeats} alternating "
@@ -296,7 +311,7 @@ def compare(a: argparse.Namespace, log: list[str]) -> None:
                       "allocation; variants: " + a.variants + f"; speedup = slimtorch target_speedup="
                       f"{SPEEDUP_TARGET} on torch and ONNX Runtime plus target_macs=0.5, TP at the same MACs",
     }, "log": log}
-    write_result("prune_resnet", rows, checks, seeds=[SEED], wall_s=t_all.elapsed, extra=extra)
+    write_result(a.result_id, rows, checks, seeds=seeds, wall_s=t_all.elapsed, extra=extra)
 
 
 if __name__ == "__main__":
