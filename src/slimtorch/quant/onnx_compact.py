@@ -57,13 +57,14 @@ def graph_index(nodes: list[onnx.NodeProto]
     return producer, readers
 
 
-def _attr(node: onnx.NodeProto, name: str) -> onnx.AttributeProto | None:
+def attribute(node: onnx.NodeProto, name: str) -> onnx.AttributeProto | None:
+    """The attribute ``name`` of ``node``, or None when it is not set (the operator default applies)."""
     return next((a for a in node.attribute if a.name == name), None)
 
 
 def _drop_attr_if(node: onnx.NodeProto, name: str, is_default: Callable[[onnx.AttributeProto], bool]) -> None:
     """Remove attribute ``name`` of ``node`` when it is present and ``is_default(attribute)``."""
-    a = _attr(node, name)
+    a = attribute(node, name)
     if a is not None and is_default(a):
         node.attribute.remove(a)
 
@@ -102,7 +103,7 @@ def drop_default_attributes(nodes: list[onnx.NodeProto], inits: dict[str, onnx.T
             _drop_attr_if(node, "dilations", lambda a: all(v == 1 for v in a.ints))
             _drop_attr_if(node, "strides", lambda a: all(v == 1 for v in a.ints))
             _drop_attr_if(node, "group", lambda a: a.i == 1)
-            if _attr(node, "auto_pad") is None:
+            if attribute(node, "auto_pad") is None:
                 _drop_attr_if(node, "pads", lambda a: not any(a.ints))
             w = _weight_shape(node, producer, inits)
             _drop_attr_if(node, "kernel_shape", lambda a, w=w: w is not None and list(a.ints) == w[2:])

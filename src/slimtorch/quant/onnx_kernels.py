@@ -24,8 +24,27 @@ from slimtorch.quant import onnx_compact as C
 
 
 def _int_attr(node: onnx.NodeProto, name: str, default: int) -> int:
-    a = C._attr(node, name)
+    a = C.attribute(node, name)
     return default if a is None else int(a.i)
+
+
+def _padded_conv_weights(dqs: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto],
+                         producer: dict[str, onnx.NodeProto], readers: dict[str, list[tuple[onnx.NodeProto, int]]]
+                         ) -> list[str] | None:
+    """The int8 weight initializers of the convs that read ``dqs``' outputs, or None if any reader is not an
+    ungrouped ``Conv`` reading it as data with its own (unshared) per-output-channel int8 weight."""
+    weights = []
+    for conv, j in [(n, j) for dq in dqs for n, j in readers.get(dq.output[0], [])]:
+        if conv.op_type != "Conv" or j != 0 or _int_attr(conv, "group", 1) != 1:
+            return None
+        wdq = producer.get(conv.input[1])
+        if wdq is None or wdq.op_type != "DequantizeLinear" or wdq.input[0] not in inits:
+            return None
+        if (inits[wdq.input[0]].data_type != onnx.TensorProto.INT8 or len(readers.get(wdq.input[0], [])) != 1
+                or len(readers.get(wdq.output[0], [])) != 1 or _int_attr(wdq, "axis", 1) != 0):
+            return None
+        weights.append(wdq.input[0])
+    return weights
 
 
 def pad_input_channels(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto], graph_inputs: set[str],
@@ -59,39 +78,28 @@ def pad_input_channels(nodes: list[onnx.NodeProto], inits: dict[str, onnx.Tensor
         dqs = [n for n, j in readers.get(q.output[0], [])]
         if not dqs or any(n.op_type != "DequantizeLinear" for n in dqs):
             continue
-        convs = [(n, j) for dq in dqs for n, j in readers.get(dq.output[0], [])]
-        weights = []
-        for conv, j in convs:
-            if conv.op_type != "Conv" or j != 0 or _int_attr(conv, "group", 1) != 1:
-                break
-            wdq = producer.get(conv.input[1])
-            if wdq is None or wdq.op_type != "DequantizeLinear" or wdq.input[0] not in inits:
-                break
-            w = inits[wdq.input[0]]
-            if (w.data_type != onnx.TensorProto.INT8 or len(readers.get(wdq.input[0], [])) != 1
-                    or len(readers.get(wdq.output[0], [])) != 1 or _int_attr(wdq, "axis", 1) != 0):
-                break
-            weights.append(wdq.input[0])
-        else:
-            arrays = [numpy_helper.to_array(inits[name]) for name in weights]
-            channels = {a.shape[1] for a in arrays}
-            if len(channels) != 1 or not weights:
-                continue
-            c = channels.pop()
-            extra = -c % multiple
-            if extra == 0:
-                continue
-            for name, a in zip(weights, arrays, strict=True):
-                padded = np.zeros((a.shape[0], c + extra, *a.shape[2:]), dtype=a.dtype)
-                padded[:, :c] = a
-                inits[name] = numpy_helper.from_array(padded, name)
-            rank = len(arrays[0].shape)  # input rank == weight rank (N, C, spatial...)
-            widths = np.zeros(2 * rank, dtype=np.int64)
-            widths[rank + 1] = extra  # ONNX Pad: all begins, then all ends; axis 1 is channels
-            pads_name, out_name = f"{x}__chpad", f"{x}__padded"
-            inits[pads_name] = numpy_helper.from_array(widths, pads_name)
-            pads_before[id(q)] = onnx.helper.make_node("Pad", [x, pads_name], [out_name])
-            q.input[0] = out_name
+        weights = _padded_conv_weights(dqs, inits, producer, readers)
+        if not weights:
+            continue
+        arrays = [numpy_helper.to_array(inits[name]) for name in weights]
+        channels = {a.shape[1] for a in arrays}
+        if len(channels) != 1:
+            continue
+        c = channels.pop()
+        extra = -c % multiple
+        if extra == 0:
+            continue
+        for name, a in zip(weights, arrays, strict=True):
+            padded = np.zeros((a.shape[0], c + extra, *a.shape[2:]), dtype=a.dtype)
+            padded[:, :c] = a
+            inits[name] = numpy_helper.from_array(padded, name)
+        rank = len(arrays[0].shape)  # input rank == weight rank (N, C, spatial...)
+        widths = np.zeros(2 * rank, dtype=np.int64)
+        widths[rank + 1] = extra  # ONNX Pad: all begins, then all ends; axis 1 is channels
+        pads_name, out_name = f"{x}__chpad", f"{x}__padded"
+        inits[pads_name] = numpy_helper.from_array(widths, pads_name)
+        pads_before[id(q)] = onnx.helper.make_node("Pad", [x, pads_name], [out_name])
+        q.input[0] = out_name
     out: list[onnx.NodeProto] = []
     for n in nodes:
         if id(n) in pads_before:
