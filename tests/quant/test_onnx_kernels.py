@@ -7,6 +7,7 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
+from onnx.inliner import inline_local_functions
 from torch import nn
 
 from slimtorch.core.errors import SlimtorchError
@@ -21,14 +22,26 @@ def _run(path, x: np.ndarray) -> np.ndarray:
 
 
 def _graph(path):
-    g = onnx.load(str(path)).graph
+    """The file's graph with its local functions inlined (the graph ONNX Runtime loads), and initializers."""
+    g = inline_local_functions(onnx.load(str(path))).graph
     return g, {t.name: numpy_helper.to_array(t) for t in g.initializer}
 
 
 def _conv_weights(g, inits):
-    """The int8 weight of every Conv, in graph order (through its DequantizeLinear)."""
+    """The int8 weight every Conv computes with, in graph order: through its DequantizeLinear and, for a
+    channel-padded weight, the constant Pad in front of it."""
     producer = {o: n for n in g.node for o in n.output}
-    return [inits[producer[n.input[1]].input[0]] for n in g.node if n.op_type == "Conv"]
+    weights = []
+    for conv in (n for n in g.node if n.op_type == "Conv"):
+        src = producer[conv.input[1]].input[0]
+        if src in inits:
+            weights.append(inits[src])
+            continue
+        pad = producer[src]
+        assert pad.op_type == "Pad" and len(pad.input) == 2  # constant 0
+        w, widths = inits[pad.input[0]], inits[pad.input[1]]
+        weights.append(np.pad(w, list(zip(widths[:w.ndim], widths[w.ndim:], strict=True))))
+    return weights
 
 
 def test_rgb_stem_is_padded_to_four_channels_and_computes_the_same(tmp_path):
@@ -41,9 +54,11 @@ def test_rgb_stem_is_padded_to_four_channels_and_computes_the_same(tmp_path):
     # bit-identical outputs: the new channel is zero and meets zero weights
     assert np.array_equal(_run(plain, x.numpy()), _run(padded, x.numpy()))
     g, inits = _graph(padded)
+    # one Pad on the input, one on the stem's stored 3-channel weight, sharing the widths tensor
     pads = [n for n in g.node if n.op_type == "Pad"]
-    assert len(pads) == 1 and pads[0].input[0] == "input"
+    assert len(pads) == 2 and pads[0].input[0] == "input" and pads[0].input[1] == pads[1].input[1]
     assert list(inits[pads[0].input[1]]) == [0, 0, 0, 0, 0, 1, 0, 0]
+    assert inits[pads[1].input[0]].shape == (16, 3, 3, 3)  # the zero column is not stored
     stem_plain, stem = _conv_weights(*_graph(plain))[0], _conv_weights(g, inits)[0]
     assert stem.shape == (16, 4, 3, 3) and stem.dtype == np.int8
     assert np.array_equal(stem[:, :3], stem_plain) and not stem[:, 3].any()
@@ -51,6 +66,7 @@ def test_rgb_stem_is_padded_to_four_channels_and_computes_the_same(tmp_path):
     dims = [d.dim_value for d in g.input[0].type.tensor_type.shape.dim]
     assert dims[1:] == [3, 32, 32]
     ops = runtime_ops(padded, tmp_path)
+    # (the weight Pad was folded into a constant at load: one Pad runs)
     assert ops["QLinearConv"] == 21 and "Conv" not in ops and ops["Pad"] == 1
 
 

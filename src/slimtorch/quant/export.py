@@ -10,7 +10,8 @@ The fake-quant modules emit, during ``torch.onnx.export`` (legacy TorchScript ex
 ONNX Runtime's graph optimizer fuses ``DQ -> Conv -> Q`` into ``QLinearConv`` and ``DQ -> Gemm``
 into ``QGemm`` (U8S8 kernels). After export the graph is tidied so the file is close to one byte per
 weight: constants become initializers, then the lossless passes of :mod:`slimtorch.quant.onnx_compact`
-(default zero points and attributes dropped, bias scales derived, duplicates merged, short names).
+(default zero points and attributes dropped, bias scales derived, duplicates merged, short names), and
+repeated node units become calls of model-local functions (:mod:`slimtorch.quant.onnx_functions`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch import nn
 
 from slimtorch.core.errors import SlimtorchError
 from slimtorch.quant import onnx_compact as C
+from slimtorch.quant import onnx_functions as F
 from slimtorch.quant import onnx_kernels as K
 
 #: Opset of exported models (per-axis QuantizeLinear/DequantizeLinear need >= 13).
@@ -45,7 +47,7 @@ def export_float_onnx(model: nn.Module, path: str | os.PathLike[str], example_in
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: Any,
-                dynamic_batch: bool = True, pad_input_channels: int = 4) -> Path:
+                dynamic_batch: bool = True, pad_input_channels: int = 4, functions: bool = True) -> Path:
     """Write the quantized ``model`` as an ONNX QDQ model carrying our scales and zero points.
 
     Args:
@@ -57,6 +59,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
         pad_input_channels: zero-pad the channels of an input read only by quantized convolutions (the
             first conv of an image model, 1 or 3 channels) to a multiple of this, so ONNX Runtime runs that
             conv on its symmetric int8 kernel (:mod:`slimtorch.quant.onnx_kernels`); exact. 1 or 0: off.
+        functions: store repeated node units (a quantized conv with its weight, bias and output Q/DQ) once
+            as model-local ONNX functions called from the graph (:mod:`slimtorch.quant.onnx_functions`);
+            exact, and ONNX Runtime inlines them on load. False writes a flat graph, for tools or runtimes
+            without local-function support.
 
     Returns:
         The path written.
@@ -75,11 +81,11 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
     if pad_input_channels < 0:
         raise SlimtorchError(f"pad_input_channels must be >= 0, got {pad_input_channels}")
     return _export(model, Path(path), _as_tuple(example_inputs), dynamic_batch, tidy=True,
-                   pad_input_channels=pad_input_channels)
+                   pad_input_channels=pad_input_channels, functions=functions)
 
 
 def _export(model: nn.Module, path: Path, inputs: tuple[Any, ...], dynamic_batch: bool, tidy: bool,
-            pad_input_channels: int = 0) -> Path:
+            pad_input_channels: int = 0, functions: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     in_names = [f"input{i}" if len(inputs) > 1 else "input" for i in range(len(inputs))]
     axes = {n: {0: "batch"} for n in [*in_names, "output"]} if dynamic_batch else None
@@ -99,13 +105,14 @@ def _export(model: nn.Module, path: Path, inputs: tuple[Any, ...], dynamic_batch
         model.train(was_training)
     if tidy:
         proto = onnx.load(str(path))
-        tidy_qdq_graph(proto, pad_input_channels=pad_input_channels)
+        tidy_qdq_graph(proto, pad_input_channels=pad_input_channels, functions=functions)
         onnx.checker.check_model(proto)
         onnx.save(proto, str(path))
     return path
 
 
-def tidy_qdq_graph(proto: onnx.ModelProto, compact: bool = True, pad_input_channels: int = 0) -> None:
+def tidy_qdq_graph(proto: onnx.ModelProto, compact: bool = True, pad_input_channels: int = 0,
+                   functions: bool = False) -> None:
     """Shrink an exported QDQ graph in place without changing what it computes.
 
     ``Constant`` nodes become initializers, grid-preserving ops are moved onto integers
@@ -113,7 +120,8 @@ def tidy_qdq_graph(proto: onnx.ModelProto, compact: bool = True, pad_input_chann
     :mod:`slimtorch.quant.onnx_compact` run too: default zero points and attributes dropped, bias scales
     derived from the input and weight scales, duplicate constants and nodes merged. With
     ``pad_input_channels`` > 1 the input channels of first convolutions are zero-padded to that multiple
-    (:func:`slimtorch.quant.onnx_kernels.pad_input_channels`).
+    (:func:`slimtorch.quant.onnx_kernels.pad_input_channels`). With ``functions`` (and ``compact``) repeated
+    node units become calls of model-local functions (:func:`slimtorch.quant.onnx_functions.outline_functions`).
     """
     g = proto.graph
     inits = {t.name: t for t in g.initializer}
@@ -129,22 +137,32 @@ def tidy_qdq_graph(proto: onnx.ModelProto, compact: bool = True, pad_input_chann
     outputs = {o.name for o in g.output}
     graph_io = {i.name for i in g.input} | outputs
     keep = propagate_qdq(keep, inits, outputs)
-    keep = K.pad_input_channels(keep, inits, {i.name for i in g.input} - set(inits), pad_input_channels)
     if compact:
         C.drop_default_zero_points(keep, inits)
         C.drop_default_attributes(keep, inits)
+    # after the zero-point pass: it recognises a conv weight as a DequantizeLinear of an initializer
+    keep = K.pad_input_channels(keep, inits, {i.name for i in g.input} - set(inits), pad_input_channels)
+    if compact:
         keep = C.derive_bias_scales(keep, inits)
         C.dedupe_initializers(keep, inits, graph_io)
         keep = C.dedupe_nodes(keep, outputs)
+        if functions:
+            keep, funcs = F.outline_functions(keep, inits, outputs, proto.opset_import)
+            if funcs:
+                proto.functions.extend(funcs)
+                proto.opset_import.append(onnx.helper.make_opsetid(F.FUNCTION_DOMAIN, F.FUNCTION_DOMAIN_VERSION))
+                if any(f.attribute_proto for f in funcs):
+                    proto.ir_version = max(proto.ir_version, F.IR_VERSION_ATTRIBUTE_DEFAULTS)
     used = {i for n in keep for i in n.input} | outputs
-    rename: dict[str, str] = {}
+    # the most-referenced tensors get the shortest names (every reference spells the name out)
+    refs: dict[str, int] = {}
+    for name in [i for n in keep for i in (*n.input, *n.output)] + [t for t in inits if t in used]:
+        if name and name not in graph_io:
+            refs[name] = refs.get(name, 0) + 1
+    rename = {name: C.short_name(k) for k, name in enumerate(sorted(refs, key=lambda t: -refs[t]))}
 
     def short(name: str) -> str:
-        if not name or name in graph_io:
-            return name
-        if name not in rename:
-            rename[name] = C.short_name(len(rename))
-        return rename[name]
+        return rename.get(name, name)
 
     for node in keep:
         node.ClearField("name")
@@ -285,9 +303,12 @@ def _quantize_before_reshapes(nodes: list[onnx.NodeProto], inits: dict[str, onnx
 
 
 def onnx_qdq_summary(path: str | os.PathLike[str]) -> dict[str, int]:
-    """Operator counts of an ONNX file (e.g. how many QuantizeLinear / DequantizeLinear it has)."""
+    """Operator counts of an ONNX file (e.g. how many QuantizeLinear / DequantizeLinear it has), with
+    calls of model-local functions counted as the nodes of their bodies."""
+    from onnx.inliner import inline_local_functions
+
     counts: dict[str, int] = {}
-    for node in onnx.load(str(path)).graph.node:
+    for node in inline_local_functions(onnx.load(str(path))).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
 

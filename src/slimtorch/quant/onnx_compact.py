@@ -83,15 +83,23 @@ def drop_default_zero_points(nodes: list[onnx.NodeProto], inits: dict[str, onnx.
             del node.input[2]
 
 
-def _weight_shape(node: onnx.NodeProto, producer: dict[str, onnx.NodeProto],
-                  inits: dict[str, onnx.TensorProto]) -> list[int] | None:
-    """Shape of input 1 (the weight) when it is a constant or a dequantized constant."""
+def weight_shape(node: onnx.NodeProto, producer: dict[str, onnx.NodeProto],
+                 inits: dict[str, onnx.TensorProto]) -> list[int] | None:
+    """Shape of input 1 (the weight) when it is a constant, a dequantized constant, or a dequantized
+    constant ``Pad`` with constant widths (the channel padding of :mod:`slimtorch.quant.onnx_kernels`)."""
     if len(node.input) < 2:
         return None
     name = node.input[1]
     src = producer.get(name)
     if src is not None and src.op_type == "DequantizeLinear":
         name = src.input[0]
+    pad = producer.get(name)
+    if pad is not None and pad.op_type == "Pad" and len(pad.input) == 2 and pad.input[1] in inits:
+        widths = numpy_helper.to_array(inits[pad.input[1]])
+        if pad.input[0] not in inits:
+            return None
+        dims = list(inits[pad.input[0]].dims)
+        return [d + int(widths[i]) + int(widths[i + len(dims)]) for i, d in enumerate(dims)]
     return list(inits[name].dims) if name in inits else None
 
 
@@ -105,7 +113,7 @@ def drop_default_attributes(nodes: list[onnx.NodeProto], inits: dict[str, onnx.T
             _drop_attr_if(node, "group", lambda a: a.i == 1)
             if attribute(node, "auto_pad") is None:
                 _drop_attr_if(node, "pads", lambda a: not any(a.ints))
-            w = _weight_shape(node, producer, inits)
+            w = weight_shape(node, producer, inits)
             _drop_attr_if(node, "kernel_shape", lambda a, w=w: w is not None and list(a.ints) == w[2:])
         elif node.op_type == "Gemm":
             _drop_attr_if(node, "alpha", lambda a: a.f == 1.0)

@@ -11,7 +11,9 @@ An image model's first convolution reads 1 (grey) or 3 (RGB) channels, so it alw
 path; measured on ResNet-20 (batch 64, one thread) that layer runs at 0.4x of its float speed. Zero-padding
 the input channels to a multiple of 4 (a float ``Pad`` before the input's ``QuantizeLinear``, and zero
 weight columns for the new channels) puts it on the fast path without changing a single output value:
-every padded input channel meets an all-zero weight, ``sum_c w[o, c] x[c]`` is unchanged.
+every padded input channel meets an all-zero weight, ``sum_c w[o, c] x[c]`` is unchanged. The weight is
+stored as it was and padded by a ``Pad`` node in the graph (the same widths as the input's), which ONNX
+Runtime folds into a constant when it loads the model, so the file does not grow by the zero columns.
 """
 
 from __future__ import annotations
@@ -54,8 +56,9 @@ def pad_input_channels(nodes: list[onnx.NodeProto], inits: dict[str, onnx.Tensor
     The rewrite applies to an input ``x`` (N, C, ...) read by one ``QuantizeLinear`` whose dequantized
     value feeds only the data input of ungrouped ``Conv`` nodes with constant per-channel int8 weights
     (O, C, k...) and C % multiple != 0. Then ``Pad(x)`` (constant 0.0 on the channel axis) replaces ``x``
-    and each conv's weight gets ``multiple - C % multiple`` zero columns. Anything else (the input also
-    read by an ``Add``, a grouped conv, a shared weight) is left as it is.
+    and each conv's weight is read through a ``Pad`` adding ``multiple - C % multiple`` zero columns
+    (constant 0 of int8; both ``Pad`` nodes share one widths tensor). Anything else (the input also read by
+    an ``Add``, a grouped conv, a shared weight) is left as it is.
 
     Args:
         nodes: the graph's nodes in topological order.
@@ -64,7 +67,8 @@ def pad_input_channels(nodes: list[onnx.NodeProto], inits: dict[str, onnx.Tensor
         multiple: channel count the padded input is rounded up to (4 for ONNX Runtime's x86 kernels).
 
     Returns:
-        The nodes with a ``Pad`` inserted before every rewritten input's ``QuantizeLinear``.
+        The nodes with a ``Pad`` inserted before every rewritten input's ``QuantizeLinear`` and before each
+        of its convolutions' weight ``DequantizeLinear``.
     """
     if multiple <= 1:
         return nodes
@@ -89,17 +93,17 @@ def pad_input_channels(nodes: list[onnx.NodeProto], inits: dict[str, onnx.Tensor
         extra = -c % multiple
         if extra == 0:
             continue
-        for name, a in zip(weights, arrays, strict=True):
-            padded = np.zeros((a.shape[0], c + extra, *a.shape[2:]), dtype=a.dtype)
-            padded[:, :c] = a
-            inits[name] = numpy_helper.from_array(padded, name)
-        rank = len(arrays[0].shape)  # input rank == weight rank (N, C, spatial...)
+        rank = len(arrays[0].shape)  # input rank == weight rank (N, C, spatial... / O, C, k...)
         widths = np.zeros(2 * rank, dtype=np.int64)
         widths[rank + 1] = extra  # ONNX Pad: all begins, then all ends; axis 1 is channels
         pads_name, out_name = f"{x}__chpad", f"{x}__padded"
         inits[pads_name] = numpy_helper.from_array(widths, pads_name)
         pads_before[id(q)] = onnx.helper.make_node("Pad", [x, pads_name], [out_name])
         q.input[0] = out_name
+        for name in weights:
+            wdq = readers[name][0][0]
+            pads_before[id(wdq)] = onnx.helper.make_node("Pad", [name, pads_name], [f"{name}__chpad"])
+            wdq.input[0] = f"{name}__chpad"
     out: list[onnx.NodeProto] = []
     for n in nodes:
         if id(n) in pads_before:
