@@ -12,7 +12,10 @@ For each model (LeNet-5 on MNIST, ResNet-20 on CIFAR-10):
 Accuracy is ONNX Runtime's on the full test split (what is deployed); ``sim_agree`` is the top-1
 agreement between our fake-quant simulation and ONNX Runtime on the first ``--agree-n`` test images.
 Latency: ``compare_latency`` times the fp32 and the int8 ONNX files alternately at batch 64, one intra-op
-thread, CPU-time clock (the machine is shared; see slimtorch.metrics.latency), median of ``--repeats``.
+thread, CPU-time clock (the machine is shared; see slimtorch.metrics.latency), median of ``--repeats``,
+twice: in alternating blocks of 5 calls with the first untimed (the library default, steady state:
+``speedup_x``, the one the floor is checked on) and in strictly alternating single calls
+(``speedup_alternating_x``, where each model first refills the caches the other evicted).
 
     .venv/bin/python bench/quant_int8.py                      # both models
     .venv/bin/python bench/quant_int8.py --models lenet5      # one model
@@ -143,16 +146,20 @@ def run_model(name: str, args: argparse.Namespace, tmp: Path, log: list[str]
     def deployed_row(method: str, path: Path, extra: dict[str, Any]) -> dict[str, Any]:
         acc = ort_accuracy(path, loader)
         lat = compare_latency(fp32_path, path, x64, runtime="onnxruntime", threads=1, clock="cpu",
-                              warmup=5, repeats=args.repeats)
+                              warmup=5, repeats=args.repeats, block=5)
+        alt = compare_latency(fp32_path, path, x64, runtime="onnxruntime", threads=1, clock="cpu",
+                              warmup=5, repeats=args.repeats, block=1)
         ops = runtime_ops(path, tmp)
         row = {"model": name, "method": method, "acc": acc, "drop_pt": 100 * (fp32_acc - acc), **extra,
                "size_bytes": file_size(path), "smaller_x": fp32_size / file_size(path),
                "fp32_ms": lat["a_ms"], "int8_ms": lat["b_ms"], "speedup_x": lat["speedup"],
+               "speedup_alternating_x": alt["speedup"],
                "int_kernels": sum(v for k, v in ops.items() if k.startswith("QLinear") or k == "QGemm"),
                "float_matmuls": sum(ops.get(k, 0) for k in ("Conv", "FusedConv", "Gemm", "FusedGemm",
                                                             "MatMul")),
                "float_adds": ops.get("Add", 0)}
-        print(f"{name} {method}: acc {acc:.4f} speedup {lat['speedup']:.2f}x smaller {row['smaller_x']:.2f}x",
+        print(f"{name} {method}: acc {acc:.4f} speedup {lat['speedup']:.2f}x (alternating calls "
+              f"{alt['speedup']:.2f}x) smaller {row['smaller_x']:.2f}x",
               flush=True)
         return row
 
@@ -180,7 +187,7 @@ def run_model(name: str, args: argparse.Namespace, tmp: Path, log: list[str]
         checks += [
             check(f"{name} {ours}: accuracy drop (pt) on ONNX Runtime", round(r["drop_pt"], 3), "<= 0.5",
                   r["drop_pt"] <= 0.5),
-            check(f"{name} {ours}: int8 speedup vs fp32 ONNX Runtime, batch 64, 1 thread",
+            check(f"{name} {ours}: int8 speedup vs fp32 ONNX Runtime, batch 64, 1 thread, steady state",
                   round(r["speedup_x"], 3),
                   ">= 2", r["speedup_x"] >= 2),
             check(f"{name} {ours}: size reduction vs fp32 ONNX", round(r["smaller_x"], 3), ">= 3.9",
@@ -224,7 +231,8 @@ def main() -> None:
         return
     write_result("quant_int8", rows, checks, seeds=[SEED], wall_s=timer.elapsed, extra={
         "log": log, "calibration_images": args.calib, "latency": "ONNX Runtime CPU EP, batch 64, 1 intra-op "
-        "thread, cpu-time clock, alternating fp32/int8, median of repeats"})
+        "thread, cpu-time clock, median of repeats; speedup_x: alternating blocks of 5 calls per model, "
+        "first untimed (steady state); speedup_alternating_x: strictly alternating single calls"})
 
 
 if __name__ == "__main__":

@@ -131,3 +131,37 @@ def test_zoo_models_export_and_agree(tmp_path, name, kwargs):
     (out,) = session.run(None, session_feed(session, x3))
     with torch.no_grad():
         np.testing.assert_allclose(out, model(x3).numpy(), atol=1e-4)
+
+
+@pytest.fixture
+def recording_runtime():
+    """A runtime whose 'inference' appends the model's name to a shared log and sleeps 0.2 ms."""
+    import time
+
+    from slimtorch.metrics.latency import RUNTIMES
+
+    calls: list[str] = []
+
+    def factory(model, args, threads, stack):
+        return lambda: (calls.append(model), time.sleep(2e-4))
+
+    RUNTIMES.register("recording", factory)
+    yield calls
+    RUNTIMES._items.pop("recording")
+
+
+def test_blocks_of_calls_alternate_and_skip_the_first_call_of_each_block(recording_runtime):
+    res = compare_latency("a", "b", torch.zeros(1), runtime="recording", warmup=1, repeats=4, block=3)
+    # warm-up a, b; then rounds of 3 calls per model, order swapped every round, 2 timed per block
+    assert "".join(recording_runtime) == "ab" + "aaabbb" + "bbbaaa"
+    assert res["repeats"] == 4 and res["block"] == 3
+
+
+def test_block_one_times_strictly_alternating_single_calls(recording_runtime):
+    res = compare_latency("a", "b", torch.zeros(1), runtime="recording", warmup=0, repeats=3, block=1)
+    assert "".join(recording_runtime) == "ab" "ba" "ab" and res["repeats"] == 3
+
+
+def test_block_must_be_positive():
+    with pytest.raises(ValueError, match="block must be >= 1, got 0"):
+        compare_latency(nn.Linear(2, 2), nn.Linear(2, 2), torch.zeros(1, 2), block=0)

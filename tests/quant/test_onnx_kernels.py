@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 import onnx
 import pytest
@@ -54,9 +56,12 @@ def test_rgb_stem_is_padded_to_four_channels_and_computes_the_same(tmp_path):
     # bit-identical outputs: the new channel is zero and meets zero weights
     assert np.array_equal(_run(plain, x.numpy()), _run(padded, x.numpy()))
     g, inits = _graph(padded)
-    # one Pad on the input, one on the stem's stored 3-channel weight, sharing the widths tensor
+    # one Pad on the quantized input (filled with its zero point: the new channel is exactly 0.0), one on
+    # the stem's stored 3-channel weight, sharing the widths tensor
     pads = [n for n in g.node if n.op_type == "Pad"]
-    assert len(pads) == 2 and pads[0].input[0] == "input" and pads[0].input[1] == pads[1].input[1]
+    q = next(n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] == "input")
+    assert len(pads) == 2 and pads[0].input[0] == q.output[0] and pads[0].input[2] == q.input[2]
+    assert pads[0].input[1] == pads[1].input[1]
     assert list(inits[pads[0].input[1]]) == [0, 0, 0, 0, 0, 1, 0, 0]
     assert inits[pads[1].input[0]].shape == (16, 3, 3, 3)  # the zero column is not stored
     stem_plain, stem = _conv_weights(*_graph(plain))[0], _conv_weights(g, inits)[0]
@@ -70,16 +75,52 @@ def test_rgb_stem_is_padded_to_four_channels_and_computes_the_same(tmp_path):
     assert ops["QLinearConv"] == 21 and "Conv" not in ops and ops["Pad"] == 1
 
 
-def test_grey_input_pads_to_the_requested_multiple(tmp_path):
+@pytest.mark.parametrize("multiple", [4, 8])
+def test_grey_5x5_first_conv_reads_its_kernel_columns_as_channels(multiple, tmp_path):
+    """LeNet-5's 1-channel 5x5 conv: 5 shifted copies of the input become 5 channels (padded to the
+    multiple) and the kernel 5x1: a reduction of 40 values per output instead of 100 (or 200) padded."""
+    torch.manual_seed(0)
     model = create("lenet5").eval()
     x = torch.randn(16, 1, 28, 28)
     quantize_(model, Int8Static(), calib_data=[x])
     plain = export_onnx(model, tmp_path / "plain.onnx", x[:1], pad_input_channels=0)
-    padded = export_onnx(model, tmp_path / "pad8.onnx", x[:1], pad_input_channels=8)
-    assert np.array_equal(_run(plain, x.numpy()), _run(padded, x.numpy()))
-    g, inits = _graph(padded)
-    assert _conv_weights(g, inits)[0].shape == (20, 8, 5, 5)
+    unfolded = export_onnx(model, tmp_path / "unfold.onnx", x[:1], pad_input_channels=multiple)
+    assert np.array_equal(_run(plain, x.numpy()), _run(unfolded, x.numpy()))
+    g, inits = _graph(unfolded)
+    ops = collections.Counter(n.op_type for n in g.node)
+    assert ops["Slice"] == 5 and ops["Concat"] == 1
+    w, w_plain = _conv_weights(g, inits)[0], _conv_weights(*_graph(plain))[0]
+    assert w.shape == (20, 8, 5, 1) and not w[:, 5:].any()  # 5 columns, rounded up to 8 for 4 and 8
+    for j in range(5):  # channel j is kernel column j
+        assert np.array_equal(w[:, j, :, 0], w_plain[:, 0, :, j])
     assert not any(n.op_type == "Pad" for n in _graph(plain)[0].node)
+    assert runtime_ops(unfolded, tmp_path)["QLinearConv"] == 2
+
+
+class _WideKernel(nn.Module):
+    """RGB 5x5 conv with padding 2 (and a height stride): unfolding needs the width padded first."""
+
+    def __init__(self, stride: tuple[int, int]) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 5, padding=2, stride=stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+@pytest.mark.parametrize(("stride", "unfolds"), [((2, 1), True), ((1, 2), False)])
+def test_padded_rgb_5x5_unfolds_only_with_unit_width_stride(stride, unfolds, tmp_path):
+    torch.manual_seed(0)
+    m = _WideKernel(stride).eval()
+    x = torch.randn(4, 3, 12, 10)
+    quantize_(m, Int8Static(), calib_data=[x])
+    plain = export_onnx(m, tmp_path / "plain.onnx", x[:1], pad_input_channels=0)
+    path = export_onnx(m, tmp_path / "m.onnx", x[:1])
+    assert np.array_equal(_run(plain, x.numpy()), _run(path, x.numpy()))
+    g, inits = _graph(path)
+    # 3 channels x 5 columns = 15, padded to 16 (a reduction of 80 per output, against 4 x 25 = 100)
+    assert _conv_weights(g, inits)[0].shape == ((8, 16, 5, 1) if unfolds else (8, 4, 5, 5))
+    assert any(n.op_type == "Slice" for n in g.node) == unfolds
 
 
 class _InputAlsoAdded(nn.Module):

@@ -5,7 +5,13 @@ model exported to ONNX on the fly, or an existing ``.onnx`` file such as a quant
 runtime factory prepares one model and returns a zero-argument callable that runs one inference.
 
 Absolute times depend on the machine and its load; compare models with :func:`compare_latency`,
-which times both alternately in one run so they see the same conditions.
+which times both alternately in one run so they see the same conditions. It alternates *blocks* of
+consecutive runs (``block=5``: the first run of a block is untimed), so every timed run follows a run of
+the same model: the steady state of a model serving batch after batch. Alternating single runs
+(``block=1``) instead charges each model for refilling the caches the other one evicted, which
+penalises the model whose weights fit in cache: an int8 LeNet-5 (430 kB of weights; a channel-padded
+export) measured 1.55-1.68x over its fp32 model (1.7 MB) in single alternating calls and 1.86-1.89x in
+blocks of 10, in the same processes (bench/RESULTS.md, ``quant_int8``, shows both columns).
 
 Two clocks: ``"wall"`` (default; what a user waits) and ``"cpu"`` (this process's CPU time). On a
 machine shared with other jobs a call that spans a scheduler time slice is stretched by the other
@@ -148,11 +154,14 @@ def measure_latency(model: ModelLike, example_inputs: Inputs, runtime: str = "to
 
 def compare_latency(model_a: ModelLike, model_b: ModelLike, example_inputs: Inputs,
                     runtime: str | tuple[str, str] = "torch", threads: int = 1, warmup: int = 10,
-                    repeats: int = 50, clock: str = "wall") -> dict[str, Any]:
+                    repeats: int = 50, clock: str = "wall", block: int = 5) -> dict[str, Any]:
     """Time two models alternately in one run; ``speedup = a_ms / b_ms`` (> 1: ``b`` is faster).
 
-    Each round runs both models once, swapping which goes first every round, so both see the same
-    machine load and neither always follows the other's cache state. Medians are taken per model.
+    Each round runs a block of ``block`` consecutive calls of each model, swapping which model goes
+    first every round, so both see the same machine load. With ``block > 1`` the first call of a block
+    is not timed: every timed call follows a call of the same model (steady state, as when a model serves
+    batch after batch) rather than the other model's cache footprint. ``block=1`` times every call of
+    strictly alternating single runs. Medians are taken per model.
 
     Args:
         model_a: the baseline (e.g. the dense fp32 model).
@@ -163,11 +172,16 @@ def compare_latency(model_a: ModelLike, model_b: ModelLike, example_inputs: Inpu
         warmup: untimed runs of each model first.
         repeats: timed runs of each model.
         clock: ``"wall"`` or ``"cpu"`` (threads=1 only; see the module docstring).
+        block: consecutive calls of one model per round (the first untimed when > 1); rounds continue
+            until each model has at least ``repeats`` timed calls.
 
     Returns:
-        ``{"a_ms", "b_ms", "speedup", "runtime", "threads", "repeats", "clock"}``.
+        ``{"a_ms", "b_ms", "speedup", "runtime", "threads", "repeats", "clock", "block"}``, ``repeats``
+        being the timed calls per model.
     """
     _check_counts(threads, warmup, repeats, clock)
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
     runtime_a, runtime_b = (runtime, runtime) if isinstance(runtime, str) else runtime
     factory_a, factory_b = RUNTIMES.get(runtime_a), RUNTIMES.get(runtime_b)
     args = as_tuple(example_inputs)
@@ -179,10 +193,11 @@ def compare_latency(model_a: ModelLike, model_b: ModelLike, example_inputs: Inpu
         for _ in range(warmup):
             run_a()
             run_b()
-        for i in range(repeats):
+        timed = max(block - 1, 1)
+        for i in range(-(-repeats // timed)):
             order = ((run_a, times_a), (run_b, times_b))
             for run, times in order if i % 2 == 0 else order[::-1]:
-                times.extend(time_calls(run, 0, 1, clock))
+                times.extend(time_calls(run, block - timed, timed, clock))
     a_ms, b_ms = statistics.median(times_a), statistics.median(times_b)
     if b_ms <= 0:
         raise SlimtorchError("model_b ran faster than the timer resolution; use a larger batch")
@@ -192,6 +207,7 @@ def compare_latency(model_a: ModelLike, model_b: ModelLike, example_inputs: Inpu
         "speedup": a_ms / b_ms,
         "runtime": runtime_a if runtime_a == runtime_b else f"{runtime_a}/{runtime_b}",
         "threads": threads,
-        "repeats": repeats,
+        "repeats": len(times_a),
         "clock": clock,
+        "block": block,
     }
