@@ -67,3 +67,18 @@ def digits_model(_trained_digits_state) -> DigitsNet:
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
         return (model(x).argmax(1) == y).float().mean().item()
+
+
+@pytest.fixture
+def resnet20_int8(tmp_path):
+    """``(model, x, fp32_path)``: a random-init ResNet-20 with its fp32 ONNX export written first, then
+    quantized in place by ``Int8Static`` calibrated on ``x`` (8 CIFAR-shaped images)."""
+    from slimtorch.models import create
+    from slimtorch.quant import Int8Static, export_float_onnx, quantize_
+
+    torch.manual_seed(0)
+    model = create("resnet20").eval()
+    x = torch.randn(8, 3, 32, 32)
+    fp32 = export_float_onnx(model, tmp_path / "f.onnx", x[:1])
+    quantize_(model, Int8Static(), calib_data=[x])
+    return model, x, fp32

@@ -10,7 +10,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from slimtorch.models import create
-from slimtorch.quant import Int8Static, export_float_onnx, export_onnx, quantize_
+from slimtorch.quant import Int8Static, export_onnx, quantize_
 from slimtorch.quant.export import _export, ort_session, runtime_ops, tidy_qdq_graph
 from slimtorch.quant.onnx_compact import (
     dedupe_initializers,
@@ -27,12 +27,8 @@ def _run(path, x: np.ndarray) -> np.ndarray:
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
-def test_compacted_resnet_computes_exactly_what_the_plain_export_does(tmp_path):
-    torch.manual_seed(0)
-    model = create("resnet20").eval()
-    x = torch.randn(8, 3, 32, 32)
-    fp32 = export_float_onnx(model, tmp_path / "f.onnx", x[:1])
-    quantize_(model, Int8Static(), calib_data=[x])
+def test_compacted_resnet_computes_exactly_what_the_plain_export_does(resnet20_int8, tmp_path):
+    model, x, fp32 = resnet20_int8
     plain = _export(model, tmp_path / "plain.onnx", (x[:1],), dynamic_batch=True, tidy=False)
     proto = onnx.load(str(plain))
     tidy_qdq_graph(proto, compact=False)  # the same graph before the size passes

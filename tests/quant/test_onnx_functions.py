@@ -12,8 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.inliner import inline_local_functions
 from torch import nn
 
-from slimtorch.models import create
-from slimtorch.quant import Int8Static, export_float_onnx, export_onnx, quantize_
+from slimtorch.quant import Int8Static, export_onnx, quantize_
 from slimtorch.quant.export import ort_session, runtime_ops
 from slimtorch.quant.onnx_functions import FUNCTION_DOMAIN, node_units, outline_functions
 
@@ -31,12 +30,8 @@ def _attrs(node: onnx.NodeProto) -> dict[str, list[int]]:
     return {a.name: list(a.ints) for a in node.attribute}
 
 
-def test_resnet20_convs_and_adds_become_two_functions_with_identical_outputs(tmp_path):
-    torch.manual_seed(0)
-    model = create("resnet20").eval()
-    x = torch.randn(8, 3, 32, 32)
-    fp32 = export_float_onnx(model, tmp_path / "f.onnx", x[:1])
-    quantize_(model, Int8Static(), calib_data=[x])
+def test_resnet20_convs_and_adds_become_two_functions_with_identical_outputs(resnet20_int8, tmp_path):
+    model, x, fp32 = resnet20_int8
     flat = export_onnx(model, tmp_path / "flat.onnx", x[:1], functions=False)
     small = export_onnx(model, tmp_path / "fn.onnx", x[:1])  # functions=True is the default
     # same values and the same fused integer kernels: ONNX Runtime inlines the functions before fusing
