@@ -37,7 +37,8 @@ class Channel(Config):
     Args:
         ratio: fraction of the units of each group removed (``allocation="uniform"``), or of all
             units ranked together (``"global"``); in ``[0, 1)``. Each group keeps
-            ``floor(n * (1 - ratio))`` units, rounded up to a multiple of ``round_to``, and at least one.
+            ``floor(n * (1 - ratio))`` units, rounded to the nearest multiple of ``round_to`` (ties up),
+            and at least one (or ``round_to``).
         target_macs: if set, the ratio is searched (bisection, then group-by-group refinement) until
             the model's MACs are ``<=`` this: a fraction of the current MACs if ``<= 1`` (``0.5`` =
             half), else an absolute count. ``ratio`` is then ignored.
@@ -52,7 +53,10 @@ class Channel(Config):
             threads and timed runs per model.
         importance: criterion name from :data:`IMPORTANCE` (``l1``, ``l2``, ``bn_scale``, ``taylor``,
             ``fpgm``, ``lamp``, ``random``). ``taylor`` needs calibration batches as ``data=``.
-        round_to: kept channel counts are multiples of this (e.g. 8 for SIMD-friendly widths).
+        round_to: kept channel counts are multiples of this (e.g. 8 for SIMD-friendly widths), the
+            nearest one to what the ratio asks for. (Rounding up, as before, kept a 16-channel layer at 16
+            until the ratio passed 0.5, so a MAC target was met by cutting the wide layers instead; on
+            ResNet-20 at half the MACs that plan lost 0.26 pt more than Torch-Pruning's over three seeds.)
         ignore: fnmatch patterns of module names whose channels are kept (opaque layers). The model's
             outputs never change size, so the classifier / LM head keeps its output width by default.
         overrides: ``{pattern: ratio}`` per-layer ratios; a group takes the first pattern that
@@ -286,7 +290,7 @@ def _min_keep(group: ChannelGroup, config: Channel) -> int:
 
 def _round_keep(group: ChannelGroup, keep: int, config: Channel) -> int:
     if _unit_width(group) == 1 and config.round_to > 1:
-        keep = math.ceil(keep / config.round_to) * config.round_to
+        keep = math.floor(keep / config.round_to + 0.5) * config.round_to
     return max(_min_keep(group, config), min(group.n_units, keep))
 
 
@@ -299,8 +303,8 @@ def allocate(
 ) -> list[np.ndarray]:
     """Units to remove in each group (sorted index arrays), following ``config``'s allocation.
 
-    Uniform: group ``g`` with ``n`` units keeps ``floor(n (1 - r_g))`` (rounded up to ``round_to``, at
-    least one), removing its lowest-scored units. Global: scores are divided by their group's mean
+    Uniform: group ``g`` with ``n`` units keeps ``floor(n (1 - r_g))`` (rounded to the nearest multiple of
+    ``round_to``, at least one), removing its lowest-scored units. Global: scores are divided by their group's mean
     and the lowest ``floor(ratio * N)`` of all ``N`` units go, each group keeping at least one.
     """
     removed: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(graph.groups)
