@@ -138,18 +138,9 @@ def test_units_are_left_flat_when_a_function_would_not_save_bytes():
     assert funcs == [] and new_nodes == nodes
 
 
-class _OneConv(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(4, 8, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
-
-
 def test_a_model_without_repeats_gets_no_functions(tmp_path):
     torch.manual_seed(0)
-    m = _OneConv().eval()
+    m = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1)).eval()  # one conv: nothing repeats
     x = torch.randn(4, 4, 8, 8)
     quantize_(m, Int8Static(), calib_data=[x])
     proto = onnx.load(str(export_onnx(m, tmp_path / "m.onnx", x[:1])))

@@ -98,29 +98,39 @@ def test_grey_5x5_first_conv_reads_its_kernel_columns_as_channels(multiple, tmp_
 
 
 class _WideKernel(nn.Module):
-    """RGB 5x5 conv with padding 2 (and a height stride): unfolding needs the width padded first."""
+    """A first conv with a wide kernel, padding 2 and the given stride: unfolding pads the width first."""
 
-    def __init__(self, stride: tuple[int, int]) -> None:
+    def __init__(self, channels: int, kernel: int, stride: tuple[int, int]) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(3, 8, 5, padding=2, stride=stride)
+        self.conv = nn.Conv2d(channels, 8, kernel, padding=2, stride=stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
 
 
-@pytest.mark.parametrize(("stride", "unfolds"), [((2, 1), True), ((1, 2), False)])
-def test_padded_rgb_5x5_unfolds_only_with_unit_width_stride(stride, unfolds, tmp_path):
+@pytest.mark.parametrize(("channels", "kernel", "stride", "weight_shape"), [
+    # RGB 5x5: 3 x 5 = 15 columns-as-channels, padded to 16 (80 values per output, against 4 x 25 = 100)
+    (3, 5, (2, 1), (8, 16, 5, 1)),
+    # width stride 2: shifted copies cannot stand for the kernel columns, so the input is only padded
+    (3, 5, (1, 2), (8, 4, 5, 5)),
+    # grey 4x4: 4 columns already fill 4 channels, no channel Pad at all
+    (1, 4, (1, 1), (8, 4, 4, 1)),
+])
+def test_wide_first_kernels_unfold_only_with_unit_width_stride(channels, kernel, stride, weight_shape, tmp_path):
     torch.manual_seed(0)
-    m = _WideKernel(stride).eval()
-    x = torch.randn(4, 3, 12, 10)
+    m = _WideKernel(channels, kernel, stride).eval()
+    x = torch.randn(4, channels, 12, 10)
     quantize_(m, Int8Static(), calib_data=[x])
     plain = export_onnx(m, tmp_path / "plain.onnx", x[:1], pad_input_channels=0)
     path = export_onnx(m, tmp_path / "m.onnx", x[:1])
     assert np.array_equal(_run(plain, x.numpy()), _run(path, x.numpy()))
     g, inits = _graph(path)
-    # 3 channels x 5 columns = 15, padded to 16 (a reduction of 80 per output, against 4 x 25 = 100)
-    assert _conv_weights(g, inits)[0].shape == ((8, 16, 5, 1) if unfolds else (8, 4, 5, 5))
+    assert _conv_weights(g, inits)[0].shape == weight_shape
+    unfolds = weight_shape[-1] == 1
     assert any(n.op_type == "Slice" for n in g.node) == unfolds
+    if channels * kernel % 4 == 0 and unfolds:  # only the width Pad (zero point), no channel Pad
+        pads = [n for n in g.node if n.op_type == "Pad"]
+        assert len(pads) == 1 and list(inits[pads[0].input[1]]) == [0, 0, 0, 2, 0, 0, 0, 2]
 
 
 class _InputAlsoAdded(nn.Module):

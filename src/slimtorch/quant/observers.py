@@ -220,8 +220,8 @@ class PercentileObserver(HistogramObserver):
     """Clip to percentiles of the observed distribution (McKinstry et al. 2018 style calibration).
 
     Asymmetric grids take ``[P_(100-p), P_p]`` of ``x``; symmetric grids take ``P_p`` of ``|x|`` as
-    the half-range. ``p = 99.999`` by default, as in ONNX Runtime's percentile calibrator (until 0.1 the
-    default here was 99.99, which clipped more: 0.29 pt lower int8 accuracy on the ResNet-20 of
+    the half-range. ``p = 99.999`` by default, as in ONNX Runtime's percentile calibrator (the default
+    here used to be 99.99, which clipped more: 0.29 pt lower int8 accuracy on the ResNet-20 of
     bench/quant_int8.py, 0.01 pt on LeNet-5).
 
     Args:

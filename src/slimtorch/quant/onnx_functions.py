@@ -138,12 +138,33 @@ def node_units(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto],
     return units
 
 
-def _signature(unit: list[onnx.NodeProto], readers: dict[str, list[tuple[onnx.NodeProto, int]]],
-               outputs: set[str], free: onnx.NodeProto | None = None) -> tuple[bytes, list[str], list[str]]:
-    """``(key, actual_inputs, actual_outputs)`` of a unit: ``key`` is the unit's serialized body with
-    every tensor renamed by order of appearance, so two units have the same key exactly when one is the
-    other with different tensors read and written. The :data:`_CONV_PARAMS` attributes of node ``free``
-    are left out of the key (the function takes them from the call)."""
+class _Member(NamedTuple):
+    """One unit of a group, as it will be outlined.
+
+    ``body`` is the unit with every tensor renamed by order of appearance (what a function body holds;
+    ``formal_in`` / ``formal_out`` its inputs and outputs), without node names and, on the anchor
+    (``body[anchor_at]``), without the free Conv attributes ``params``; ``actual_in`` / ``actual_out`` are
+    the graph tensors a call of it reads and writes."""
+
+    nodes: list[onnx.NodeProto]
+    body: list[onnx.NodeProto]
+    anchor_at: int
+    params: dict[str, int | tuple[int, ...]]
+    formal_in: list[str]
+    formal_out: list[str]
+    actual_in: list[str]
+    actual_out: list[str]
+
+    def key(self) -> bytes:
+        """Equal for two units exactly when one is the other with other tensors read and written (and
+        other free Conv attributes)."""
+        return b"".join(m.SerializeToString(deterministic=True) for m in self.body) + "|".join(
+            self.formal_out).encode()
+
+
+def _member(unit: list[onnx.NodeProto], anchor: onnx.NodeProto, params: dict[str, int | tuple[int, ...]],
+            readers: dict[str, list[tuple[onnx.NodeProto, int]]], outputs: set[str]) -> _Member:
+    """Rename the unit's tensors by order of appearance and find what it reads and writes outside."""
     ids = {id(n) for n in unit}
     written = {o for n in unit for o in n.output}
     actual_in: list[str] = []
@@ -151,8 +172,10 @@ def _signature(unit: list[onnx.NodeProto], readers: dict[str, list[tuple[onnx.No
     body = []
     for n in unit:
         m = onnx.NodeProto()
-        m.op_type, m.domain = n.op_type, n.domain
-        m.attribute.extend(sorted((a for a in n.attribute if n is not free or a.name not in _CONV_PARAMS),
+        m.op_type = n.op_type
+        if n.domain:  # an empty domain is the default: left unset, it costs no bytes
+            m.domain = n.domain
+        m.attribute.extend(sorted((a for a in n.attribute if n is not anchor or a.name not in params),
                                   key=lambda a: a.name))
         for name in n.input:
             if name and name not in written and name not in local:
@@ -165,8 +188,8 @@ def _signature(unit: list[onnx.NodeProto], readers: dict[str, list[tuple[onnx.No
         body.append(m)
     actual_out = [o for n in unit for o in n.output
                   if o in outputs or any(id(r) not in ids for r, _ in readers.get(o, []))]
-    key = b"".join(m.SerializeToString(deterministic=True) for m in body)
-    return key + "|".join(local[o] for o in actual_out).encode(), actual_in, actual_out
+    return _Member(unit, body, unit.index(anchor), params, [local[t] for t in actual_in],
+                   [local[t] for t in actual_out], actual_in, actual_out)
 
 
 def outline_functions(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto], outputs: set[str],
@@ -192,9 +215,10 @@ def outline_functions(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorP
     groups: dict[bytes, list[_Member]] = {}
     anchors: dict[bytes, str] = {}
     for anchor, unit in node_units(nodes, inits, outputs):
-        params = _conv_params(anchor, producer, inits) if anchor.op_type == "Conv" else None
-        key, actual_in, actual_out = _signature(unit, readers, outputs, free=anchor if params else None)
-        groups.setdefault(key, []).append(_Member(unit, anchor, params or {}, actual_in, actual_out))
+        params = (_conv_params(anchor, producer, inits) if anchor.op_type == "Conv" else None) or {}
+        member = _member(unit, anchor, params, readers, outputs)
+        key = member.key()
+        groups.setdefault(key, []).append(member)
         anchors[key] = anchor.op_type
     opsets = [helper.make_opsetid(o.domain, o.version) for o in opset_imports if o.domain != domain]
     replace: dict[int, onnx.NodeProto | None] = {}
@@ -220,24 +244,13 @@ def outline_functions(nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorP
     return [n for n in out if n is not None], functions
 
 
-class _Member(NamedTuple):
-    """One unit of a group: its nodes, anchor, free Conv attributes and the tensors it reads and writes."""
-
-    nodes: list[onnx.NodeProto]
-    anchor: onnx.NodeProto
-    params: dict[str, int | tuple[int, ...]]
-    actual_in: list[str]
-    actual_out: list[str]
-
-
 def _function(name: str, domain: str, members: list[_Member], opsets: list[onnx.OperatorSetIdProto]
               ) -> tuple[onnx.FunctionProto, list[onnx.NodeProto]]:
-    """The function for a group of equal units (body: the first unit with local names) and one call per
+    """The function for a group of equal units (body: the first member's renamed body) and one call per
     member. A free Conv attribute with one value in the whole group is written into the body (nothing when
     it is the operator default); one that varies becomes an attribute reference whose default is its most
     common value, and each call passes it only when its value differs."""
     first = members[0]
-    local = {t: short_name(k) for k, t in enumerate(first.actual_in)}
     literal: dict[str, int | tuple[int, ...]] = {}
     defaults: dict[str, int | tuple[int, ...]] = {}
     for attr in first.params:
@@ -247,30 +260,17 @@ def _function(name: str, domain: str, members: list[_Member], opsets: list[onnx.
         else:
             defaults[attr] = values.most_common(1)[0][0]
     spatial = len(first.params["strides"]) if first.params else 0  # type: ignore[arg-type]
-    body = []
-    for n in first.nodes:
-        m = onnx.NodeProto()
+    body = [onnx.NodeProto() for _ in first.body]
+    for m, n in zip(body, first.body, strict=True):
         m.CopyFrom(n)
-        m.ClearField("name")
-        m.ClearField("doc_string")
-        for j, t in enumerate(m.input):
-            m.input[j] = local[t] if t else ""
-        for j, t in enumerate(m.output):
-            local[t] = short_name(len(local))
-            m.output[j] = local[t]
-        if n is first.anchor and first.params:
-            kept = [a for a in m.attribute if a.name not in _CONV_PARAMS]
-            del m.attribute[:]
-            m.attribute.extend(kept)
-            for attr, value in literal.items():
-                if value != _operator_default(attr, spatial):
-                    m.attribute.append(_attribute(attr, value))
-            for attr, value in defaults.items():
-                kind = onnx.AttributeProto.INT if isinstance(value, int) else onnx.AttributeProto.INTS
-                m.attribute.append(helper.make_attribute_ref(attr, kind))
-        body.append(m)
-    func = helper.make_function(domain, name, [local[t] for t in first.actual_in],
-                                [local[t] for t in first.actual_out], body, opsets)
+    anchor = body[first.anchor_at]
+    for attr, value in literal.items():
+        if value != _operator_default(attr, spatial):
+            anchor.attribute.append(_attribute(attr, value))
+    for attr, value in defaults.items():
+        kind = onnx.AttributeProto.INT if isinstance(value, int) else onnx.AttributeProto.INTS
+        anchor.attribute.append(helper.make_attribute_ref(attr, kind))
+    func = helper.make_function(domain, name, first.formal_in, first.formal_out, body, opsets)
     # every referenced attribute is declared: with its default value (attribute_proto), or by name only
     # (attribute) when the default is the operator's own, which an unset reference gives anyway
     for attr, value in defaults.items():

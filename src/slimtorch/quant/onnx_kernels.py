@@ -8,15 +8,17 @@ ONNX Runtime's x86 ``QLinearConv`` has two code paths (MLAS, ``convsym.cpp`` and
 * otherwise im2col followed by an integer GEMM, which is slow for the short reductions of a first layer.
 
 An image model's first convolution reads 1 (grey) or 3 (RGB) channels, so it always falls on the slow
-path; measured on ResNet-20 (batch 64, one thread) that layer runs at 0.4x of its float speed. Zero-padding
-the input channels to a multiple of 4 (a float ``Pad`` before the input's ``QuantizeLinear``, and zero
-weight columns for the new channels) puts it on the fast path without changing a single output value:
-every padded input channel meets an all-zero weight, ``sum_c w[o, c] x[c]`` is unchanged. The input is
-quantized first and padded in uint8 with its zero point (the code of 0.0), which moves a quarter of the
-bytes a float pad would (LeNet-5, batch 64: 0.014 vs 0.048 ms, and the ``QuantizeLinear`` reads 1 channel
-instead of 4). The weight is
-stored as it was and padded by a ``Pad`` node in the graph (the same widths as the input's), which ONNX
-Runtime folds into a constant when it loads the model, so the file does not grow by the zero columns.
+path; measured on ResNet-20 (batch 64, one thread) that layer runs at 0.4x of its float speed. Two exact
+rewrites put it on the fast path without changing a single output value:
+
+* **channel padding**: the input is quantized first and padded on the channel axis in uint8 with its zero
+  point (the code of 0.0; a quarter of the bytes a float pad would move: LeNet-5, batch 64, 0.014 vs
+  0.048 ms), and the weight gets zero columns for the new channels: every padded channel meets a zero
+  weight, ``sum_c w[o, c] x[c]`` is unchanged. The weight is stored as it was and read through a ``Pad``
+  with the same widths, which ONNX Runtime folds into a constant at load, so the file does not grow;
+* **kernel columns as channels**, when that shortens the reduction (a grey 5x5 conv: 40 values per
+  output instead of 100 after padding): ``kW`` shifted copies of the quantized input become channels and
+  the kernel ``kH x 1`` (:func:`_unfold_columns`), then the channels are padded as above.
 """
 
 from __future__ import annotations
@@ -61,12 +63,14 @@ def pad_input_channels(nodes: list[onnx.NodeProto], inits: dict[str, onnx.Tensor
     (O, C, k...) and C % multiple != 0. Then the quantized input is padded on the channel axis with its
     zero point (``Pad(Q(x), widths, zero_point)``: the new channels dequantize to exactly 0.0) and each
     conv's weight is read through a ``Pad`` adding ``multiple - C % multiple`` zero columns (constant 0 of
-    int8; both ``Pad`` nodes share one widths tensor). Anything else (the input also read by
-    an ``Add``, a grouped conv, a shared weight) is left as it is.
+    int8; both ``Pad`` nodes share one widths tensor). A single 2-D conv whose reduction gets shorter
+    with its kernel columns as channels (:func:`_unfold_columns`) is rewritten that way first, and the
+    unfolded ``C * kW`` channels are padded to the multiple the same way. Anything else (the input also
+    read by an ``Add``, a grouped conv, a shared weight) is left as it is.
 
     Args:
         nodes: the graph's nodes in topological order.
-        inits: initializers by name; padded weights are replaced in place.
+        inits: initializers by name; new constants are added and an unfolded weight is replaced in place.
         graph_inputs: names of the graph inputs.
         multiple: channel count the padded input is rounded up to (4 for ONNX Runtime's x86 kernels).
 
@@ -110,7 +114,7 @@ def pad_input_channels(nodes: list[onnx.NodeProto], inits: dict[str, onnx.Tensor
             extra = -(arrays[0].shape[1] * arrays[0].shape[3]) % multiple
         else:
             after = []
-        if extra == 0:  # the unfolded columns already fill a multiple of 4 channels
+        if extra == 0:  # the unfolded columns already fill a multiple of ``multiple`` channels
             after[-1].output[0] = q_out
             pads_after[id(q)] = after
             continue
@@ -159,7 +163,7 @@ def _unfold_nodes(x: str, xq: str, fill: list[str], conv: onnx.NodeProto, weight
     """Rewrite ``conv`` (weight initializer ``weight`` = ``w``, input ``xq`` quantized) to read its kernel
     columns as channels: ``Concat_j(xq[..., j : j + W_out])`` on the channel axis, after padding the width
     with the zero point; channel ``j * C + c`` meets weight ``w[:, c, :, j]``. Exact: every product of the
-    original conv appears once. Returns the new nodes (the channel ``Pad`` to a multiple of 4 comes after
+    original conv appears once. Returns the new nodes (the channel ``Pad`` to the multiple comes after
     them); ``weight`` is replaced in ``inits`` and ``conv``'s ``pads`` / ``kernel_shape`` are updated."""
     o, c, kh, kw = w.shape
     nodes = []
