@@ -1,7 +1,9 @@
 """Shared plumbing for benchmark scripts: result files, versions, checks, data location.
 
 Every ``bench/<id>.py`` ends with :func:`write_result`, which writes ``bench/results/<id>.json`` in the
-format BENCHMARKS.md fixes (id, command, seeds, versions, wall_s, rows, checks) and prints the table.
+format BENCHMARKS.md fixes (id, command, seeds, versions, cpu, wall_s, rows, checks) and prints the table.
+With ``per_cpu=True`` the file keeps one set of rows and checks per CPU: a rerun replaces only the rows of
+the CPU it ran on (``cpu_label``), so results measured on other CPUs stay as their own rows.
 """
 
 from __future__ import annotations
@@ -34,7 +36,26 @@ def versions() -> dict[str, str]:
             pass
     out["threads"] = str(torch.get_num_threads())
     out["machine"] = f"{platform.machine()} {os.cpu_count()} cpus"
+    out["cpu"] = cpu_label()
     return out
+
+
+#: Label of rows written before CPUs were recorded (the first round ran on Intel Xeons with AVX-512 VNNI
+#: and AMX; see the issue on CPU correctness).
+LEGACY_CPU = "Intel Xeon [x86-vnni, AMX] (before CPUs were recorded)"
+
+
+def cpu() -> dict[str, Any]:
+    """The CPU this benchmark runs on (model, kind, ISA flags), as every result file records it."""
+    from slimtorch.metrics import cpu_info
+
+    return cpu_info().to_dict()
+
+
+def cpu_label(emulated: bool = False) -> str:
+    """Short name of this CPU for per-CPU rows: ``AMD EPYC [x86-vnni]``; ``emulated`` marks a qemu run."""
+    c = cpu()
+    return f"{c['model'] or c['arch']} [{c['kind']}{', qemu-emulated' if emulated else ''}]"
 
 
 def check(name: str, value: float, floor: str, passed: bool) -> dict[str, Any]:
@@ -65,21 +86,37 @@ class Timer:
 
 
 def write_result(bench_id: str, rows: list[dict[str, Any]], checks: list[dict[str, Any]], *,
-                 seeds: list[int], wall_s: float, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``bench/results/<bench_id>.json`` and print the rows and checks."""
+                 seeds: list[int], wall_s: float, extra: dict[str, Any] | None = None,
+                 per_cpu: bool = False, emulated: bool = False) -> Path:
+    """Write ``bench/results/<bench_id>.json`` and print the rows and checks.
+
+    With ``per_cpu`` every row and check carries ``cpu`` (:func:`cpu_label`); rows and checks of other CPUs
+    already in the file are kept, and ``runs`` records each CPU's command, versions, wall time and extras.
+    """
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    doc = {
-        "id": bench_id,
+    path = RESULTS_DIR / f"{bench_id}.json"
+    run = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "seeds": seeds,
         "versions": versions(),
+        "cpu": cpu(),
         "wall_s": round(wall_s, 1),
-        "rows": rows,
-        "checks": checks,
+        **(extra or {}),
     }
-    if extra:
-        doc.update(extra)
-    path = RESULTS_DIR / f"{bench_id}.json"
+    doc: dict[str, Any] = {"id": bench_id, **run, "rows": rows, "checks": checks}
+    if per_cpu:
+        label = cpu_label(emulated)
+        rows = [{"cpu": label, **r} for r in rows]
+        checks = [{"cpu": label, **c} for c in checks]
+        old = json.loads(path.read_text()) if path.exists() else {}
+        runs = old.get("runs") or ({LEGACY_CPU: {k: old[k] for k in ("command", "seeds", "versions", "wall_s")
+                                                 if k in old}} if old.get("rows") else {})
+        keep_rows = [{"cpu": LEGACY_CPU, **r} if "cpu" not in r else r for r in old.get("rows", [])]
+        keep_checks = [{"cpu": LEGACY_CPU, **c} if "cpu" not in c else c for c in old.get("checks", [])]
+        runs[label] = run
+        doc = {"id": bench_id, **run, "runs": runs,
+               "rows": [r for r in keep_rows if r["cpu"] != label] + rows,
+               "checks": [c for c in keep_checks if c["cpu"] != label] + checks}
     path.write_text(json.dumps(doc, indent=2, default=float) + "\n")
     print_table(rows)
     for c in checks:

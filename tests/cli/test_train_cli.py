@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -9,6 +10,17 @@ import torch
 
 import slimtorch
 from slimtorch.cli.main import main
+from slimtorch.metrics import CpuInfo
+from slimtorch.metrics.cpu import FLAG_NAMES
+from slimtorch.train import load_checkpoint
+
+AVX2_CPU = CpuInfo("x86_64", "GenuineIntel", "Intel Core i7-6700", {**dict.fromkeys(FLAG_NAMES, False), "avx2": True})
+AMX_CPU = CpuInfo("x86_64", "GenuineIntel", "Intel Xeon w5-3435X", {**AVX2_CPU.flags, "avx512f": True, "amx": True})
+
+
+def use_cpu(monkeypatch, info: CpuInfo) -> None:
+    """Make ``fit`` (the module, not the function the package exports) see ``info`` as this CPU."""
+    monkeypatch.setattr(importlib.import_module("slimtorch.train.fit"), "cpu_info", lambda: info)
 
 
 def test_train_then_load_eval_and_profile(tmp_path, capsys):
@@ -43,6 +55,7 @@ def test_precision_layout_and_warmup_flags_reach_the_loop(tmp_path, monkeypatch)
         return real_fit(*args, **kwargs)
 
     monkeypatch.setattr(cli_train, "fit", spy)
+    use_cpu(monkeypatch, AMX_CPU)
     out = tmp_path / "run"
     assert main(["train", "--model", "mlp", "--model-arg", "hidden=[32]", "--data", "digits", "--epochs", "3",
                  "--lr", "0.1", "--precision", "bf16", "--channels-last", "--warmup-epochs", "0.5",
@@ -50,6 +63,24 @@ def test_precision_layout_and_warmup_flags_reach_the_loop(tmp_path, monkeypatch)
     assert (seen["precision"], seen["channels_last"], seen["warmup_epochs"]) == ("bf16", True, 0.5)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["val_accuracy"] > 0.85
+
+
+@pytest.mark.parametrize("info, trained", [(AMX_CPU, "bf16"), (AVX2_CPU, "fp32")], ids=["amx", "avx2"])
+def test_precision_defaults_to_auto_which_follows_the_cpu(tmp_path, monkeypatch, capsys, info, trained):
+    use_cpu(monkeypatch, info)
+    out = tmp_path / "run"
+    assert main(["train", "--model", "mlp", "--model-arg", "hidden=[8]", "--data", "digits", "--epochs", "1",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert f"trained in {trained} (--precision auto)" in capsys.readouterr().out
+    assert load_checkpoint(out / "checkpoint.pt")["precision"] == trained
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(tmp_path, monkeypatch, capsys):
+    use_cpu(monkeypatch, AVX2_CPU)
+    with pytest.warns(UserWarning, match=r"slow on this CPU \(Intel Core i7-6700, no amx or avx512_bf16\)"):
+        assert main(["train", "--model", "mlp", "--model-arg", "hidden=[8]", "--data", "digits", "--epochs", "1",
+                     "--precision", "bf16", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert "trained in bf16 (--precision bf16)" in capsys.readouterr().out
 
 
 def test_existing_run_is_refused(tmp_path, capsys):

@@ -55,7 +55,18 @@ def test_train_precision_options_parse_and_bad_precision_has_its_path():
     kw = r.stages[0].options.fit_kwargs()
     assert (kw["precision"], kw["channels_last"]) == ("bf16", True)
     probs = _problems(_recipe([{"train": {"precision": "int4"}}]))
-    assert len(probs) == 1 and probs[0].startswith("stages[0].train.precision: 'int4' is not one of")
+    assert probs == ["stages[0].train.precision: 'int4' is not one of ['auto', 'bf16', 'fp32']"]
+
+
+def test_precision_defaults_to_auto_in_every_training_option_and_auto_round_trips():
+    r = parse_recipe(_recipe([{"train": {"epochs": 1}}, {"prune": {"type": "Magnitude", "finetune": {"epochs": 1}}},
+                              {"distill": {"train": {"epochs": 1}}}]))
+    assert r.stages[0].options.fit_kwargs()["precision"] == "auto"
+    assert r.stages[1].options.finetune.precision == "auto"
+    assert r.stages[2].options.train.precision == "auto"
+    explicit = parse_recipe(_recipe([{"train": {"epochs": 1, "precision": "auto"}}]))
+    assert parse_recipe_text(explicit.to_yaml()).stages[0].options.precision == "auto"
+    assert parse_recipe(_recipe([{"train": {"precision": "fp32"}}])).stages[0].options.precision == "fp32"
 
 
 def test_unknown_keys_are_errors_listing_allowed_keys():

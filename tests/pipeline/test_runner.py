@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from slimtorch.pipeline import ROW_KEYS, parse_recipe, run_recipe, stage_records, write_report
 from slimtorch.pipeline.context import StageContext
+from slimtorch.train import load_checkpoint
 
 MEASURE = {"repeats": 3, "warmup": 1}
 
@@ -49,6 +51,22 @@ def test_stages_run_in_order_each_in_its_folder(tmp_path):
     assert pruned["size_bytes"] < train["size_bytes"]  # CSR file of the pruned weights
     assert {lay["name"] for lay in pruned["layers"]} == {"net.1", "net.3"}
     assert json.loads((run / "stages.json").read_text()) == [{k: r[k] for k in ROW_KEYS} for r in rows]
+
+
+@pytest.mark.parametrize("fast, trained", [(True, "bf16"), (False, "fp32")], ids=["native-bf16", "no-bf16"])
+def test_train_stage_precision_auto_follows_the_cpu_and_is_logged(tmp_path, monkeypatch, fast, trained):
+    from slimtorch.metrics import CpuInfo
+    from slimtorch.metrics.cpu import FLAG_NAMES
+
+    flags = {**dict.fromkeys(FLAG_NAMES, False), "avx2": True, "avx512f": fast, "avx512_bf16": fast}
+    info = CpuInfo("x86_64", "AuthenticAMD", "Test EPYC", flags)
+    monkeypatch.setattr(importlib.import_module("slimtorch.train.fit"), "cpu_info", lambda: info)
+    monkeypatch.setattr(importlib.import_module("slimtorch.metrics"), "cpu_info", lambda: info)
+    lines: list[str] = []
+    run_recipe(_recipe([{"train": {"epochs": 1, "lr": 0.1}}]), tmp_path / "run", progress=False, report=False,
+               log=lines.append)
+    assert load_checkpoint(tmp_path / "run" / "01-train" / "checkpoint.pt")["precision"] == trained
+    assert f"  precision auto -> {trained} on Test EPYC" in "\n".join(lines)
 
 
 def test_folder_holding_another_run_is_refused(tmp_path):

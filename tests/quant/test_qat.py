@@ -109,10 +109,15 @@ def test_qat_prepare_train_convert_export(digits_model, digits_data, tmp_path):
 
 def test_fixed_scales_option(digits_model, digits_data):
     model = copy.deepcopy(digits_model)
-    quantize_(model, QAT(bits_w=4, learn_scales=False, first_last_bits=8), [digits_data["xtr"][:64]])
+    quantize_(model, QAT(bits_w=4, learn_scales=False, first_last_bits=8, target="x86-vnni"),
+              [digits_data["xtr"][:64]])
     assert all(not p.requires_grad for p in lsq_parameters(model))
     assert model.features[0].weight_quant.bits == 8 and model.features[4].weight_quant.bits == 4
     assert model.head[3].weight_quant.bits == 8
+    # the portable target (the default) trains the 8-bit layers on its saturation-free 7-bit grid
+    portable = copy.deepcopy(digits_model)
+    quantize_(portable, QAT(bits_w=4, learn_scales=False, first_last_bits=8), [digits_data["xtr"][:64]])
+    assert portable.features[0].weight_quant.bits == 7 and portable.features[4].weight_quant.bits == 4
 
 
 @pytest.mark.parametrize("field", ["bits_w", "bits_a", "first_last_bits"])

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -16,11 +18,30 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import slimtorch
+from slimtorch.metrics import CpuInfo
+from slimtorch.metrics.cpu import FLAG_NAMES
 from slimtorch.models import create
+from slimtorch.storage import read_spec
 from slimtorch.train import SCHEDULES, fit, load_checkpoint
 from slimtorch.train.checkpoint import atomic_torch_save
 
 ROOT = Path(__file__).resolve().parents[2]
+# The module, where fit looks cpu_info up (the package attribute slimtorch.train.fit is the function).
+FIT_MODULE = importlib.import_module("slimtorch.train.fit")
+
+
+def _cpu(model: str, **flags: bool) -> CpuInfo:
+    return CpuInfo("x86_64", "GenuineIntel", model, {**dict.fromkeys(FLAG_NAMES, False), "avx2": True, **flags})
+
+
+SLOW_BF16_CPU = _cpu("Intel Xeon E5-2680 v4")  # AVX2 only: bf16 autocast is emulated
+AVX512_BF16_CPU = _cpu("AMD EPYC 9R14", avx512f=True, avx512_vnni=True, avx512_bf16=True)
+AMX_CPU = _cpu("Intel Xeon Platinum 8488C", avx512f=True, avx512_vnni=True, amx=True)
+
+
+def use_cpu(monkeypatch: pytest.MonkeyPatch, info: CpuInfo) -> None:
+    """Make fit see ``info`` as the CPU it runs on."""
+    monkeypatch.setattr(FIT_MODULE, "cpu_info", lambda: info)
 
 
 def blobs(n: int = 256, seed: int = 0) -> TensorDataset:
@@ -211,7 +232,7 @@ def test_interrupted_checkpoint_write_keeps_previous_file(tmp_path, monkeypatch)
     "kwargs, match",
     [({"epochs": -1}, "epochs must be"), ({"batch_size": 0}, "batch_size must be"), ({"lr": 0.0}, "lr must be"),
      ({"optimizer": "lion"}, "unknown optimizer 'lion'; valid: adam, adamw, sgd"),
-     ({"precision": "fp16"}, r"precision must be one of \['bf16', 'fp32'\], got 'fp16'")],
+     ({"precision": "fp16"}, r"precision must be one of \['auto', 'bf16', 'fp32'\], got 'fp16'")],
 )
 def test_bad_arguments(kwargs, match):
     kw = {"epochs": 1, **kwargs}
@@ -241,7 +262,8 @@ def _images(n: int = 32) -> TensorDataset:
     return TensorDataset(torch.randn(n, 3, 8, 8, generator=g) + y[:, None, None, None].float(), y)
 
 
-def test_bf16_autocast_and_channels_last_train_in_that_format():
+def test_bf16_autocast_and_channels_last_train_in_that_format(monkeypatch):
+    use_cpu(monkeypatch, AMX_CPU)
     model = _DtypeProbe()
     res = fit(model, _images(), 2, lr=0.05, batch_size=8, progress=False, precision="bf16", channels_last=True)
     assert model.seen and all(s == (torch.bfloat16, True) for s in model.seen)
@@ -251,8 +273,9 @@ def test_bf16_autocast_and_channels_last_train_in_that_format():
     assert math.isfinite(res.final["train_loss"])
 
 
-def test_bf16_training_follows_fp32_training_closely():
+def test_bf16_training_follows_fp32_training_closely(monkeypatch):
     """bf16 autocast changes the rounding of the forward pass only: weights after a few steps stay close."""
+    use_cpu(monkeypatch, AMX_CPU)
     runs = {}
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
@@ -264,6 +287,99 @@ def test_bf16_training_follows_fp32_training_closely():
     moved = (runs["fp32"] - start).norm()
     assert moved > 0
     assert (runs["bf16"] - runs["fp32"]).norm() < 0.05 * moved
+
+
+@pytest.mark.parametrize(
+    "info, precision, dtype",
+    [(AMX_CPU, "bf16", torch.bfloat16), (AVX512_BF16_CPU, "bf16", torch.bfloat16),
+     (SLOW_BF16_CPU, "fp32", torch.float32)],
+    ids=["amx", "avx512_bf16", "avx2"],
+)
+def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16_and_is_what_the_run_records(
+        monkeypatch, tmp_path, info, precision, dtype):
+    use_cpu(monkeypatch, info)
+    model = _DtypeProbe()
+    states = []
+
+    class Probe:
+        def on_train_begin(self, s):
+            states.append(s.precision)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto never warns
+        res = fit(model, _images(), 1, lr=0.05, batch_size=8, progress=False, precision="auto", out_dir=tmp_path,
+                  callbacks=[Probe()])
+    assert {s[0] for s in model.seen} == {dtype}  # what the convolution really computed in
+    assert res.precision == precision and states == [precision]
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["precision"] == precision
+    assert read_spec(tmp_path / "model.safetensors")["metadata"]["precision"] == precision
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns_naming_the_cpu_and_still_trains_in_bf16(monkeypatch):
+    use_cpu(monkeypatch, SLOW_BF16_CPU)
+    model = _DtypeProbe()
+    with pytest.warns(UserWarning, match=r"bf16 autocast will be slow on this CPU \(Intel Xeon E5-2680 v4, no amx "
+                                         r"or avx512_bf16\).*use precision='fp32', or 'auto'") as record:
+        res = fit(model, _images(), 1, lr=0.05, batch_size=8, progress=False, precision="bf16")
+    assert [Path(w.filename).name for w in record] == [Path(__file__).name]  # points at the caller of fit
+    assert res.precision == "bf16"
+    assert {s[0] for s in model.seen} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize(
+    "info, precision",
+    [(AMX_CPU, "bf16"), (AVX512_BF16_CPU, "bf16"), (SLOW_BF16_CPU, "fp32"), (SLOW_BF16_CPU, "auto")],
+)
+def test_no_warning_where_the_precision_suits_the_cpu(monkeypatch, info, precision):
+    use_cpu(monkeypatch, info)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit(_DtypeProbe(), _images(8), 1, batch_size=8, progress=False, precision=precision)
+
+
+def test_cpu_flags_decide_nothing_on_other_devices(monkeypatch):
+    use_cpu(monkeypatch, AMX_CPU)
+    assert FIT_MODULE.resolve_precision("auto", "meta") == "fp32"
+    use_cpu(monkeypatch, SLOW_BF16_CPU)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert FIT_MODULE.resolve_precision("bf16", "cuda") == "bf16"
+    assert FIT_MODULE.resolve_precision("auto", "cpu") == "fp32"
+
+
+def test_resumed_auto_run_resolves_again_and_records_the_change(monkeypatch, tmp_path):
+    use_cpu(monkeypatch, AVX512_BF16_CPU)
+    fit(_DtypeProbe(), _images(), 1, batch_size=8, progress=False, precision="auto", out_dir=tmp_path)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["precision"] == "bf16"
+    # Same CPU: resumes silently in bf16.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = fit(_DtypeProbe(), _images(), 2, batch_size=8, progress=False, precision="auto", out_dir=tmp_path,
+                  resume=True)
+    assert res.precision == "bf16" and [r["epoch"] for r in res.history] == [1, 2]
+    # Another CPU: 'auto' now means fp32; the run continues in fp32, says so, and records it.
+    use_cpu(monkeypatch, SLOW_BF16_CPU)
+    model = _DtypeProbe()
+    with pytest.warns(UserWarning, match=r"resuming a run trained in bf16 with precision 'fp32'"):
+        res = fit(model, _images(), 3, batch_size=8, progress=False, precision="auto", out_dir=tmp_path,
+                  resume=True)
+    assert res.precision == "fp32" and [r["epoch"] for r in res.history] == [1, 2, 3]
+    assert {s[0] for s in model.seen} == {torch.float32}
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["precision"] == "fp32"
+
+
+def test_checkpoint_without_a_precision_entry_still_resumes(monkeypatch, tmp_path):
+    """Checkpoints written before the precision was recorded resume in whatever the new call resolves to."""
+    use_cpu(monkeypatch, AMX_CPU)
+    fit(_DtypeProbe(), _images(), 1, batch_size=8, progress=False, out_dir=tmp_path)
+    ck = load_checkpoint(tmp_path / "checkpoint.pt")
+    del ck["precision"]
+    atomic_torch_save(ck, tmp_path / "checkpoint.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = fit(_DtypeProbe(), _images(), 2, batch_size=8, progress=False, precision="auto", out_dir=tmp_path,
+                  resume=True)
+    assert res.precision == "bf16" and len(res.history) == 2
 
 
 def test_input_shape_mismatch_is_reported():

@@ -19,6 +19,7 @@ fp32, simulation and ONNX Runtime int8, their agreement, file sizes, latency, fl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ from slimtorch import data as sdata
 from slimtorch.cli.common import add_data_arguments, check_out_dir, write_json
 from slimtorch.quant import OBSERVERS, QAT, SCHEMES, convert_qat_, quantize_, save_quantized
 from slimtorch.quant.qat import QAT_GRAD_CLIP
+from slimtorch.quant.targets import DEFAULT_TARGET, TARGETS
 from slimtorch.train import fit
 
 NAME = "quantize"
@@ -43,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", type=int, default=512, help="calibration images from the training split")
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor, not per channel")
     p.add_argument("--exclude", nargs="*", default=[], help="layer name patterns to keep in float")
+    p.add_argument("--target", default=DEFAULT_TARGET, choices=TARGETS.names(),
+                   help="int8 deployment target: " + "; ".join(f"{n}: {TARGETS.get(n).description}"
+                                                                for n in TARGETS.names()))
     p.add_argument("--method", default=None, help="low-bit weight method of the scheme (e.g. rtn, gptq, adaround)")
     p.add_argument("--bits", type=int, default=None, help="weight bits of low-bit schemes")
     p.add_argument("--group-size", type=int, default=None, help="weight group size of low-bit schemes")
@@ -60,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from slimtorch.metrics import accuracy, compare_latency, file_size
+    from slimtorch.metrics import accuracy, compare_latency, cpu_info, file_size
     from slimtorch.quant.export import compare_with_onnx, export_float_onnx, export_onnx
 
     if args.calib < 1:
@@ -72,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     scheme = SCHEMES[args.scheme]
     options = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     config = scheme.build(options)
+    if any(f.name == "target" for f in dataclasses.fields(config)):  # every int8-deployable config has one
+        config = dataclasses.replace(config, target=args.target)
     if scheme.data != "none" and not args.data:
         raise ValueError(f"--scheme {args.scheme} needs data: give --data (e.g. mnist, cifar10)")
     out = check_out_dir(args.out, args.overwrite)
@@ -104,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
         "config": {"type": type(config).__name__, **{k: v for k, v in config.to_dict().items() if not callable(v)}},
         "report": report.to_dict(),
         "accuracy": {"fp32": fp32_acc},
+        "target": report.details.get("target"),
+        "cpu": cpu_info().to_dict(),
     }
     model_file = save_quantized(model, out, config)
     doc["files"] = {"model": str(model_file), "fp32_onnx": str(fp32_onnx)}
@@ -157,6 +166,8 @@ def _ort_accuracy(path: Any, loader: Any, threads: int) -> float:
 
 def _text(doc: dict[str, Any], summary: str) -> str:
     lines = [summary]
+    if doc.get("target"):
+        lines.append(f"deployment target: {doc['target']} (CPU here: {doc['cpu']['model']}, {doc['cpu']['kind']})")
     acc = {k: v for k, v in doc["accuracy"].items() if v is not None}
     if acc:
         lines.append("accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in acc.items()))

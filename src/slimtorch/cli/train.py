@@ -8,6 +8,7 @@ from slimtorch import data as sdata
 from slimtorch.cli.common import add_data_arguments, build_model, check_out_dir, parse_kv, write_json
 from slimtorch.metrics import example_inputs_for, profile, render_table
 from slimtorch.train import fit
+from slimtorch.train.fit import PRECISION_CHOICES
 
 NAME = "train"
 HELP = "Train a zoo model on a dataset; writes model.safetensors, checkpoint.pt, metrics.jsonl, profile.json."
@@ -24,8 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"])
     p.add_argument("--augment", action="store_true", help="train-time augmentation (shifts/crops/flips)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                   help="bf16: bfloat16 autocast (2-3x faster on CPUs with AMX/AVX-512-BF16)")
+    p.add_argument("--precision", default="auto", choices=list(PRECISION_CHOICES),
+                   help="bf16: bfloat16 autocast (2-3x faster on CPUs with AMX/AVX-512-BF16, slower elsewhere); "
+                        "auto (default): bf16 on such CPUs, else fp32")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster CPU convolutions)")
     p.add_argument("--warmup-epochs", type=float, default=0.0, help="linear learning-rate warm-up")
     p.add_argument("--seed", type=int, default=0)
@@ -48,5 +50,6 @@ def run(args: argparse.Namespace) -> int:
     prof.update({k: v for k, v in result.final.items() if k.startswith("val_")})
     write_json(out / "profile.json", prof)
     print(render_table([{"model": args.model, **prof}]))
+    print(f"trained in {result.precision} (--precision {args.precision})")
     print(f"saved run to {out}")
     return 0

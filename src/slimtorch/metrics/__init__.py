@@ -1,4 +1,4 @@
-"""Measurements: accuracy / loss / perplexity, parameters, nonzeros, bytes on disk, MACs and latency.
+"""Measurements: accuracy / loss / perplexity, parameters, nonzeros, bytes on disk, MACs, latency, and the CPU.
 
 >>> from slimtorch import metrics
 >>> metrics.profile(model, torch.zeros(1, 1, 28, 28), runtimes=("torch", "onnxruntime"))
@@ -22,6 +22,7 @@ from slimtorch.metrics.counting import (
     permanent_copy,
     sparsity,
 )
+from slimtorch.metrics.cpu import CpuInfo, cpu_info
 from slimtorch.metrics.latency import RUNTIMES, compare_latency, measure_latency, time_calls, torch_threads
 from slimtorch.metrics.macs import (
     MAC_RULES,
@@ -39,6 +40,7 @@ from slimtorch.metrics.table import format_value, human_bytes, human_count, huma
 __all__ = [
     "MAC_RULES",
     "RUNTIMES",
+    "CpuInfo",
     "accuracy",
     "attention_matmul_macs",
     "check_input_shape",
@@ -49,6 +51,7 @@ __all__ = [
     "count_macs",
     "count_nonzero",
     "count_params",
+    "cpu_info",
     "effective_parameters",
     "evaluate",
     "example_inputs_for",

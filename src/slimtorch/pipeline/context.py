@@ -170,10 +170,12 @@ class StageContext:
 
         The runner empties a stage's folder before a fresh attempt, so a checkpoint found here always
         belongs to an interrupted attempt of this very stage: a kill loses at most the current epoch.
+        The precision ``auto`` resolved to is logged.
         """
+        from slimtorch.metrics import cpu_info
         from slimtorch.train import fit
 
-        return fit(
+        result = fit(
             model,
             self.train_set,
             options.epochs,
@@ -185,3 +187,6 @@ class StageContext:
             progress=self.progress,
             **options.fit_kwargs(),
         )
+        if options.precision == "auto" and options.epochs > 0:
+            self.log(f"  precision auto -> {result.precision} on {cpu_info()}")
+        return result

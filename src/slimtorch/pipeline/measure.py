@@ -137,6 +137,8 @@ def measure(ctx: StageContext, stage: str, product: Product) -> dict[str, Any]:
         else (str(product.artefact) if product.artefact else None)
     )
     row["layers"] = layer_table(model)
+    row["cpu"] = metrics.cpu_info().to_dict()  # latency and int8 correctness depend on the CPU
+    row["target"] = product.info.get("target")
     return row
 
 

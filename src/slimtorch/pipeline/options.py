@@ -120,8 +120,9 @@ class FitOptions(Config):
         grad_clip: clip the global gradient norm to this value (``None``: no clipping, except in QAT
             fine-tunes, which clip at ``slimtorch.quant.qat.QAT_GRAD_CLIP`` = 1.0 unless it is set;
             ``.inf`` turns that off).
-        precision: ``fp32``, or ``bf16`` for bfloat16 autocast of the forward pass (2-3x faster conv
-            training on CPUs with AMX/AVX-512-BF16; weights stay float32).
+        precision: ``auto`` (the default): ``bf16`` on CPUs with AMX or AVX-512-BF16, else ``fp32``;
+            ``fp32``; or ``bf16`` for bfloat16 autocast of the forward pass (2-3x faster conv training on
+            CPUs with AMX/AVX-512-BF16, emulated and slower than fp32 elsewhere; weights stay float32).
         channels_last: train image models in the NHWC memory format.
     """
 
@@ -134,14 +135,14 @@ class FitOptions(Config):
     warmup_epochs: float = 0.0
     batch_size: int = 128
     grad_clip: float | None = None
-    precision: str = "fp32"
+    precision: str = "auto"
     channels_last: bool = False
 
     def __post_init__(self) -> None:
         from slimtorch.train import OPTIMIZERS, SCHEDULES
-        from slimtorch.train.fit import PRECISIONS
+        from slimtorch.train.fit import PRECISION_CHOICES
 
-        check_choice("precision", self.precision, sorted(PRECISIONS))
+        check_choice("precision", self.precision, sorted(PRECISION_CHOICES))
         _check_int("epochs", self.epochs, 0)
         check_choice("optimizer", self.optimizer, OPTIMIZERS.names())
         check_positive("lr", self.lr)

@@ -222,6 +222,12 @@ def _notes(rows: list[dict[str, Any]]) -> list[str]:
         "latency: median per batch of the stage's own measurement at a fixed thread count; stages timed "
         "on different runtimes are not directly comparable (see the runtime column)",
     ]
+    cpus = sorted({f"{c.get('model') or c.get('arch')} ({c.get('kind')})" for r in rows if (c := r.get("cpu"))})
+    if cpus:
+        notes.append(f"measured on: {'; '.join(cpus)}")
+    targets = sorted({f"{r['stage']}: {r['target']}" for r in rows if r.get("target")})
+    if targets:
+        notes.append("int8 deployment target (slimtorch.quant.targets): " + ", ".join(targets))
     runtimes = {r.get("runtime") for r in rows}
     if len(runtimes) > 1:
         notes.append(f"runtimes in this table: {', '.join(sorted(str(x) for x in runtimes))}")

@@ -211,12 +211,14 @@ def write_quantized(ctx: StageContext, model: Any, stage_dir: Path, export: bool
     if not export:
         return state_path, None
     from slimtorch.core.errors import SlimtorchError
-    from slimtorch.quant.export import export_onnx
+    from slimtorch.quant.export import ExportCheckError, export_onnx
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             onnx = export_onnx(model, stage_dir / QUANT_ONNX_FILE, ctx.example_inputs(model, 1))
+    except ExportCheckError:
+        raise  # a file that computes something else than the model must never be the stage's result
     except (SlimtorchError, ValueError, RuntimeError, NotImplementedError):
         return state_path, None  # e.g. weights below 8 bits: the packed weights file is the artefact
     return onnx, onnx
@@ -238,6 +240,7 @@ def run_quantize(ctx: StageContext, spec: Any, product: Product) -> Product:
     info = {
         "scheme": report.scheme,
         "quantized_layers": len(report.quantized),
+        "target": report.details.get("target"),
         "float_layers": report.skipped,
         "float_counts": counts,
     }

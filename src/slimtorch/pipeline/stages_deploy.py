@@ -59,13 +59,20 @@ class ExportOptions(Config):
     Args:
         format: ``onnx`` (the only format; int8 models as QDQ graphs ONNX Runtime runs with integer kernels).
         dynamic_batch: symbolic batch dimension.
+        target: int8 deployment target (``portable``, ``x86-avx2``, ``x86-vnni``; see
+            :mod:`slimtorch.quant.targets`); None: the target the quantize stage used.
     """
 
     format: str = "onnx"
     dynamic_batch: bool = True
+    target: str | None = None
 
     def __post_init__(self) -> None:
         check_choice("format", self.format, ["onnx"])
+        if self.target is not None:
+            from slimtorch.quant.targets import check_target
+
+            check_target(self.target)
         if not isinstance(self.dynamic_batch, bool):
             raise ValueError(f"dynamic_batch must be true or false, got {self.dynamic_batch!r}")
 
@@ -75,7 +82,8 @@ def run_export(ctx: StageContext, spec: Any, product: Product) -> Product:
     from slimtorch.metrics import export_onnx_fp32, permanent_copy
 
     out = ctx.stage_dir / ONNX_FILE
-    if product.onnx is not None:
+    quant_target = product.info.get("target")
+    if product.onnx is not None and spec.options.target in (None, quant_target):
         shutil.copyfile(product.onnx, out)
     else:
         example = ctx.example_inputs(product.model, 1)
@@ -84,11 +92,15 @@ def run_export(ctx: StageContext, spec: Any, product: Product) -> Product:
             if product.state == "quantized":
                 from slimtorch.quant.export import export_onnx
 
-                export_onnx(product.model, out, example, dynamic_batch=spec.options.dynamic_batch)
+                export_onnx(product.model, out, example, dynamic_batch=spec.options.dynamic_batch,
+                            target=spec.options.target)
             else:
                 model = permanent_copy(copy.deepcopy(product.model))
                 export_onnx_fp32(model, example, out, dynamic_batch=spec.options.dynamic_batch)
-    return Product(model=product.model, state=EXPORTED, artefact=out, onnx=out, info=dict(product.info))
+    info = dict(product.info)
+    if product.state == "quantized":
+        info["target"] = spec.options.target or quant_target
+    return Product(model=product.model, state=EXPORTED, artefact=out, onnx=out, info=info)
 
 
 def restore_export(ctx: StageContext, spec: Any, previous: Product, record: dict) -> Product:

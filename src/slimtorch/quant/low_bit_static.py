@@ -37,6 +37,7 @@ from slimtorch.quant.observers import OBSERVERS
 from slimtorch.quant.packed_modules import WeightOnlyConv2d, WeightOnlyLinear
 from slimtorch.quant.primitives import check_bits
 from slimtorch.quant.ptq import Int8Static, calibrate, convert_, prepare_, quant_layers, trace_graph
+from slimtorch.quant.targets import DEFAULT_TARGET, check_target, get_target
 from slimtorch.quant.weight_only import WEIGHT_ONLY_METHODS, WeightOnly
 
 
@@ -52,6 +53,8 @@ class LowBitStatic(Config):
         adaround_iters: AdaRound steps per layer; adaround_batch: samples per AdaRound step.
         gptq_act_order: GPTQ column order by decreasing Hessian diagonal.
         include / exclude / filter_fn: which Conv/Linear layers to quantize.
+        target: deployment target (:mod:`slimtorch.quant.targets`); ``portable`` narrows 8-bit weights
+            to 7 bits (narrower widths are exact everywhere).
     """
 
     bits_w: int = 4
@@ -64,8 +67,10 @@ class LowBitStatic(Config):
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     filter_fn: Callable[[nn.Module, str], bool] | None = field(default=None, repr=False)
+    target: str = DEFAULT_TARGET
 
     def __post_init__(self) -> None:
+        check_target(self.target)
         check_bits(self.bits_w, "bits_w")
         check_bits(self.bits_a, "bits_a")
         check_choice("method", self.method, WEIGHT_ONLY_METHODS.names())
@@ -117,10 +122,11 @@ def low_bit_static_(model: nn.Module, config: LowBitStatic, calib_data: Iterable
     model.eval()
     graph, _ = trace_graph(model)
     folded = fold_bn_(model, find_conv_bn_pairs(model, graph))
+    bits_w = get_target(config.target).weight_bits(config.bits_w)
     wo = quantize_(
         model,
         WeightOnly(
-            bits=config.bits_w,
+            bits=bits_w,
             group_size=None,
             method=config.method,
             symmetric=True,
@@ -134,12 +140,13 @@ def low_bit_static_(model: nn.Module, config: LowBitStatic, calib_data: Iterable
     codes = dequantize_weight_only_(model)
     ptq = Int8Static(
         observer=config.observer,
-        weight_bits=config.bits_w,
+        weight_bits=bits_w,
         act_bits=config.bits_a,
         fold_bn=False,
         include=config.include,
         exclude=config.exclude,
         filter_fn=config.filter_fn,
+        target=config.target,
     )
     report = prepare_(model, ptq)
     for name, layer in quant_layers(model):

@@ -39,6 +39,7 @@ from slimtorch.quant.fold import find_conv_bn_pairs, fold_bn_
 from slimtorch.quant.modules import QUANT_MODULES, FakeQuantize, QuantConv2d, QuantLinear
 from slimtorch.quant.observers import OBSERVERS, create_observer
 from slimtorch.quant.primitives import check_bits, qrange
+from slimtorch.quant.targets import DEFAULT_TARGET, check_target, get_target, mark_target
 
 _RELU_FUNCS = {F.relu, torch.relu, torch.relu_}
 # Ops that map grid values to grid values with the same scale/zero point, so a quantizer after them
@@ -62,7 +63,8 @@ class Int8Static(Config):
         per_channel: one weight scale per output channel (else one per tensor).
         symmetric_weights: int8 symmetric weights (zero point 0), as integer kernels expect.
         symmetric_activations: int8 symmetric activations instead of uint8 asymmetric.
-        weight_bits: weight bits (8 for ONNX Runtime; 2..8 in simulation).
+        weight_bits: weight bits (8 for ONNX Runtime; 2..8 in simulation). The deployment ``target`` may
+            narrow it (``portable``: at most 7, see :mod:`slimtorch.quant.targets`).
         act_bits: activation bits (8 for ONNX Runtime; 2..8 in simulation).
         fold_bn: fold BatchNorm into the preceding conv before quantizing.
         quantize_outputs: also quantize layer outputs (needed for integer kernels on ONNX Runtime).
@@ -70,6 +72,8 @@ class Int8Static(Config):
         include: fnmatch patterns of layer names to quantize (empty: all Conv2d/Linear).
         exclude: patterns of layer names to keep in float.
         filter_fn: extra predicate ``filter_fn(module, fqn) -> bool``.
+        target: deployment target (``portable``, ``x86-avx2``, ``x86-vnni``): the integer scheme that is
+            exact on the CPUs the model will run on (:mod:`slimtorch.quant.targets`).
     """
 
     observer: str = "minmax"
@@ -86,8 +90,10 @@ class Int8Static(Config):
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     filter_fn: Callable[[nn.Module, str], bool] | None = field(default=None, repr=False)
+    target: str = DEFAULT_TARGET
 
     def __post_init__(self) -> None:
+        check_target(self.target)
         check_choice("observer", self.observer, OBSERVERS.names())
         check_choice("weight_observer", self.weight_observer, ["minmax", "mse"])
         if self.weight_observer == "mse" and self.per_channel:
@@ -110,6 +116,7 @@ class Int8Dynamic(Config):
         include: patterns of layer names to quantize.
         exclude: patterns to keep in float.
         filter_fn: extra predicate.
+        target: deployment target (:mod:`slimtorch.quant.targets`); ``portable`` uses 7-bit weights.
     """
 
     granularity: str = "token"
@@ -117,8 +124,10 @@ class Int8Dynamic(Config):
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     filter_fn: Callable[[nn.Module, str], bool] | None = field(default=None, repr=False)
+    target: str = DEFAULT_TARGET
 
     def __post_init__(self) -> None:
+        check_target(self.target)
         check_choice("granularity", self.granularity, ["token", "tensor"])
         self.include, self.exclude = tuple(self.include), tuple(self.exclude)
 
@@ -278,6 +287,8 @@ def prepare_(model: nn.Module, config: Int8Static) -> QuantReport:
     candidates = [n for n, m in model.named_modules() if n and type(m) in QUANT_MODULES]
     names = [n for n, m in selector.select(model) if type(m) in QUANT_MODULES]
     plans = plan_layers(model, graph, names, config.quantize_outputs)
+    target = get_target(config.target)
+    weight_bits = target.weight_bits(config.weight_bits)
 
     def act_quant() -> FakeQuantize:
         sym = config.symmetric_activations
@@ -293,7 +304,7 @@ def prepare_(model: nn.Module, config: Int8Static) -> QuantReport:
             inp = FakeQuantize(None, bits=config.act_bits, signed=sym)
         else:
             inp = act_quant()
-        w_obs = create_observer(config.weight_observer, bits=config.weight_bits,
+        w_obs = create_observer(config.weight_observer, bits=weight_bits,
                                 symmetric=config.symmetric_weights,
                                 signed=True, axis=0 if config.per_channel else None)
         out = act_quant() if plan.quantize_output else None
@@ -310,7 +321,8 @@ def prepare_(model: nn.Module, config: Int8Static) -> QuantReport:
     excluded = set(candidates) - set(names)
     skipped = _float_leftovers(model, set(names), excluded, graph)
     details: dict[str, Any] = {"traced": graph is not None, "config": config.to_dict(),
-                               "residual_outputs": residual}
+                               "residual_outputs": residual, "target": target.name, "weight_bits": weight_bits}
+    mark_target(model, target)
     details["config"].pop("filter_fn", None)
     if graph is None:
         details["trace_error"] = why
@@ -451,9 +463,10 @@ def _int8_dynamic(model: nn.Module, config: Int8Dynamic, calib_data: Iterable[An
     selector = Selector((nn.Linear,), config.include, config.exclude, config.filter_fn)
     candidates = [n for n, m in model.named_modules() if n and type(m) is nn.Linear]
     names = [n for n, m in selector.select(model) if type(m) is nn.Linear]
+    target = get_target(config.target)
     for name in names:
         layer = model.get_submodule(name)
-        w_obs = create_observer("minmax", bits=8, symmetric=True, signed=True,
+        w_obs = create_observer("minmax", bits=target.weight_bits(8), symmetric=True, signed=True,
                                 axis=0 if config.per_channel else None)
         wrapper = QuantLinear.from_float(layer, DynamicFakeQuantize(config.granularity), FakeQuantize(w_obs),
                                          None, False, quantize_bias=False)
@@ -461,8 +474,10 @@ def _int8_dynamic(model: nn.Module, config: Int8Dynamic, calib_data: Iterable[An
         wrapper.calibrate_weight()
         set_submodule(model, name, wrapper)
     skipped = _float_leftovers(model, set(names), set(candidates) - set(names), graph)
+    mark_target(model, target)
     return QuantReport("int8_dynamic", quantized=names, skipped=skipped,
-                       details={"granularity": config.granularity})
+                       details={"granularity": config.granularity, "target": target.name,
+                                "weight_bits": target.weight_bits(8)})
 
 
 @register_scheme("int8", data="calib", help="static int8 (Int8Static): --observer, --per-tensor, --exclude")

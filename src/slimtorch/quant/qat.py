@@ -46,6 +46,7 @@ from slimtorch.quant.modules import FakeQuantize
 from slimtorch.quant.observers import OBSERVERS
 from slimtorch.quant.primitives import check_bits, fake_quantize
 from slimtorch.quant.ptq import Int8Static, calibrate, convert_, prepare_, quant_layers
+from slimtorch.quant.targets import DEFAULT_TARGET, check_target, get_target
 
 
 class LSQFakeQuantize(FakeQuantize):
@@ -126,6 +127,8 @@ class QAT(Config):
             the usual exception in low-bit QAT papers, LSQ included.
         num_batches: calibration batches for the initial activation ranges (None: all).
         include / exclude / filter_fn: which Conv/Linear layers to quantize.
+        target: deployment target (:mod:`slimtorch.quant.targets`): ``portable`` trains 8-bit weights on
+            the 7-bit grid that no int8 kernel can saturate.
     """
 
     bits_w: int = 4
@@ -140,8 +143,10 @@ class QAT(Config):
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     filter_fn: Callable[[nn.Module, str], bool] | None = field(default=None, repr=False)
+    target: str = DEFAULT_TARGET
 
     def __post_init__(self) -> None:
+        check_target(self.target)
         check_bits(self.bits_w, "bits_w")
         check_bits(self.bits_a, "bits_a")
         if self.first_last_bits is not None:
@@ -194,11 +199,13 @@ def prepare_qat_(model: nn.Module, config: QAT, calib_data: Iterable[Any] | None
         include=config.include,
         exclude=config.exclude,
         filter_fn=config.filter_fn,
+        target=config.target,
     )
     report = prepare_(model, ptq)
     report.details["calibration"] = calibrate(model, calib_data, config.num_batches)
     convert_(model)
     layers = quant_layers(model)
+    target = get_target(config.target)
     converted: dict[int, LSQFakeQuantize] = {}  # tied quantizers share one learned module
 
     def lsq(q: FakeQuantize | None) -> LSQFakeQuantize | None:
@@ -213,6 +220,7 @@ def prepare_qat_(model: nn.Module, config: QAT, calib_data: Iterable[Any] | None
         bits = config.bits_w
         if config.first_last_bits is not None and i in (0, len(layers) - 1):
             bits = config.first_last_bits
+        bits = target.weight_bits(bits)
         layer.weight_quant = _lsq_weight(layer, bits, config.per_channel, config.weight_init)
         layer.output_quant = lsq(layer.output_quant)
     for _name, layer in layers:

@@ -9,6 +9,7 @@ and freezes every quantizer, so the result computes exactly what was saved, with
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -65,7 +66,11 @@ def load_quantized(path: str | os.PathLike[str], model: nn.Module | None = None)
     if ctype is None or ctype not in PREPARERS:
         raise SlimtorchError(f"no preparer registered for quantization config {quant['type']!r}; "
                              f"known: {sorted(t.__name__ for t in PREPARERS)}")
-    config = ctype.from_dict(quant["config"])
+    cfg = dict(quant["config"])
+    if "target" not in cfg and any(f.name == "target" for f in dataclasses.fields(ctype)):
+        # written before deployment targets existed: those files hold full 8-bit weights (x86-vnni)
+        cfg["target"] = "x86-vnni"
+    config = ctype.from_dict(cfg)
     if model is None:
         model = model_from_spec(spec, path)
     model.eval()

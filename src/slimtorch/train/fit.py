@@ -10,13 +10,19 @@ Per epoch it evaluates, appends a line to ``metrics.jsonl`` and writes ``checkpo
 ``resume=True`` continues from the last checkpoint; because every epoch's data order is drawn from a
 generator seeded with ``(seed, epoch)`` and the RNG states are checkpointed, a killed-and-resumed run ends
 with exactly the weights of an uninterrupted one. Under ``torchrun`` it trains with DDP (gloo).
+
+``precision="auto"`` trains in bfloat16 autocast only where the CPU runs bf16 matmuls natively (AMX or
+AVX-512-BF16, see :func:`slimtorch.metrics.cpu_info`) and in float32 elsewhere, where emulated bf16 is
+slower than float32. The resolved precision is what the run records.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from slimtorch.core.errors import SlimtorchError
-from slimtorch.metrics import check_input_shape, evaluate
+from slimtorch.metrics import CpuInfo, check_input_shape, cpu_info, evaluate
 from slimtorch.storage import MODEL_FILE
 from slimtorch.storage import save as save_model
 from slimtorch.train import distributed as dist_utils
@@ -45,6 +51,12 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 METRICS_FILE = "metrics.jsonl"
 # Autocast dtype per precision name; None trains in plain float32.
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+#: What ``fit(precision=...)`` accepts: a :data:`PRECISIONS` name, or ``"auto"`` (see :func:`resolve_precision`).
+PRECISION_CHOICES: tuple[str, ...] = ("auto", *PRECISIONS)
+# The CPU flags that make bf16 matmuls native (CpuInfo.fast_bf16 is true when either is present).
+_BF16_FLAGS = ("amx", "avx512_bf16")
+
+log = logging.getLogger("slimtorch.train")
 
 
 def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -52,6 +64,43 @@ def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if outputs.dim() > 2:
         return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1))
     return F.cross_entropy(outputs, targets)
+
+
+def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
+    """The precision a run on ``device`` trains in: a key of :data:`PRECISIONS`.
+
+    ``"auto"`` is ``"bf16"`` on a CPU with AMX or AVX-512-BF16 (:attr:`CpuInfo.fast_bf16`) and ``"fp32"``
+    on any other CPU, where bf16 autocast is emulated and slower than float32; on other devices (whose
+    bf16 support the CPU flags do not describe) it is ``"fp32"``. ``"bf16"`` on a CPU without those flags
+    is kept but warned about.
+
+    Args:
+        precision: ``"auto"``, ``"fp32"`` or ``"bf16"``.
+        device: the device the run trains on.
+
+    Returns:
+        ``"fp32"`` or ``"bf16"``.
+
+    Raises:
+        ValueError: ``precision`` is not one of :data:`PRECISION_CHOICES`.
+    """
+    if precision not in PRECISION_CHOICES:
+        raise ValueError(f"precision must be one of {sorted(PRECISION_CHOICES)}, got {precision!r}")
+    on_cpu = torch.device(device).type == "cpu"
+    if precision == "auto":
+        resolved = "bf16" if on_cpu and cpu_info().fast_bf16 else "fp32"
+        log.info("precision 'auto' resolved to %r (%s)", resolved, cpu_info() if on_cpu else f"device {device}")
+        return resolved
+    if precision == "bf16" and on_cpu and not cpu_info().fast_bf16:
+        warnings.warn(_slow_bf16_message(cpu_info()), UserWarning, stacklevel=3)
+    return precision
+
+
+def _slow_bf16_message(info: CpuInfo) -> str:
+    missing = [f for f in _BF16_FLAGS if not info.flags.get(f)]
+    return (f"precision='bf16': bf16 autocast will be slow on this CPU ({info.model or info.arch}, no "
+            f"{' or '.join(missing)}), where bfloat16 matmuls are emulated and run slower than float32; "
+            "use precision='fp32', or 'auto' to pick bf16 only on CPUs that run it natively")
 
 
 def product_module(model: nn.Module) -> nn.Module:
@@ -110,14 +159,21 @@ def fit(
         grad_clip: clip the global gradient norm to this value.
         device: where to train.
         log_every: refresh the progress bar every this many steps.
-        precision: ``"fp32"``, or ``"bf16"`` for bfloat16 autocast of the forward pass (weights, gradients and
-            optimizer state stay float32). On CPUs with AMX or AVX-512-BF16 this trains convolutional nets
-            2-3x faster (ResNet-20 on 2 cores: 108 -> 40 s per CIFAR-10 epoch with ``channels_last``).
+        precision: ``"fp32"``, ``"bf16"`` for bfloat16 autocast of the forward pass (weights, gradients and
+            optimizer state stay float32), or ``"auto"``: ``"bf16"`` where the CPU has AMX or AVX-512-BF16,
+            else ``"fp32"`` (:func:`resolve_precision`). On such CPUs bf16 trains convolutional nets 2-3x
+            faster (ResNet-20 on 2 cores: 108 -> 40 s per CIFAR-10 epoch with ``channels_last``); on others
+            it is emulated and slower than fp32, and ``"bf16"`` warns. The resolved value is what the run
+            records: ``TrainState.precision``, ``FitResult.precision``, the checkpoint and the saved model's
+            metadata. A resumed ``"auto"`` run resolves again, on the CPU it resumes on.
         channels_last: train in the NHWC memory format, which oneDNN's CPU convolutions prefer. The
             returned model is converted back to the default (contiguous) format.
 
     Returns:
-        A :class:`FitResult` with the trained model and the per-epoch history.
+        A :class:`FitResult` with the trained model, the per-epoch history and the precision it trained in.
+
+    Raises:
+        ValueError: a bad ``epochs``, ``batch_size``, ``lr`` or ``precision``.
     """
     if not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
@@ -125,8 +181,7 @@ def fit(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if lr <= 0 or not math.isfinite(lr):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    precision = resolve_precision(precision, device)
     distributed = dist_utils.maybe_init()
     is_main = dist_utils.rank() == 0
     out = Path(out_dir) if out_dir is not None else None
@@ -167,6 +222,10 @@ def fit(
         sched.load_state_dict(ck["scheduler"])
         start_epoch, state.step, history = ck["epoch"], ck["step"], list(ck["history"])
         set_rng_state(ck["rng"])
+        if ck.get("precision", precision) != precision and is_main:
+            # Legitimate (e.g. 'auto' resumed on another CPU), but the remaining epochs round differently.
+            warnings.warn(f"resuming a run trained in {ck['precision']} with precision {precision!r}",
+                          UserWarning, stacklevel=2)
     _call(callbacks, "on_train_begin", state)
 
     for epoch in range(start_epoch, epochs):
@@ -186,7 +245,8 @@ def fit(
                 f.write(json.dumps(record) + "\n")
             atomic_torch_save(
                 {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "epoch": epoch + 1, "step": state.step, "history": history, "rng": rng_state()},
+                 "epoch": epoch + 1, "step": state.step, "history": history, "rng": rng_state(),
+                 "precision": precision},
                 ckpt_path,
             )
         dist_utils.barrier()
@@ -195,8 +255,8 @@ def fit(
         model.to(memory_format=torch.contiguous_format)
     if out is not None and is_main:
         save_model(_without_parametrizations(product_module(model)), out,
-                   metadata={"history": history[-1:] if history else []})
-    return FitResult(model=model, history=history)
+                   metadata={"history": history[-1:] if history else [], "precision": precision})
+    return FitResult(model=model, history=history, precision=precision)
 
 
 def _train_one_epoch(net, model, loader, sampler, epoch, seed, opt, sched, loss_fn, is_loss_module, grad_clip,

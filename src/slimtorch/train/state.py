@@ -22,7 +22,8 @@ class TrainState:
         epochs: epochs the whole run will take.
         metrics: the latest metrics (``loss`` during steps; train and eval metrics at epoch end).
         batch_output: the forward output of the last step (tensor or dict), for callbacks that log it.
-        precision: ``"fp32"`` or ``"bf16"`` (autocast of the forward pass).
+        precision: ``"fp32"`` or ``"bf16"`` (autocast of the forward pass): what ``fit``'s ``precision``
+            resolved to (never ``"auto"``).
         channels_last: whether image batches are fed in the NHWC memory format.
     """
 
@@ -50,10 +51,17 @@ class Callback(Protocol):
 
 @dataclass
 class FitResult:
-    """The trained model and one metrics dict per epoch (``epoch``, ``train_loss``, ``val_accuracy``, ...)."""
+    """The trained model and one metrics dict per epoch (``epoch``, ``train_loss``, ``val_accuracy``, ...).
+
+    Attributes:
+        model: the trained module (the one passed to ``fit``).
+        history: one metrics dict per epoch, including the epochs of a resumed run's earlier attempts.
+        precision: the precision the run trained in, ``"fp32"`` or ``"bf16"`` (``"auto"`` resolved).
+    """
 
     model: nn.Module
     history: list[dict[str, float]]
+    precision: str = "fp32"
 
     @property
     def final(self) -> dict[str, float]:
