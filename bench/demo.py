@@ -172,7 +172,7 @@ def main() -> None:
         "size_x": GOAL_SIZE_X,
         "met": {"wall_s": worst_wall <= GOAL_WALL_S, "size_x": worst_x >= GOAL_SIZE_X},
     }
-    write_result("demo", rows, checks, seeds=seeds, wall_s=timer.elapsed, extra={"goals": goals})
+    write_result("demo", rows, checks, seeds=seeds, wall_s=timer.elapsed, extra={"goals": goals}, per_cpu=True)
 
 
 if __name__ == "__main__":

@@ -157,3 +157,17 @@ def test_dynamic_quantizer_per_token_by_hand():
     assert torch.allclose(y[0], x[0], atol=2 / 255 / 2)  # row 0: s = 2/255, error <= s/2
     # row 1: range [-1, 254], s = 1, z = 1 -> every integer is exact
     assert torch.equal(y[1], x[1])
+
+
+def test_nothing_selected_is_named(digits_model, digits_data):
+    with pytest.raises(ValueError, match=r"no Conv2d/Linear layer of DigitsNet is selected for quantization "
+                                         r"\(include=\[\], exclude=\['\*'\], filter_fn=none\); candidates: "
+                                         r"\['features.0', 'features.4', 'head.1', 'head.3'\]"):
+        quantize_(digits_model, Int8Static(exclude=("*",)), calib_data=[digits_data["xtr"][:8]])
+
+
+def test_a_root_layer_without_a_dynamic_form_is_reported_with_its_reason():
+    report = quantize_(nn.Conv2d(3, 4, 3), Int8Dynamic())
+    assert report.quantized == [] and report.skipped == {"": "Conv2d has no quantized form"}
+    excluded = quantize_(nn.Linear(8, 4), Int8Dynamic(exclude=("*",)))
+    assert excluded.skipped == {"": "excluded by include/exclude/filter_fn"}

@@ -2,6 +2,12 @@
 
 Every technique accepts ``include``/``exclude`` patterns on module names (fnmatch globs such as
 ``"layer1.*"`` or ``"fc"``) and/or a ``filter_fn(module, fqn) -> bool``; one mechanism for all.
+
+A model may itself be one layer (``prune_(nn.Linear(64, 32), ...)``). Its fully qualified name is
+``""`` (what ``named_modules`` and ``state_dict`` keys use); messages show it as :data:`ROOT_NAME`
+(see :func:`display_name`). :meth:`Selector.select` yields the root when it is an instance of one of
+the selector's layer ``types`` and nothing else in the model is selected, and :func:`set_submodule`
+replaces it in place.
 """
 
 from __future__ import annotations
@@ -14,6 +20,14 @@ from torch import nn
 
 FilterFn = Callable[[nn.Module, str], bool]
 
+#: How messages and reports show the fqn ``""`` of a model that is itself the selected layer.
+ROOT_NAME = "<root>"
+
+
+def display_name(fqn: str) -> str:
+    """``fqn`` as messages show it: the root module's empty name becomes :data:`ROOT_NAME`."""
+    return fqn or ROOT_NAME
+
 
 def _as_patterns(p: str | Sequence[str] | None) -> tuple[str, ...]:
     if p is None:
@@ -25,6 +39,8 @@ def _as_patterns(p: str | Sequence[str] | None) -> tuple[str, ...]:
 
 def _matches(name: str, patterns: Iterable[str]) -> bool:
     # A pattern matches a module and everything inside it: "layer1" selects "layer1.0.conv1" too.
+    if not name:  # the root: "*" and "<root>" match it (a glob cannot match "" except "*"-only ones)
+        return any(fnmatch.fnmatchcase(ROOT_NAME, p) or p == "" for p in patterns)
     return any(fnmatch.fnmatchcase(name, p) or name.startswith(p + ".") for p in patterns)
 
 
@@ -59,10 +75,20 @@ class Selector:
         return self.filter_fn is None or bool(self.filter_fn(module, name))
 
     def select(self, model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-        """Yield ``(fqn, module)`` for every selected module of ``model`` in definition order."""
+        """Yield ``(fqn, module)`` for every selected module of ``model`` in definition order.
+
+        The model itself (fqn ``""``) is yielded only when no module inside it is selected and it
+        passes :meth:`accepts`: a model that is one layer (``nn.Linear(64, 32)``) selects itself, a
+        ``Sequential`` of layers never does. Patterns match the root as ``"<root>"`` (so ``"*"`` and
+        ``"<root>"`` do); ``filter_fn`` sees it with the name ``""``.
+        """
+        found = False
         for name, module in model.named_modules():
             if name and self.accepts(module, name):
+                found = True
                 yield name, module
+        if not found and self.accepts(model, ""):
+            yield "", model
 
 
 def named_modules_matching(
@@ -91,7 +117,41 @@ def get_submodule(model: nn.Module, fqn: str) -> nn.Module:
 
 
 def set_submodule(model: nn.Module, fqn: str, new: nn.Module) -> None:
-    """Replace the module at ``fqn`` (dotted path) with ``new``."""
+    """Replace the module at ``fqn`` (dotted path) with ``new``.
+
+    ``fqn == ""`` replaces ``model`` itself, in place: the caller's reference must see the new module,
+    so ``model`` takes ``new``'s class and state (see :func:`become_`).
+    """
+    if not fqn:
+        become_(model, new)
+        return
     parent_name, _, child = fqn.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+
+
+def become_(model: nn.Module, new: nn.Module) -> None:
+    """Turn ``model`` into ``new`` in place: same class, same state, so every reference sees ``new``.
+
+    An in-place verb (``quantize_(layer, ...)``) cannot hand back a new root object, so when the model
+    is itself the layer being replaced, the model object *becomes* the replacement. An ``nn.Module``
+    keeps all its state (parameters, buffers, submodules, hooks, flags) in its instance ``__dict__``
+    and has no ``__slots__``, so taking ``new``'s class and ``__dict__`` makes ``model`` behave exactly
+    as ``new`` does. The quant wrappers (``QuantLinear(nn.Linear)``, ``QuantConv2d(nn.Conv2d)``)
+    subclass the layer they wrap and share its parameters, so ``isinstance(model, nn.Linear)`` stays
+    true for them. ``model.__dict__`` is the *same* dict object as ``new.__dict__`` (not a copy): a
+    handler that keeps using its ``new`` reference (setting an attribute, registering a hook) changes
+    ``model`` too. Hooks registered on the old root are dropped, as for any replaced submodule.
+
+    Raises:
+        ValueError: if ``new`` contains ``model`` (the model would become its own child).
+    """
+    if new is model:
+        return
+    if any(m is model for m in new.modules()):
+        raise ValueError(
+            f"cannot replace the root {type(model).__name__} by a {type(new).__name__} that contains it; "
+            "wrap a copy of the root instead"
+        )
+    model.__class__ = type(new)
+    model.__dict__ = new.__dict__

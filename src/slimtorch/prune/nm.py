@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from slimtorch.core.config import Config
-from slimtorch.core.selection import FilterFn
+from slimtorch.core.selection import FilterFn, display_name
 from slimtorch.prune.api import register_pruner
 from slimtorch.prune.pruner import run_mask_pruning
 from slimtorch.prune.schedules import OneShot, Schedule
@@ -98,7 +98,7 @@ class NM(Config):
         """The selected layers; one whose input size ``m`` does not divide is an error naming it."""
         layers = select_layers(model, self.include, self.exclude, self.filter_fn)
         for name, module in layers:
-            _grouped(module.weight, self.m, f"layer {name!r} ({type(module).__name__})")
+            _grouped(module.weight, self.m, f"layer {display_name(name)!r} ({type(module).__name__})")
         return layers
 
     def compute_masks(

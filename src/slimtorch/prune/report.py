@@ -14,13 +14,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimtorch.core.selection import ROOT_NAME, display_name
+
 
 @dataclass
 class LayerReport:
     """One pruned parameter (usually a layer's ``weight``).
 
     Attributes:
-        name: fully qualified module name (``"features.0"``).
+        name: fully qualified module name (``"features.0"``; ``""`` when the model is itself the layer,
+            shown as ``"<root>"`` by :meth:`PruneReport.table`).
         kind: what was done (``"magnitude"``, ``"nm"``, ``"channel"``, ...).
         shape_before: parameter shape before pruning.
         shape_after: parameter shape after pruning (equal to ``shape_before`` for masks).
@@ -94,11 +97,11 @@ class PruneReport:
         return self.params_before / self.nonzeros_after if self.nonzeros_after else float("inf")
 
     def layer(self, name: str) -> LayerReport:
-        """The row of module ``name``."""
+        """The row of module ``name`` (``""`` or ``"<root>"`` for a model that is itself the layer)."""
         for r in self.layers:
-            if r.name == name:
+            if r.name == name or (name == ROOT_NAME and r.name == ""):
                 return r
-        raise KeyError(f"no pruned layer {name!r}; pruned: {[r.name for r in self.layers]}")
+        raise KeyError(f"no pruned layer {name!r}; pruned: {[display_name(r.name) for r in self.layers]}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (layers as dicts, with ``sparsity`` and ``kept`` included)."""
@@ -118,7 +121,7 @@ class PruneReport:
             macs = "" if r.macs_before is None else f"{_k(r.macs_before)} -> {_k(r.macs_after)}"
             lines.append(
                 [
-                    r.name,
+                    display_name(r.name),
                     r.kind,
                     _shape(r.shape_before),
                     _shape(r.shape_after),

@@ -2,18 +2,19 @@
 
 Default: the ``weight`` of every ``nn.Linear`` and ``nn.Conv1d/2d/3d``, the classifier included (Han
 et al. 2015 prune every layer), nothing excluded. Narrow it with ``include``/``exclude`` fnmatch
-patterns on module names and/or ``filter_fn(module, fqn) -> bool``.
+patterns on module names and/or ``filter_fn(module, fqn) -> bool``. A model that is itself one such
+layer (``nn.Linear(64, 32)``) selects itself, under the name ``""`` (``"<root>"`` in messages and in
+patterns).
 """
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Mapping, Sequence
 
 from torch import nn
 
 from slimtorch.core.config import check_range
-from slimtorch.core.selection import FilterFn, named_modules_matching
+from slimtorch.core.selection import FilterFn, _matches, display_name, named_modules_matching
 
 #: Layer types mask pruning selects by default.
 DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -29,7 +30,7 @@ def select_layers(
     """``(fqn, module)`` of the layers to prune; an empty selection is an error naming the candidates."""
     layers = named_modules_matching(model, types, include or None, exclude or None, filter_fn)
     if not layers:
-        candidates = [n for n, _ in named_modules_matching(model, types)]
+        candidates = [display_name(n) for n, _ in named_modules_matching(model, types)]
         raise ValueError(
             f"no layer of {type(model).__name__} is selected for pruning (include={list(include)}, "
             f"exclude={list(exclude)}, filter_fn={'set' if filter_fn else None}); layers of types "
@@ -49,7 +50,7 @@ def check_overrides(overrides: Mapping[str, float], field: str = "overrides") ->
 def override_for(name: str, overrides: Mapping[str, float]) -> float | None:
     """The value of the first pattern in ``overrides`` that matches ``name`` (fnmatch), else ``None``."""
     for pattern, value in overrides.items():
-        if fnmatch.fnmatchcase(name, pattern) or name.startswith(pattern + "."):
+        if _matches(name, (pattern,)):
             return float(value)
     return None
 

@@ -25,6 +25,7 @@ from typing import Any
 from torch import nn
 
 from slimtorch.core.config import Config
+from slimtorch.core.selection import display_name
 
 #: Handler signature: ``handler(model, config, calib_data) -> QuantReport``.
 Handler = Callable[[nn.Module, Config, "Iterable[Any] | None"], "QuantReport"]
@@ -39,7 +40,8 @@ class QuantReport:
 
     Attributes:
         scheme: short name of the scheme (``"int8_static"``, ``"w4a8"``, ...).
-        quantized: fully qualified names of the layers now in quantized form.
+        quantized: fully qualified names of the layers now in quantized form (``""`` when the model is
+            itself the one layer; :meth:`summary` shows it as ``"<root>"``).
         skipped: layers left in float, ``fqn -> reason`` (no quantized form, excluded by the user, ...).
         folded: ``(conv_fqn, bn_fqn)`` pairs whose BatchNorm was folded into the convolution.
         details: anything else worth reporting (calibration batches, throughput, per-layer errors).
@@ -66,7 +68,7 @@ class QuantReport:
         lines = [f"{self.scheme}: {len(self.quantized)} layer(s) quantized, "
                  f"{len(self.folded)} BatchNorm(s) folded"]
         if self.skipped:
-            lines.append("left in float: " + ", ".join(f"{k} ({v})" for k, v in self.skipped.items()))
+            lines.append("left in float: " + ", ".join(f"{display_name(k)} ({v})" for k, v in self.skipped.items()))
         return "\n".join(lines)
 
 

@@ -32,7 +32,7 @@ from torch import nn
 
 from slimtorch.core.config import Config, check_choice, check_positive
 from slimtorch.core.errors import SlimtorchError
-from slimtorch.core.selection import Selector, set_submodule
+from slimtorch.core.selection import Selector, display_name, set_submodule
 from slimtorch.quant.api import QuantReport, register_quantizer, register_scheme
 from slimtorch.quant.calibration import iter_calibration
 from slimtorch.quant.fold import find_conv_bn_pairs, fold_bn_
@@ -254,8 +254,10 @@ def _float_leftovers(model: nn.Module, quantized: set[str], excluded: set[str], 
     """Layers with parameters (or functional matmuls) that stay in float, with the reason."""
     out: dict[str, str] = {}
     for name, m in model.named_modules():
-        if not name or name in quantized or any(name.startswith(q + ".") for q in quantized):
+        if name in quantized or (name and any(name.startswith(q + ".") for q in quantized)):
             continue
+        if not name and any(True for _ in m.children()):
+            continue  # a multi-layer model's root is a container, not a layer
         if isinstance(m, (FakeQuantize, nn.Identity)) or not any(True for _ in m.parameters(recurse=False)):
             if isinstance(m, nn.MultiheadAttention):
                 out[name] = "nn.MultiheadAttention has no quantized form (its attention matmuls stay float)"
@@ -284,8 +286,13 @@ def prepare_(model: nn.Module, config: Int8Static) -> QuantReport:
     graph, why = trace_graph(model)
     folded = fold_bn_(model, find_conv_bn_pairs(model, graph)) if config.fold_bn else []
     selector = Selector(tuple(QUANT_MODULES), config.include, config.exclude, config.filter_fn)
-    candidates = [n for n, m in model.named_modules() if n and type(m) in QUANT_MODULES]
+    candidates = [n for n, m in Selector(tuple(QUANT_MODULES)).select(model) if type(m) in QUANT_MODULES]
     names = [n for n, m in selector.select(model) if type(m) in QUANT_MODULES]
+    if not names:
+        raise SlimtorchError(f"no Conv2d/Linear layer of {type(model).__name__} is selected for quantization "
+                             f"(include={list(config.include)}, exclude={list(config.exclude)}, filter_fn="
+                             f"{'set' if config.filter_fn else 'none'}); candidates: "
+                             f"{[display_name(n) for n in candidates][:10]}")
     plans = plan_layers(model, graph, names, config.quantize_outputs)
     target = get_target(config.target)
     weight_bits = target.weight_bits(config.weight_bits)
@@ -373,7 +380,7 @@ def convert_(model: nn.Module) -> None:
         if isinstance(q, FakeQuantize) and q.observing and q.observer is not None:
             layer, _, role = name.rpartition(".")
             if not q.observer.has_data:
-                raise ValueError(f"the {role.replace('_quant', '')} quantizer of layer {layer!r} saw no "
+                raise ValueError(f"the {role.replace('_quant', '')} quantizer of layer {display_name(layer)!r} saw no "
                                  "calibration data; is the layer used in forward()?")
             q.freeze()
     for name, layer in layers.items():
@@ -461,7 +468,7 @@ def _int8_dynamic(model: nn.Module, config: Int8Dynamic, calib_data: Iterable[An
     model.eval()
     graph, _ = trace_graph(model)
     selector = Selector((nn.Linear,), config.include, config.exclude, config.filter_fn)
-    candidates = [n for n, m in model.named_modules() if n and type(m) is nn.Linear]
+    candidates = [n for n, m in Selector((nn.Linear,)).select(model) if type(m) is nn.Linear]
     names = [n for n, m in selector.select(model) if type(m) is nn.Linear]
     target = get_target(config.target)
     for name in names:

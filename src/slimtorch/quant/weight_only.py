@@ -30,7 +30,7 @@ from torch import nn
 
 from slimtorch.core.config import Config, check_choice, check_positive, check_range
 from slimtorch.core.registry import Registry
-from slimtorch.core.selection import named_modules_matching, set_submodule
+from slimtorch.core.selection import display_name, named_modules_matching, set_submodule
 from slimtorch.quant.adaround import adaround_weight
 from slimtorch.quant.api import QuantReport, register_quantizer
 from slimtorch.quant.calibration import iter_calibration
@@ -122,7 +122,7 @@ def layer_group_size(module: nn.Module, name: str, group_size: int | None) -> in
     if n % group_size:
         what = "in_features" if isinstance(module, nn.Linear) else "fan-in (in_channels/groups*kh*kw)"
         raise ValueError(
-            f"group_size {group_size} does not divide {what} {n} of layer {name!r}; "
+            f"group_size {group_size} does not divide {what} {n} of layer {display_name(name)!r}; "
             f"choose a divisor of {n} or exclude the layer"
         )
     return group_size

@@ -23,7 +23,6 @@ effective weight: the mask is baked in first, and a zero weight is a pruned weig
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +32,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from slimtorch.core.config import Config, check_choice, check_positive, check_range
-from slimtorch.core.selection import FilterFn, Selector
+from slimtorch.core.selection import FilterFn, Selector, _matches
 from slimtorch.share.kmeans import KMEANS_INITS, kmeans_1d
 
 #: Layer kinds a ``bits`` mapping may name, and the module types each covers.
@@ -98,7 +97,7 @@ class WeightSharing(Config):
         if isinstance(self.bits, int):
             return self.bits
         for key, b in self.bits.items():
-            if key not in LAYER_KINDS and (fnmatch.fnmatchcase(name, key) or name.startswith(key + ".")):
+            if key not in LAYER_KINDS and _matches(name, (key,)):
                 return b
         for key, b in self.bits.items():
             if key in LAYER_KINDS and isinstance(module, LAYER_KINDS[key]):

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from slimtorch.core.config import Config, check_choice, check_positive, check_range
-from slimtorch.core.selection import _matches
+from slimtorch.core.selection import ROOT_NAME, _matches
 from slimtorch.prune.api import register_pruner
 from slimtorch.prune.report import LayerReport, PruneReport
 from slimtorch.prune.structured.graph import ChannelGroup, DependencyGraph, build_dependency_graph
@@ -504,6 +504,21 @@ def _search_ratio(
     return hi, current
 
 
+def _nothing_removable(model: nn.Module, graph: DependencyGraph) -> str:
+    """Why ``graph`` has no channel group to prune, as a warning (the model is returned unchanged)."""
+    if find_surgery(type(model)) is not None:
+        return (
+            f"Channel pruning removed nothing: the model is a single {type(model).__name__} layer "
+            f"({ROOT_NAME}), whose input and output channels are the model's own inputs and outputs, which "
+            "never change size; use Magnitude or NM to sparsify a single layer"
+        )
+    why = f" ({'; '.join(graph.notes)})" if graph.notes else ""
+    return (
+        f"Channel pruning removed nothing: no channel of {type(model).__name__} is removable; every channel "
+        f"is a model input or output or is kept{why}"
+    )
+
+
 @register_pruner(Channel, name="channel")
 def prune_channels_(
     model: nn.Module, config: Channel, example_inputs: Any = None, data: Any = None
@@ -525,6 +540,8 @@ def prune_channels_(
     scores = score_groups(model, graph, config, data)
     macs_before = _macs(model, ex)
     warn: list[str] = []
+    if not graph.groups:
+        warn.append(_nothing_removable(model, graph))
     speedups: dict[str, float] = {}
     if config.target_macs is not None or config.target_speedup is not None:
         target = None

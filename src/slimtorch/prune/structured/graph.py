@@ -34,7 +34,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from slimtorch.core.errors import SlimtorchError
-from slimtorch.core.selection import _matches
+from slimtorch.core.selection import ROOT_NAME, _matches, display_name
 from slimtorch.prune.structured.surgery import LayerSurgery, PinnedSurgery, find_surgery
 
 #: A place channels can be removed from: ("module", fqn, space name) or ("param", fqn, str(dim)).
@@ -376,7 +376,7 @@ class _Recorder(TorchFunctionMode):
                 owner = i.param[0].rpartition(".")[0]
                 mod = self.model_module(owner)
                 raise SlimtorchError(
-                    f"layer type {type(mod).__name__} (at '{owner or '<model>'}') uses its parameter "
+                    f"layer type {type(mod).__name__} (at '{display_name(owner)}') uses its parameter "
                     f"'{i.param[0]}' in '{name}', which structured pruning cannot follow, and has no surgery "
                     f"rule. Register one: `@register_surgery({type(mod).__name__}) "
                     "class MySurgery(LayerSurgery): ...` "
@@ -603,7 +603,8 @@ class _Recorder(TorchFunctionMode):
         elems = {s: self.space(("module", fqn, s), n) for s, n in sizes.items()}
         ins, outs = rule.bind(module, args, kwargs, output)
         pinned_rule = isinstance(rule, PinnedSurgery)
-        note = rule.note.format(fqn=fqn) if pinned_rule else f"{fqn}: an input it does not slice keeps its channels"
+        shown = display_name(fqn)
+        note = rule.note.format(fqn=shown) if pinned_rule else f"{shown}: an input it does not slice keeps its channels"
         bound = {id(t) for _, t, _ in ins}
         for t in _tensors(list(args) + list(kwargs.values())):
             i = self.info(t)
@@ -619,7 +620,7 @@ class _Recorder(TorchFunctionMode):
                 pass
             else:
                 if i is not None and i.elems is not None:
-                    self.pin(i.elems, f"{fqn} reads its input channels along another dim: kept")
+                    self.pin(i.elems, f"{shown} reads its input channels along another dim: kept")
                 self.pin(e, "")
         for a, ia, b, ib in rule.coupling(module):
             self.couple(elems[a][ia], elems[b][ib])
@@ -627,12 +628,18 @@ class _Recorder(TorchFunctionMode):
             self.set(t, _Info(dim % t.ndim, elems[s]))
         if pinned_rule:
             for e in elems.values():
-                self.pin(e, rule.note.format(fqn=fqn))
+                self.pin(e, rule.note.format(fqn=shown))
 
 
 def _leaves(named: list[tuple[str, nn.Module]], ignore: Sequence[str]) -> dict[nn.Module, tuple[str, LayerSurgery]]:
     leaves: dict[nn.Module, tuple[str, LayerSurgery]] = {}
     inside: set[str] = set()
+    root = find_surgery(type(named[0][1])) if named else None
+    if root is not None:
+        # The model is itself one layer (nn.Linear(64, 32)): that layer is the only leaf. Its input and
+        # output channels are the model's inputs and outputs, so the trace pins them (nothing removable
+        # unless the rule has internal units, e.g. attention heads).
+        return {named[0][1]: ("", root)}
     for name, m in named:
         parts = name.split(".")
         if any(".".join(parts[:i]) in inside for i in range(1, len(parts))):
@@ -661,13 +668,13 @@ def _fx_module(model: nn.Module, leaves: dict[nn.Module, tuple[str, LayerSurgery
     import torch.fx as fx
 
     class _Tracer(fx.Tracer):
-        current = "<model>"
+        current = ROOT_NAME
 
         def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
             return m in leaves or super().is_leaf_module(m, qualname)
 
         def call_module(self, m, forward, args, kwargs):  # noqa: ANN001
-            prev, self.current = self.current, self.path_of_module(m) or "<model>"
+            prev, self.current = self.current, display_name(self.path_of_module(m))
             try:
                 return super().call_module(m, forward, args, kwargs)
             finally:
@@ -711,7 +718,7 @@ def build_dependency_graph(
     used = "concrete"
     fwd: nn.Module = model
     notes: list[str] = []
-    if tracer in ("auto", "fx"):
+    if tracer in ("auto", "fx") and model not in leaves:  # a one-layer model has no graph for fx to trace
         try:
             fwd = _fx_module(model, leaves)
             used = "fx"
@@ -739,7 +746,7 @@ def build_dependency_graph(
         tb = e.__traceback__
         while tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
-        where = _innermost_module(tb.tb_frame, rec.modules) if tb is not None else "<model>"
+        where = _innermost_module(tb.tb_frame, rec.modules) if tb is not None else ROOT_NAME
         raise SlimtorchError(
             f"cannot trace {type(model).__name__}: the forward raised in module '{where}': "
             f"{type(e).__name__}: {e}. Check example_inputs, or pass ignore=('{where}',) to treat that "
@@ -766,9 +773,9 @@ def _innermost_module(frame: Any, modules: dict[nn.Module, str]) -> str:
     while frame is not None:
         obj = frame.f_locals.get("self")
         if isinstance(obj, nn.Module) and obj in modules:
-            return modules[obj] or "<model>"
+            return display_name(modules[obj])
         frame = frame.f_back
-    return "<model>"
+    return ROOT_NAME
 
 
 def _enter(rec: _Recorder) -> None:
