@@ -71,6 +71,70 @@ class Registry(Generic[T]):
         return f"Registry({self.kind!r}, {self.names()})"
 
 
+class TypeRegistry(Generic[T]):
+    """Maps types to objects (config type -> handler, layer type -> surgery rule), looked up along the MRO.
+
+    The one dispatch table of the library: ``quantize_``/``prune_`` find the handler of a config's type,
+    surgery and MAC counting find the rule of a layer's type. A subclass without its own entry uses its
+    nearest registered base.
+
+    Args:
+        kind: what is registered (``"quantizer"``, ``"surgery rule"``, ...), used in error messages.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[type, T] = {}
+
+    def register(self, key: type, obj: T | None = None, *, overwrite: bool = False) -> Any:
+        """Register ``obj`` for ``key`` (a class); without ``obj`` returns a decorator."""
+        if not isinstance(key, type):
+            raise ValueError(f"a {self.kind} is registered for a class, got {key!r}")
+
+        def deco(o: T) -> T:
+            if key in self._items and self._items[key] is not o and not overwrite:
+                raise ValueError(f"a {self.kind} for {key.__name__} is already registered; pass overwrite=True "
+                                 "to replace it")
+            self._items[key] = o
+            return o
+
+        return deco(obj) if obj is not None else deco
+
+    def find(self, key: type) -> T | None:
+        """The entry of ``key`` or of its nearest registered base class, else None."""
+        for t in key.__mro__:
+            if t in self._items:
+                return self._items[t]
+        return None
+
+    def get(self, key: type) -> T:
+        """Like :meth:`find`, but an unregistered type raises an error listing the registered ones."""
+        found = self.find(key)
+        if found is None:
+            known = ", ".join(sorted(t.__name__ for t in self._items))
+            raise ValueError(f"no {self.kind} registered for {key.__name__}; known: {known}")
+        return found
+
+    def types(self) -> list[type]:
+        """Registered types, in registration order."""
+        return list(self._items)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def __iter__(self) -> Iterator[type]:
+        return iter(list(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def items(self) -> list[tuple[type, T]]:
+        return list(self._items.items())
+
+    def __repr__(self) -> str:
+        return f"TypeRegistry({self.kind!r}, {[t.__name__ for t in self._items]})"
+
+
 def call_with_known_kwargs(fn: Callable[..., T], **kwargs: Any) -> T:
     """Call ``fn`` with only the keyword arguments its signature accepts."""
     import inspect

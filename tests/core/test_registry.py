@@ -1,0 +1,30 @@
+"""The type registry behind every config -> handler and layer -> rule table."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_type_registry_finds_the_nearest_registered_base():
+    from slimtorch.core.registry import TypeRegistry
+
+    class A:
+        pass
+
+    class B(A):
+        pass
+
+    class C:
+        pass
+
+    reg = TypeRegistry("handler")
+    reg.register(A, "a")
+    assert reg.get(B) == "a" and reg.find(C) is None and A in reg and B not in reg
+    reg.register(B)("b")
+    assert reg.get(B) == "b" and reg.types() == [A, B]
+    with pytest.raises(ValueError, match="no handler registered for C; known: A, B"):
+        reg.get(C)
+    with pytest.raises(ValueError, match="a handler for A is already registered"):
+        reg.register(A, "other")
+    with pytest.raises(ValueError, match="a handler is registered for a class, got 'A'"):
+        reg.register("A", "x")
