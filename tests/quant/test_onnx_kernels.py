@@ -1,4 +1,5 @@
-"""Kernel-friendly rewrites of an exported QDQ graph: exact on ONNX Runtime, applied only where safe."""
+"""Kernel-friendly rewrites of an exported QDQ graph: exact (bit-identical under the integer reference),
+run by ONNX Runtime within the scales' tolerance, and applied only where safe."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from slimtorch.core.errors import SlimtorchError
 from slimtorch.models import create
 from slimtorch.quant import Int8Static, export_onnx, quantize_
 from slimtorch.quant.export import ort_session, runtime_ops
+
+from .onnx_reference import DEEP_MODEL, assert_within_steps, output_step, run_reference
 
 
 def _run(path, x: np.ndarray) -> np.ndarray:
@@ -53,8 +56,12 @@ def test_rgb_stem_is_padded_to_four_channels_and_computes_the_same(tmp_path):
     quantize_(model, Int8Static(), calib_data=[x])
     plain = export_onnx(model, tmp_path / "plain.onnx", x[:1], pad_input_channels=0)
     padded = export_onnx(model, tmp_path / "pad.onnx", x[:1])  # the default pads to 4
-    # bit-identical outputs: the new channel is zero and meets zero weights
-    assert np.array_equal(_run(plain, x.numpy()), _run(padded, x.numpy()))
+    # exact: bit-identical under the integer reference (the new channel is zero and meets zero weights);
+    # ONNX Runtime's integer kernels agree with it up to a few flipped codes (DEEP_MODEL)
+    xs = x[:4].numpy()  # the reference's Conv is numpy: a few images
+    ref = run_reference(padded, xs)
+    assert np.array_equal(run_reference(plain, xs), ref)
+    assert_within_steps(_run(padded, xs), ref, output_step(padded), **DEEP_MODEL)
     g, inits = _graph(padded)
     # one Pad on the quantized input (filled with its zero point: the new channel is exactly 0.0), one on
     # the stem's stored 3-channel weight, sharing the widths tensor
@@ -85,7 +92,9 @@ def test_grey_5x5_first_conv_reads_its_kernel_columns_as_channels(multiple, tmp_
     quantize_(model, Int8Static(), calib_data=[x])
     plain = export_onnx(model, tmp_path / "plain.onnx", x[:1], pad_input_channels=0)
     unfolded = export_onnx(model, tmp_path / "unfold.onnx", x[:1], pad_input_channels=multiple)
-    assert np.array_equal(_run(plain, x.numpy()), _run(unfolded, x.numpy()))
+    ref = run_reference(unfolded, x.numpy())  # exact; ONNX Runtime within a few flipped codes
+    assert np.array_equal(run_reference(plain, x.numpy()), ref)
+    assert_within_steps(_run(unfolded, x.numpy()), ref, output_step(unfolded), **DEEP_MODEL)
     g, inits = _graph(unfolded)
     ops = collections.Counter(n.op_type for n in g.node)
     assert ops["Slice"] == 5 and ops["Concat"] == 1
@@ -123,7 +132,9 @@ def test_wide_first_kernels_unfold_only_with_unit_width_stride(channels, kernel,
     quantize_(m, Int8Static(), calib_data=[x])
     plain = export_onnx(m, tmp_path / "plain.onnx", x[:1], pad_input_channels=0)
     path = export_onnx(m, tmp_path / "m.onnx", x[:1])
-    assert np.array_equal(_run(plain, x.numpy()), _run(path, x.numpy()))
+    ref = run_reference(path, x.numpy())  # exact; ONNX Runtime off by at most the one requantization
+    assert np.array_equal(run_reference(plain, x.numpy()), ref)
+    assert_within_steps(_run(path, x.numpy()), ref, output_step(path), 1)
     g, inits = _graph(path)
     assert _conv_weights(g, inits)[0].shape == weight_shape
     unfolds = weight_shape[-1] == 1
