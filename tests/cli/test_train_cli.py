@@ -32,6 +32,7 @@ def test_train_then_load_eval_and_profile(tmp_path, capsys):
     prof = json.loads((out / "profile.json").read_text())
     assert prof["params"] == 64 * 32 + 32 + 32 * 10 + 10
     assert prof["val_accuracy"] > 0.85
+    assert set(prof["cpu"]) >= {"model", "kind", "flags"}  # the CPU the latency was measured on
     model = slimtorch.load(out)
     assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
     capsys.readouterr()

@@ -41,6 +41,33 @@ def test_int8_static_writes_an_onnx_file_measured_on_onnxruntime_and_restores(tm
     assert again[2]["accuracy"] == int8["accuracy"] and again[2]["size_bytes"] == int8["size_bytes"]
 
 
+def test_deployment_targets_in_a_recipe(tmp_path):
+    import onnx as onnx_lib
+    import pytest
+
+    from slimtorch.core.errors import SlimtorchError
+
+    def target_of(path):
+        return {p.key: p.value for p in onnx_lib.load(str(path)).metadata_props}["slimtorch.target"]
+
+    stages = [TEACHER, {"quantize": {"type": "Int8Static", "target": "x86-vnni"}}, {"export": {}}]
+    _, int8, exported = _run(tmp_path / "vnni", stages)
+    assert {lay["bits"] for lay in int8["layers"]} == {8} and int8["target"] == "x86-vnni"
+    assert target_of(tmp_path / "vnni" / "03-export" / "model.onnx") == "x86-vnni"
+    assert exported["target"] == "x86-vnni" and exported["cpu"]["kind"]
+    # a portable model re-exported for VNNI CPUs: the export stage's own target
+    stages = [TEACHER, {"quantize": {"type": "Int8Static"}}, {"export": {"target": "x86-vnni"}}]
+    _run(tmp_path / "portable", stages)
+    assert target_of(tmp_path / "portable" / "02-quantize" / "model.onnx") == "portable"
+    assert target_of(tmp_path / "portable" / "03-export" / "model.onnx") == "x86-vnni"
+    # 8-bit weights cannot be exported for the portable target
+    stages = [TEACHER, {"quantize": {"type": "Int8Static", "target": "x86-vnni"}}, {"export": {"target": "portable"}}]
+    with pytest.raises(SlimtorchError, match="has 8-bit weights"):
+        _run(tmp_path / "bad", stages)
+    with pytest.raises(ValueError, match="unknown deployment target 'arm9'"):
+        _run(tmp_path / "bad2", [TEACHER, {"export": {"target": "arm9"}}])
+
+
 def test_weight_only_low_bit_is_timed_on_torch_with_its_packed_file(tmp_path):
     stages = [TEACHER, {"quantize": {"type": "WeightOnly", "bits": 4, "group_size": 16}}]
     teacher, w4 = _run(tmp_path, stages)

@@ -6,7 +6,7 @@ import argparse
 
 from slimtorch import data as sdata
 from slimtorch.cli.common import add_data_arguments, build_model, check_out_dir, parse_kv, write_json
-from slimtorch.metrics import example_inputs_for, profile, render_table
+from slimtorch.metrics import cpu_info, example_inputs_for, profile, render_table
 from slimtorch.train import fit
 from slimtorch.train.fit import PRECISION_CHOICES
 
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
                  precision=args.precision, channels_last=args.channels_last, warmup_epochs=args.warmup_epochs)
     prof = profile(model, example_inputs_for(model))
     prof.update({k: v for k, v in result.final.items() if k.startswith("val_")})
-    write_json(out / "profile.json", prof)
+    write_json(out / "profile.json", {**prof, "cpu": cpu_info().to_dict()})  # latency depends on the CPU
     print(render_table([{"model": args.model, **prof}]))
     print(f"trained in {result.precision} (--precision {args.precision})")
     print(f"saved run to {out}")
