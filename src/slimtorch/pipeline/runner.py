@@ -89,7 +89,7 @@ def stage_records(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def holds_run(out: Path) -> bool:
     """Whether ``out`` already holds a pipeline run (or a single-model run folder)."""
-    from slimtorch.storage import MODEL_FILE
+    from slimtorch.io.storage import MODEL_FILE
 
     if not out.is_dir():
         return False
@@ -206,7 +206,7 @@ def run_recipe(
 
 def _source_row(ctx: StageContext, product: Product, resume: bool) -> dict[str, Any]:
     """Measure the recipe's starting model (once; reused on resume)."""
-    from slimtorch.storage import resolve_model_file
+    from slimtorch.io.storage import resolve_model_file
 
     d = ctx.run_dir / SOURCE_DIR
     record = read_record(d)

@@ -114,7 +114,7 @@ def run_distill(ctx: StageContext, spec: Any, product: Product) -> Product:
 
 def restore_student(ctx: StageContext, spec: Any, previous: Product, record: dict) -> Product:
     """Reload the distilled student (masks re-applied when the current model was distilled in place)."""
-    from slimtorch.storage import MODEL_FILE
+    from slimtorch.io.storage import MODEL_FILE
 
     d = Path(record["dir"])
     if spec.options.student is None:
