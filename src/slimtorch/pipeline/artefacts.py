@@ -17,7 +17,7 @@ from torch import nn
 
 from slimtorch.io.storage import MODEL_FILE
 from slimtorch.pipeline.context import StageContext
-from slimtorch.pipeline.stages import DENSE, MASKED, Product
+from slimtorch.pipeline.stage_def import DENSE, MASKED, Product
 
 SPARSE_FILE = "model.sparse.safetensors"
 

@@ -20,7 +20,7 @@ from slimtorch.core.config import Config, check_choice
 from slimtorch.pipeline.artefacts import masked_layer_names, remask_, restore_saved, save_float
 from slimtorch.pipeline.context import StageContext
 from slimtorch.pipeline.options import FitOptions
-from slimtorch.pipeline.stages import (
+from slimtorch.pipeline.stage_def import (
     FLOAT_STATES,
     MASKED,
     QUANTIZED,

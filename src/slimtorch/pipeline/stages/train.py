@@ -16,7 +16,7 @@ from slimtorch.distill import KD, DistillLoss
 from slimtorch.pipeline.artefacts import restore_float, restore_saved, save_float
 from slimtorch.pipeline.context import StageContext
 from slimtorch.pipeline.options import FitOptions, ModelSource
-from slimtorch.pipeline.stages import (
+from slimtorch.pipeline.stage_def import (
     DENSE,
     FLOAT_STATES,
     Product,
