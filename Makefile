@@ -25,6 +25,7 @@ demo: $(STAMP)
 	OMP_NUM_THREADS=$(THREADS) .venv/bin/slimtorch demo
 
 test: $(STAMP)
+	.venv/bin/lint-imports
 	OMP_NUM_THREADS=$(THREADS) $(PY) -m pytest tests
 
 bench: $(BSTAMP)

@@ -28,3 +28,29 @@ def test_type_registry_finds_the_nearest_registered_base():
         reg.register(A, "other")
     with pytest.raises(ValueError, match="a handler is registered for a class, got 'A'"):
         reg.register("A", "x")
+
+
+def test_layer_rule_registry_answers_for_a_declared_kind_at_its_place_in_the_mro():
+    from slimtorch.core.registry import LayerRuleRegistry
+
+    class Base:
+        pass
+
+    class Declares(Base):
+        slimtorch_kind = "pad"
+
+    class Inherits(Declares):
+        pass
+
+    class Own(Declares):
+        pass
+
+    rules: LayerRuleRegistry[str] = LayerRuleRegistry("rule")
+    rules.register(Base, "base")
+    assert rules.find(Declares) == "base"  # kind without a rule: the base's
+    rules.register_kind("pad", "pad rule")
+    rules.register(Own, "own")
+    assert rules.find(Declares) == rules.find(Inherits) == "pad rule"
+    assert rules.find(Own) == "own" and rules.find(Base) == "base" and rules.find(int) is None
+    assert rules.kinds() == ["pad"] and rules.types() == [Base, Own]
+    assert rules.pop(Own) == "own" and rules.find(Own) == "pad rule"

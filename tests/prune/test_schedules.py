@@ -158,3 +158,18 @@ def test_bad_iterative():
         Iterative(spacing="cubic")
     with pytest.raises(ValueError, match="schedule must be OneShot"):
         Magnitude(0.5, schedule="agp")
+
+
+def test_fit_fn_replaces_the_default_training_loop():
+    """prune_ never imports the trainer: a schedule that trains runs the loop it is given."""
+    net = nn.Sequential(nn.Linear(8, 8, bias=False))
+    data = TensorDataset(torch.randn(16, 8), torch.randint(0, 8, (16,)))
+    calls = []
+
+    def my_fit(model, data_, epochs, callbacks=(), **kwargs):
+        calls.append((epochs, kwargs, float((model[0].weight == 0).float().mean())))
+
+    cfg = Magnitude(0.75, schedule=Iterative(rounds=2, epochs=3, finetune={"lr": 0.5}))
+    rep = prune_(net, cfg, data=data, fit_fn=my_fit)
+    assert calls == [(3, {"progress": False, "lr": 0.5}, 0.5), (3, {"progress": False, "lr": 0.5}, 0.75)]
+    assert rep.sparsity == pytest.approx(0.75)

@@ -11,8 +11,8 @@ from typing import Any
 
 from torch import nn
 
+from slimtorch.io.storage import MODEL_FILE
 from slimtorch.models import MODELS, create
-from slimtorch.storage import MODEL_FILE
 
 
 def parse_kv(items: list[str] | None) -> dict[str, Any]:
@@ -72,7 +72,7 @@ def check_out_dir(out: str | Path, overwrite: bool, resume: bool = False) -> Pat
 def load_model(path: str | Path) -> nn.Module:
     """Any model file the CLI accepts: a run folder, a ``.safetensors`` file or a ``.slim`` file."""
     from slimtorch import share
-    from slimtorch.storage import load
+    from slimtorch.io.storage import load
 
     return share.load(path) if share.is_slim_file(path) else load(path)
 

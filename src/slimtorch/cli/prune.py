@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--method {args.method} with this schedule fine-tunes while pruning: give --data")
 
     before = accuracy(model, test_set) if test_set is not None else None
-    report = prune_(model, config, example_inputs=example_inputs_for(model), data=train_set)
+    report = prune_(model, config, example_inputs=example_inputs_for(model), data=train_set, fit_fn=fit)
     if not trains and args.finetune_epochs > 0:
         fit(model, train_set, args.finetune_epochs, **args.fit_kwargs)
     after = accuracy(model, test_set) if test_set is not None else None

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 from slimtorch.cli.common import add_data_arguments, write_json
+from slimtorch.io.storage import read_spec, resolve_model_file
 from slimtorch.metrics import render_table
 from slimtorch.pipeline import parse_recipe, run_recipe
 from slimtorch.pipeline.search import SPACES, TARGETS, search
-from slimtorch.storage import read_spec, resolve_model_file
 
 NAME = "search"
 HELP = (

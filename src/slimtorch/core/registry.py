@@ -122,6 +122,13 @@ class TypeRegistry(Generic[T]):
     def __contains__(self, key: object) -> bool:
         return key in self._items
 
+    def pop(self, key: type) -> T:
+        """Remove and return the entry registered for exactly ``key`` (e.g. to undo a test's registration)."""
+        return self._items.pop(key)
+
+    def __delitem__(self, key: type) -> None:
+        del self._items[key]
+
     def __iter__(self) -> Iterator[type]:
         return iter(list(self._items))
 
@@ -133,6 +140,50 @@ class TypeRegistry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"TypeRegistry({self.kind!r}, {[t.__name__ for t in self._items]})"
+
+
+#: Class attribute by which a layer names the rule family it follows (``slimtorch_kind = "qkv_attention"``).
+#: Layers defined below the technique that handles them (the model zoo sits below ``prune`` and
+#: ``metrics``) declare a kind instead of being imported by the technique's rule table.
+KIND_ATTR = "slimtorch_kind"
+
+
+class LayerRuleRegistry(TypeRegistry[T]):
+    """A :class:`TypeRegistry` of layer rules that also answers for layers declaring a kind.
+
+    ``find(cls)`` walks ``cls.__mro__``; at each class it takes the rule registered for that class, else
+    the rule registered for the kind the class itself declares in :data:`KIND_ATTR`. A declaration thus
+    counts where the class stands in the MRO: a subclass of ``nn.Linear`` that declares a kind uses the
+    kind's rule, one that does not inherits ``nn.Linear``'s.
+    """
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self._kinds: dict[str, T] = {}
+
+    def register_kind(self, name: str, obj: T | None = None, *, overwrite: bool = False) -> Any:
+        """Register ``obj`` for layers declaring ``slimtorch_kind = name``; without ``obj``, a decorator."""
+
+        def deco(o: T) -> T:
+            if name in self._kinds and self._kinds[name] is not o and not overwrite:
+                raise ValueError(f"a {self.kind} for kind {name!r} is already registered; pass overwrite=True")
+            self._kinds[name] = o
+            return o
+
+        return deco(obj) if obj is not None else deco
+
+    def find(self, key: type) -> T | None:
+        for t in key.__mro__:
+            if t in self._items:
+                return self._items[t]
+            declared = t.__dict__.get(KIND_ATTR)
+            if declared in self._kinds:
+                return self._kinds[declared]
+        return None
+
+    def kinds(self) -> list[str]:
+        """Kinds that have a rule, sorted."""
+        return sorted(self._kinds)
 
 
 def call_with_known_kwargs(fn: Callable[..., T], **kwargs: Any) -> T:

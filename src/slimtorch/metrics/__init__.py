@@ -31,6 +31,7 @@ from slimtorch.metrics.macs import (
     count_macs,
     linear_macs,
     register_mac_rule,
+    register_mac_rule_kind,
 )
 from slimtorch.metrics.ort import export_onnx_fp32, onnx_session, session_feed
 from slimtorch.metrics.profile import compare, compare_models, profile
@@ -70,6 +71,7 @@ __all__ = [
     "perplexity",
     "profile",
     "register_mac_rule",
+    "register_mac_rule_kind",
     "render_table",
     "session_feed",
     "sparsity",

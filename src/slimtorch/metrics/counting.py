@@ -92,7 +92,7 @@ def model_size_bytes(model: nn.Module) -> int:
     A parametrized model is measured as its permanent copy (parametrizations baked in), i.e. the
     dense fp32 (or whatever dtype) file a user would ship.
     """
-    from slimtorch.storage import save  # storage sits beside the layers; imported lazily
+    from slimtorch.io.storage import save
 
     if any(parametrize.is_parametrized(m) for m in model.modules()):
         model = permanent_copy(model)

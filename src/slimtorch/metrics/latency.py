@@ -67,7 +67,7 @@ def torch_threads(threads: int) -> Iterator[None]:
 
 def _load_module(path: str | os.PathLike) -> nn.Module:
     """A model saved by :func:`slimtorch.save` (file or run directory)."""
-    from slimtorch.storage import load  # storage sits beside the layers; imported lazily
+    from slimtorch.io.storage import load
 
     return load(path)
 

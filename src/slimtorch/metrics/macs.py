@@ -8,7 +8,8 @@ weights are still counted: sparse kernels are a runtime matter). Counted:
 * ``Linear``: ``out.numel() * in_features`` (any leading dims, e.g. ``(B, T, D)``).
 * ``nn.MultiheadAttention``: the q/k/v and output projections plus the two matmuls
   ``Q K^T`` and ``A V``: ``B*h*Lq*Lk*d`` each (its projection sub-layers are not called as modules).
-* slimtorch's :class:`~slimtorch.models.attention.SelfAttention`: only the matmuls
+* layers declaring ``slimtorch_kind = "qkv_attention"`` (separate q/k/v/proj ``Linear`` children,
+  e.g. slimtorch's :class:`~slimtorch.models.attention.SelfAttention`): only the matmuls
   ``2 * B * h * T * T * d``; its q/k/v/proj ``Linear`` children are counted by their own rule.
   Causal attention is counted dense (as if every query saw every key), as in most counters.
 
@@ -19,7 +20,8 @@ figures Torch-Pruning / DepGraph publish (ResNet-56: 125.49M MACs = convolutions
 ``include_norm=True`` to count one MAC per output element of BatchNorm/LayerNorm/GroupNorm
 (``y = x * a + b`` after folding the statistics), as ptflops does.
 
-New layer types get a rule with :func:`register_mac_rule`.
+New layer types get a rule with :func:`register_mac_rule`; layers this package cannot import (the zoo sits
+below ``metrics``) declare a kind (``slimtorch_kind``) that :func:`register_mac_rule_kind` gives a rule.
 """
 
 from __future__ import annotations
@@ -33,15 +35,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimtorch.core.registry import LayerRuleRegistry
 from slimtorch.metrics._batches import Inputs, as_tuple, eval_mode
-from slimtorch.models.attention import SelfAttention
 
 #: ``rule(module, args, kwargs, output) -> MACs of one call``.
 MacRule = Callable[[nn.Module, tuple[Any, ...], dict[str, Any], Any], int]
 
 #: Layer type -> MAC rule; looked up along the type's MRO so subclasses (e.g. fake-quant wrappers
 #: deriving from ``nn.Linear``) inherit their base's rule.
-MAC_RULES: dict[type[nn.Module], MacRule] = {}
+MAC_RULES: LayerRuleRegistry[MacRule] = LayerRuleRegistry("MAC rule")
 
 #: Normalisation layers: counted only with ``include_norm=True``.
 NORM_TYPES: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
@@ -52,18 +54,25 @@ def register_mac_rule(*types: type[nn.Module]) -> Callable[[MacRule], MacRule]:
 
     def deco(fn: MacRule) -> MacRule:
         for t in types:
-            MAC_RULES[t] = fn
+            MAC_RULES.register(t, fn, overwrite=True)
+        return fn
+
+    return deco
+
+
+def register_mac_rule_kind(kind: str) -> Callable[[MacRule], MacRule]:
+    """Decorator registering a MAC rule for layers declaring ``slimtorch_kind = kind``."""
+
+    def deco(fn: MacRule) -> MacRule:
+        MAC_RULES.register_kind(kind, fn, overwrite=True)
         return fn
 
     return deco
 
 
 def find_rule(module: nn.Module) -> MacRule | None:
-    """The rule of the nearest registered type in ``type(module).__mro__``, or ``None``."""
-    for t in type(module).__mro__:
-        if t in MAC_RULES:
-            return MAC_RULES[t]
-    return None
+    """The rule of the nearest registered type (or declared kind) in ``type(module).__mro__``, or ``None``."""
+    return MAC_RULES.find(type(module))
 
 
 # ---- pure formulas -------------------------------------------------------------------------------
@@ -128,8 +137,8 @@ def _mha(m: nn.MultiheadAttention, args: tuple[Any, ...], kwargs: dict[str, Any]
     return proj + attention_matmul_macs(batch, h, lq, lk, e // h, e // h)
 
 
-@register_mac_rule(SelfAttention)
-def _self_attention(m: SelfAttention, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
+@register_mac_rule_kind("qkv_attention")
+def _self_attention(m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> int:
     x = args[0] if args else kwargs["x"]  # (B, T, dim)
     batch, t = x.shape[0], x.shape[1]
     h = m.num_heads

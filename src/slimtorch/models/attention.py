@@ -24,6 +24,11 @@ class SelfAttention(nn.Module):
         dropout: attention-probability dropout.
     """
 
+    #: The rule family prune's channel surgery and metrics' MAC counting apply (the zoo sits below both,
+    #: so it names the family instead of being imported by their rule tables): separate q/k/v/proj
+    #: ``Linear`` children, ``num_heads``, called on ``(B, T, dim)``.
+    slimtorch_kind = "qkv_attention"
+
     def __init__(self, dim: int, num_heads: int, causal: bool = False, bias: bool = True,
                  dropout: float = 0.0) -> None:
         super().__init__()

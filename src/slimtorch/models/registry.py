@@ -1,60 +1,9 @@
-"""The model registry: ``create(name, **kwargs)`` and ``list_models()``.
+"""The zoo's view of the architecture registry, which lives in :mod:`slimtorch.io.architectures`.
 
-Every zoo constructor is registered with ``@register_model("name")``. ``create`` records the name and
-keyword arguments on the model (``model.slimtorch_spec``) so :func:`slimtorch.save` can store the
-architecture next to the weights and :func:`slimtorch.load` can rebuild it without user code.
+``io`` rebuilds stored models by name and sits below ``models``, so the table is defined there and the
+zoo registers into it; these names stay importable from here.
 """
 
-from __future__ import annotations
+from slimtorch.io.architectures import MODELS, SPEC_ATTR, create, list_models, register_model
 
-import copy
-from collections.abc import Callable
-from typing import Any
-
-from torch import nn
-
-from slimtorch.core.registry import Registry
-
-MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
-
-#: Attribute on a model holding ``{"name": ..., "kwargs": {...}}``.
-SPEC_ATTR = "slimtorch_spec"
-
-
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering a zoo constructor under ``name``."""
-    return MODELS.register(name)
-
-
-def create(name: str, **kwargs: Any) -> nn.Module:
-    """Build a zoo model by name.
-
-    Args:
-        name: one of :func:`list_models` (case-insensitive).
-        **kwargs: passed to the constructor (e.g. ``num_classes=10``, ``hidden=(300, 100)``).
-
-    Returns:
-        The model, with ``model.slimtorch_spec`` set to ``{"name": name, "kwargs": kwargs}``.
-    """
-    ctor = MODELS.get(name)
-    try:
-        model = ctor(**kwargs)
-    except TypeError as e:
-        raise ValueError(f"bad arguments for model {name!r}: {e}") from None
-    setattr(model, SPEC_ATTR, {"name": name.lower(), "kwargs": copy.deepcopy(_plain(kwargs))})
-    return model
-
-
-def list_models() -> list[str]:
-    """Names accepted by :func:`create`."""
-    return MODELS.names()
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, tuple):
-        return [_plain(x) for x in v]
-    if isinstance(v, list):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    return v
+__all__ = ["MODELS", "SPEC_ATTR", "create", "list_models", "register_model"]

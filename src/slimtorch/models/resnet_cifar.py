@@ -20,6 +20,10 @@ from slimtorch.models.registry import register_model
 class PadShortcut(nn.Module):
     """Option A shortcut: ``x[:, :, ::2, ::2]`` then zero channels appended up to ``out_channels``."""
 
+    #: Channels are matched by position (zeros appended), so structured pruning keeps the channels on both
+    #: sides: prune's surgery table pins layers of kind "channel_pad".
+    slimtorch_kind = "channel_pad"
+
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride

@@ -5,7 +5,8 @@
 >>> rows = run_recipe(recipe, "runs/mnist", resume=True)      # one row per stage
 >>> # runs/mnist/report.html: stage table, ratios, accuracy-vs-size/latency plots, per-layer sparsity/bits
 
-A stage kind is one :class:`StageDef` in :data:`STAGES` (see :mod:`slimtorch.pipeline.stages`).
+A stage kind is one :class:`StageDef` in :data:`STAGES` (see :mod:`slimtorch.pipeline.stage_def`); the
+built-in ones are the :mod:`slimtorch.pipeline.stages` package.
 """
 
 from slimtorch.pipeline.measure import ROW_KEYS, layer_table, measure, onnx_accuracy, public_row
@@ -20,7 +21,7 @@ from slimtorch.pipeline.recipe import (
 )
 from slimtorch.pipeline.report import build_report, write_report
 from slimtorch.pipeline.runner import run_recipe, stage_records
-from slimtorch.pipeline.stages import (
+from slimtorch.pipeline.stages import (  # the package: importing it registers the built-in stages
     ALLOWED_ORDER,
     STAGES,
     Product,

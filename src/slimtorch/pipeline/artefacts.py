@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimtorch.io.storage import MODEL_FILE
 from slimtorch.pipeline.context import StageContext
-from slimtorch.pipeline.stages import DENSE, MASKED, Product
-from slimtorch.storage import MODEL_FILE
+from slimtorch.pipeline.stage_def import DENSE, MASKED, Product
 
 SPARSE_FILE = "model.sparse.safetensors"
 
@@ -32,8 +32,8 @@ def masked_layer_names(model: nn.Module) -> list[str]:
 def save_float(ctx: StageContext, model: nn.Module, info: dict | None = None) -> Product:
     """Save ``model`` into the stage folder; the :class:`Product` has state ``dense`` or ``masked``."""
     from slimtorch import metrics
+    from slimtorch.io.storage import save
     from slimtorch.prune import make_permanent_, save_sparse
-    from slimtorch.storage import save
 
     masked = masked_layer_names(model)
     info = {**(info or {}), "masked_layers": masked}

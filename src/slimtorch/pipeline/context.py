@@ -124,7 +124,7 @@ class StageContext:
     def build_model(self, source: ModelSource) -> nn.Module:
         """The model ``source`` describes, with its checkpoint's weights when it names one."""
         from slimtorch import models
-        from slimtorch.storage import load as load_model
+        from slimtorch.io.storage import load as load_model
 
         ckpt = self.recipe.resolve(source.checkpoint)
         if source.zoo is not None:
@@ -151,8 +151,8 @@ class StageContext:
 
     def restore_model(self, path: Path, like: ModelSource | None = None) -> nn.Module:
         """Reload a model the pipeline saved with ``slimtorch.save`` (custom models into a fresh skeleton)."""
-        from slimtorch.storage import load as load_model
-        from slimtorch.storage import read_spec
+        from slimtorch.io.storage import load as load_model
+        from slimtorch.io.storage import read_spec
 
         if "model" in read_spec(path) or like is None or like.factory is None:
             return load_model(path).train()

@@ -21,7 +21,7 @@ from torch.nn.utils import parametrize
 
 from slimtorch.core.errors import SlimtorchError
 from slimtorch.pipeline.context import StageContext, fit_inputs
-from slimtorch.pipeline.stages import QUANTIZED, Product
+from slimtorch.pipeline.stage_def import QUANTIZED, Product
 
 #: The public columns of a stage row, in table order.
 ROW_KEYS = ("stage", "accuracy", "size_bytes", "params", "nonzero_params", "macs", "latency_ms", "runtime")

@@ -35,7 +35,7 @@ from typing import Any
 from slimtorch.core.config import CONFIG_TYPES, Config
 from slimtorch.core.errors import SlimtorchError
 from slimtorch.pipeline.options import DataSpec, MeasureOptions, ModelSource
-from slimtorch.pipeline.stages import ALLOWED_ORDER, DENSE, get_stage, stage_names
+from slimtorch.pipeline.stage_def import ALLOWED_ORDER, DENSE, get_stage, stage_names
 
 TOP_LEVEL_KEYS = ("name", "model", "data", "stages", "seed", "measure")
 

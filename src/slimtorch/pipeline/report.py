@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from slimtorch.core.errors import SlimtorchError
-from slimtorch.pipeline.runner import RECIPE_FILE, stage_records
+from slimtorch.pipeline.run_folder import RECIPE_FILE, stage_records
 
 STAGE_COLUMNS = (
     "stage",

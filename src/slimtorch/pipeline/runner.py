@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -33,13 +32,17 @@ import torch
 from slimtorch.pipeline.context import StageContext
 from slimtorch.pipeline.measure import measure, public_row
 from slimtorch.pipeline.recipe import Recipe
-from slimtorch.pipeline.stages import DENSE, Product, get_stage, stage_dir_name
+from slimtorch.pipeline.run_folder import (  # noqa: F401  (re-exported: the runner's public names)
+    RECIPE_FILE,
+    SOURCE_DIR,
+    STAGE_DIR_PATTERN,
+    STAGE_FILE,
+    TABLE_FILE,
+    read_record,
+    stage_records,
+)
+from slimtorch.pipeline.stage_def import DENSE, Product, get_stage, stage_dir_name
 
-RECIPE_FILE = "recipe.yaml"
-STAGE_FILE = "stage.json"
-TABLE_FILE = "stages.json"
-SOURCE_DIR = "00-source"
-_STAGE_DIR = re.compile(r"^\d\d-[a-z_]+$")
 _RUN_FILES = (RECIPE_FILE, TABLE_FILE, "report.md", "report.html")
 
 
@@ -67,35 +70,15 @@ def _json_default(v: Any) -> Any:
     return str(v)
 
 
-def read_record(stage_dir: Path) -> dict[str, Any] | None:
-    """The ``stage.json`` of a complete stage (with ``dir`` set to where it is now), else ``None``."""
-    p = stage_dir / STAGE_FILE
-    if not p.is_file():
-        return None
-    try:
-        record = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    record["dir"] = str(stage_dir)
-    return record
-
-
-def stage_records(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Every complete stage record of a run folder, in stage order."""
-    run_dir = Path(run_dir)
-    dirs = sorted(d for d in run_dir.iterdir() if d.is_dir() and _STAGE_DIR.match(d.name)) if run_dir.is_dir() else []
-    return [r for r in (read_record(d) for d in dirs) if r is not None]
-
-
 def holds_run(out: Path) -> bool:
     """Whether ``out`` already holds a pipeline run (or a single-model run folder)."""
-    from slimtorch.storage import MODEL_FILE
+    from slimtorch.io.storage import MODEL_FILE
 
     if not out.is_dir():
         return False
     if (out / RECIPE_FILE).exists() or (out / MODEL_FILE).exists():
         return True
-    return any(d.is_dir() and _STAGE_DIR.match(d.name) for d in out.iterdir())
+    return any(d.is_dir() and STAGE_DIR_PATTERN.match(d.name) for d in out.iterdir())
 
 
 def prepare_run_dir(out: str | Path, recipe: Recipe, resume: bool, overwrite: bool) -> Path:
@@ -104,7 +87,7 @@ def prepare_run_dir(out: str | Path, recipe: Recipe, resume: bool, overwrite: bo
     if holds_run(out):
         if overwrite:
             for d in out.iterdir():
-                if d.is_dir() and _STAGE_DIR.match(d.name):
+                if d.is_dir() and STAGE_DIR_PATTERN.match(d.name):
                     shutil.rmtree(d)
             for name in _RUN_FILES:
                 (out / name).unlink(missing_ok=True)
@@ -206,7 +189,7 @@ def run_recipe(
 
 def _source_row(ctx: StageContext, product: Product, resume: bool) -> dict[str, Any]:
     """Measure the recipe's starting model (once; reused on resume)."""
-    from slimtorch.storage import resolve_model_file
+    from slimtorch.io.storage import resolve_model_file
 
     d = ctx.run_dir / SOURCE_DIR
     record = read_record(d)

@@ -26,14 +26,15 @@ import torch
 from torch import nn
 
 from slimtorch.core.config import Config
-from slimtorch.core.registry import Registry
+from slimtorch.core.finetune import FitFn
+from slimtorch.core.registry import Registry, TypeRegistry
 from slimtorch.prune.report import PruneReport
 
 Inputs = torch.Tensor | tuple[torch.Tensor, ...]
 PrunerFn = Callable[..., PruneReport]
 
 #: Config type -> handler. Looked up along the config's MRO, so a subclass reuses its parent's handler.
-PRUNERS: dict[type, PrunerFn] = {}
+PRUNERS: TypeRegistry[PrunerFn] = TypeRegistry("pruner")
 #: CLI method name -> config type (``slimtorch prune --method NAME``).
 METHODS: Registry[type[Config]] = Registry("prune method")
 
@@ -48,7 +49,7 @@ def register_pruner(config_type: type[Config], name: str | None = None) -> Calla
     """
 
     def deco(handler: PrunerFn) -> PrunerFn:
-        if config_type in PRUNERS and PRUNERS[config_type] is not handler:
+        if config_type in PRUNERS and PRUNERS.find(config_type) is not handler:
             raise ValueError(f"a pruner for {config_type.__name__} is already registered")
         if name is not None:
             missing = [a for a in ("add_cli_arguments", "from_cli_args") if not hasattr(config_type, a)]
@@ -57,14 +58,19 @@ def register_pruner(config_type: type[Config], name: str | None = None) -> Calla
                     f"{config_type.__name__} is registered as CLI method {name!r} but lacks {missing}"
                 )
             METHODS.register(name, config_type, overwrite=True)
-        PRUNERS[config_type] = handler
+        PRUNERS.register(config_type, handler)
         return handler
 
     return deco
 
 
 def prune_(
-    model: nn.Module, config: Config, example_inputs: Inputs | None = None, data: Any = None
+    model: nn.Module,
+    config: Config,
+    example_inputs: Inputs | None = None,
+    data: Any = None,
+    *,
+    fit_fn: FitFn | None = None,
 ) -> PruneReport:
     """Prune ``model`` in place as ``config`` says and report what changed.
 
@@ -76,18 +82,22 @@ def prune_(
         data: what the method needs beyond weights: training data for schedules that fine-tune
             (``Iterative``/``AGP``; a Dataset, an iterable of ``(x, y)`` batches, or for ``Iterative`` a
             callable ``finetune(model, round)``), calibration batches for data-driven importance.
+        fit_fn: the training loop those schedules run on ``data`` (``slimtorch.train.fit``'s signature:
+            ``fit_fn(model, data, epochs, callbacks=[...], **kwargs)``); default: ``slimtorch.train.fit``.
+            Passed to handlers that accept a ``fit_fn`` argument.
 
     Returns:
         A :class:`PruneReport` (per-layer shapes or sparsity, params, nonzeros, MACs).
     """
     handler = _handler_for(config)
-    return handler(model, config, example_inputs=example_inputs, data=data)
+    extra = {} if fit_fn is None else {"fit_fn": fit_fn}
+    return handler(model, config, example_inputs=example_inputs, data=data, **extra)
 
 
 def _handler_for(config: Any) -> PrunerFn:
-    for cls in type(config).__mro__:
-        if cls in PRUNERS:
-            return PRUNERS[cls]
+    handler = PRUNERS.find(type(config))
+    if handler is not None:
+        return handler
     known = sorted(c.__name__ for c in PRUNERS)
     raise ValueError(
         f"no pruner is registered for {type(config).__name__}; known configs: {known}. Register one "

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from slimtorch.core.finetune import FitFn, resolve_fit
 from slimtorch.prune.masks import apply_mask_
 from slimtorch.prune.report import LayerReport, PruneReport, count_model
 from slimtorch.prune.schedules import AGP, Iterative, OneShot, Schedule
@@ -145,15 +146,17 @@ def iterative_prune_(
     config: MaskMethod,
     finetune: Callable[[nn.Module, int], Any] | Any,
     example_inputs: Inputs | None = None,
+    fit_fn: FitFn | None = None,
 ) -> PruneReport:
     """Han et al. 2015: for round ``k = 1..R``: prune to ``s_k``, then fine-tune.
 
     Args:
         model: pruned in place.
         config: a mask config whose schedule is :class:`Iterative`.
-        finetune: ``finetune(model, round)`` (your loop), or training data for ``slimtorch.train.fit``
-            run for ``schedule.epochs`` epochs with ``schedule.finetune`` keyword arguments.
+        finetune: ``finetune(model, round)`` (your loop), or training data for ``fit_fn`` run for
+            ``schedule.epochs`` epochs with ``schedule.finetune`` keyword arguments.
         example_inputs: for MACs in the report.
+        fit_fn: the training loop for data (``fit``'s signature); default: ``slimtorch.train.fit``.
     """
     schedule = config.active_schedule
     if not isinstance(schedule, Iterative):
@@ -162,7 +165,7 @@ def iterative_prune_(
     step = (
         finetune
         if callable(finetune) and not hasattr(finetune, "__getitem__")
-        else _fit_fn(finetune, schedule)
+        else _fit_fn(finetune, schedule, fit_fn)
     )
     history = []
     for k in range(1, schedule.rounds + 1):
@@ -175,20 +178,24 @@ def iterative_prune_(
 
 
 def run_mask_pruning(
-    model: nn.Module, config: MaskMethod, example_inputs: Inputs | None = None, data: Any = None
+    model: nn.Module,
+    config: MaskMethod,
+    example_inputs: Inputs | None = None,
+    data: Any = None,
+    fit_fn: FitFn | None = None,
 ) -> PruneReport:
     """What ``prune_`` does for a mask config: runs its schedule (see :data:`SCHEDULE_DRIVERS`)."""
     schedule = config.active_schedule
     for cls in type(schedule).__mro__:
         if cls in SCHEDULE_DRIVERS:
-            return SCHEDULE_DRIVERS[cls](model, config, example_inputs, data)
+            return SCHEDULE_DRIVERS[cls](model, config, example_inputs, data, fit_fn)
     raise ValueError(
         f"no driver for schedule {type(schedule).__name__}; known: {[c.__name__ for c in SCHEDULE_DRIVERS]}"
     )
 
 
 def _drive_oneshot(
-    model: nn.Module, config: MaskMethod, example_inputs: Inputs | None, data: Any
+    model: nn.Module, config: MaskMethod, example_inputs: Inputs | None, data: Any, fit_fn: FitFn | None
 ) -> PruneReport:
     pruner = MaskPruner(model, config, example_inputs)
     pruner.prune_at(0)
@@ -196,7 +203,7 @@ def _drive_oneshot(
 
 
 def _drive_iterative(
-    model: nn.Module, config: MaskMethod, example_inputs: Inputs | None, data: Any
+    model: nn.Module, config: MaskMethod, example_inputs: Inputs | None, data: Any, fit_fn: FitFn | None
 ) -> PruneReport:
     if data is None:
         raise ValueError(
@@ -204,10 +211,12 @@ def _drive_iterative(
             "slimtorch.train.fit, "
             "or a callable finetune(model, round))"
         )
-    return iterative_prune_(model, config, data, example_inputs)
+    return iterative_prune_(model, config, data, example_inputs, fit_fn)
 
 
-def _drive_agp(model: nn.Module, config: MaskMethod, example_inputs: Inputs | None, data: Any) -> PruneReport:
+def _drive_agp(
+    model: nn.Module, config: MaskMethod, example_inputs: Inputs | None, data: Any, fit_fn: FitFn | None
+) -> PruneReport:
     if data is None:
         raise ValueError(
             "schedule=AGP prunes while training: pass data= (training data; slimtorch.train.fit drives it) "
@@ -215,7 +224,7 @@ def _drive_agp(model: nn.Module, config: MaskMethod, example_inputs: Inputs | No
         )
     schedule = config.active_schedule
     pruner = MaskPruner(model, config, example_inputs)
-    _fit(model, data, schedule.epochs, schedule.finetune, callbacks=[pruner])  # type: ignore[attr-defined]
+    _fit(model, data, schedule.epochs, schedule.finetune, [pruner], fit_fn)  # type: ignore[attr-defined]
     return pruner.report()
 
 
@@ -227,22 +236,26 @@ SCHEDULE_DRIVERS: dict[type, Callable[..., PruneReport]] = {
 }
 
 
-def _fit_fn(data: Any, schedule: Iterative) -> Callable[[nn.Module, int], Any]:
+def _fit_fn(data: Any, schedule: Iterative, fit_fn: FitFn | None = None) -> Callable[[nn.Module, int], Any]:
     def step(model: nn.Module, k: int) -> None:
-        _fit(model, data, schedule.epochs, schedule.finetune)
+        _fit(model, data, schedule.epochs, schedule.finetune, fit_fn=fit_fn)
 
     return step
 
 
 def _fit(
-    model: nn.Module, data: Any, epochs: int, kwargs: dict[str, Any], callbacks: list[Any] | None = None
+    model: nn.Module,
+    data: Any,
+    epochs: int,
+    kwargs: dict[str, Any],
+    callbacks: list[Any] | None = None,
+    fit_fn: FitFn | None = None,
 ) -> None:
     if epochs <= 0:
         return
-    # ``train`` sits below ``prune`` in the layer order; it is a convenience the schedules drive, so it is
-    # imported only when a schedule actually trains (users with their own loop never need it).
-    from slimtorch.train import fit
-
+    # ``train`` sits above ``prune`` in the layer order: the loop is passed in (``fit_fn``) or is the
+    # default ``slimtorch.train`` installs (see slimtorch.core.finetune), never imported from here.
+    fit = resolve_fit(fit_fn)
     kw = {"progress": False, **kwargs}
     fit(model, data, epochs, callbacks=list(callbacks or []) + list(kw.pop("callbacks", [])), **kw)
 

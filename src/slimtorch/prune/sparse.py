@@ -28,8 +28,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from slimtorch.core.errors import SlimtorchError
+from slimtorch.io.storage import load_state_into, model_from_spec, model_spec, read_spec, write_safetensors
 from slimtorch.prune.masks import make_permanent_
-from slimtorch.storage import load_state_into, model_from_spec, model_spec, read_spec, write_safetensors
 
 #: Suffixes of the three arrays of a CSR tensor ``key``: ``key.csr_values`` etc.
 CSR_PARTS = ("csr_values", "csr_col", "csr_rowptr")

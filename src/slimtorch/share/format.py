@@ -41,8 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimtorch import storage
 from slimtorch.core.errors import SlimtorchError
+from slimtorch.io import storage
 from slimtorch.share import huffman
 from slimtorch.share.cluster import shared_layers
 from slimtorch.share.sparse_index import from_gaps, max_gap, to_gaps

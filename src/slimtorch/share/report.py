@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from slimtorch import storage
+from slimtorch.io import storage
 from slimtorch.share.format import load, read_header
 
 

@@ -33,9 +33,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from slimtorch.core.errors import SlimtorchError
+from slimtorch.io.storage import MODEL_FILE
+from slimtorch.io.storage import save as save_model
 from slimtorch.metrics import CpuInfo, check_input_shape, cpu_info, evaluate
-from slimtorch.storage import MODEL_FILE
-from slimtorch.storage import save as save_model
 from slimtorch.train import distributed as dist_utils
 from slimtorch.train.checkpoint import (
     CHECKPOINT_FILE,

@@ -309,3 +309,15 @@ def test_permute_and_spatial_mean_keep_channels_and_a_channel_reduction_pins_the
     pinned = build_dependency_graph(MeanPoolHead(True), x)
     assert pinned.groups == []
     assert any("'sum' over the channel dim" in n for n in pinned.notes)
+
+
+def test_zoo_layers_get_their_rules_through_the_kind_they_declare() -> None:
+    """prune and metrics never import the zoo: SelfAttention and PadShortcut name a rule family."""
+    from slimtorch.metrics.macs import find_rule
+    from slimtorch.models.resnet_cifar import PadShortcut
+    from slimtorch.prune.structured.surgery import PinnedSurgery, SelfAttentionSurgery
+
+    assert isinstance(find_surgery(SelfAttention), SelfAttentionSurgery)
+    assert isinstance(find_surgery(PadShortcut), PinnedSurgery)
+    attn = SelfAttention(8, 2)
+    assert find_rule(attn)(attn, (torch.zeros(3, 5, 8),), {}, None) == 2 * 3 * 2 * 5 * 5 * 4

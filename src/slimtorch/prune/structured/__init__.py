@@ -34,6 +34,7 @@ from slimtorch.prune.structured.surgery import (
     WeightSlice,
     find_surgery,
     register_surgery,
+    register_surgery_kind,
     registered_types,
     slice_tensor_,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "prune_channels_",
     "register_importance",
     "register_surgery",
+    "register_surgery_kind",
     "registered_types",
     "score_groups",
     "slice_tensor_",

@@ -16,6 +16,10 @@ cutting:
 
 Register a rule for a custom layer with ``register_surgery(MyLayer)(MyLayerSurgery())`` (or as a class
 decorator on the rule). Layers found by type through the MRO, so subclasses inherit their base's rule.
+
+Layers this package cannot import (the model zoo sits below ``prune``) declare a kind instead,
+``slimtorch_kind = "qkv_attention"`` on the class, and the rule is registered for that kind with
+:func:`register_surgery_kind` (see :class:`slimtorch.core.registry.LayerRuleRegistry`).
 """
 
 from __future__ import annotations
@@ -28,8 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimtorch.models.attention import SelfAttention
-from slimtorch.models.resnet_cifar import PadShortcut
+from slimtorch.core.registry import LayerRuleRegistry
 
 #: (space, tensor, dim): a tensor that carries a space along a dim.
 Binding = tuple[str, torch.Tensor, int]
@@ -78,7 +81,8 @@ class LayerSurgery:
         raise NotImplementedError
 
 
-_SURGERY: dict[type, LayerSurgery] = {}
+#: Layer type (or declared kind) -> surgery rule.
+_SURGERY: LayerRuleRegistry[LayerSurgery] = LayerRuleRegistry("surgery rule")
 
 
 def register_surgery(layer_type: type[nn.Module]) -> Callable[[Any], Any]:
@@ -91,23 +95,30 @@ def register_surgery(layer_type: type[nn.Module]) -> Callable[[Any], Any]:
     """
 
     def deco(rule: Any) -> Any:
-        _SURGERY[layer_type] = rule() if isinstance(rule, type) else rule
+        _SURGERY.register(layer_type, rule() if isinstance(rule, type) else rule, overwrite=True)
+        return rule
+
+    return deco
+
+
+def register_surgery_kind(kind: str) -> Callable[[Any], Any]:
+    """Register the surgery rule of layers declaring ``slimtorch_kind = kind``; like :func:`register_surgery`."""
+
+    def deco(rule: Any) -> Any:
+        _SURGERY.register_kind(kind, rule() if isinstance(rule, type) else rule, overwrite=True)
         return rule
 
     return deco
 
 
 def find_surgery(layer_type: type) -> LayerSurgery | None:
-    """The rule registered for ``layer_type`` or its nearest base class, else None."""
-    for t in layer_type.__mro__:
-        if t in _SURGERY:
-            return _SURGERY[t]
-    return None
+    """The rule registered for ``layer_type``, its declared kind or its nearest base class, else None."""
+    return _SURGERY.find(layer_type)
 
 
 def registered_types() -> list[type]:
     """Layer types that have a surgery rule."""
-    return list(_SURGERY)
+    return _SURGERY.types()
 
 
 # ---- slicing helpers (pure on the module's tensors) --------------------------------------------
@@ -285,7 +296,9 @@ class EmbeddingSurgery(LayerSurgery):
 
 
 class SelfAttentionSurgery(LayerSurgery):
-    """slimtorch's :class:`~slimtorch.models.attention.SelfAttention` (separate q, k, v, proj).
+    """Kind ``"qkv_attention"``: self-attention with separate ``q``, ``k``, ``v``, ``proj`` Linear children
+    and a ``num_heads`` attribute, called on ``(B, T, dim)`` (slimtorch's
+    :class:`~slimtorch.models.attention.SelfAttention` declares it).
 
     Spaces: ``"in"`` (q/k/v input columns), ``"out"`` (proj rows) and ``"heads"``: removing head ``h``
     removes rows ``h*d:(h+1)*d`` of q, k, v and the same columns of proj, and ``num_heads -= 1``.
@@ -413,9 +426,9 @@ register_surgery(nn.modules.batchnorm._BatchNorm)(BatchNormSurgery())
 register_surgery(nn.LayerNorm)(LayerNormSurgery())
 register_surgery(nn.GroupNorm)(GroupNormSurgery())
 register_surgery(nn.Embedding)(EmbeddingSurgery())
-register_surgery(SelfAttention)(SelfAttentionSurgery())
+register_surgery_kind("qkv_attention")(SelfAttentionSurgery())
 register_surgery(nn.MultiheadAttention)(MultiheadAttentionSurgery())
-register_surgery(PadShortcut)(
+register_surgery_kind("channel_pad")(  # declared by the zoo's PadShortcut
     PinnedSurgery(
         "{fqn}: PadShortcut (ResNet shortcut option A) appends zero channels by position, so the channels on "
         "both sides of it are kept (not prunable); build the model with shortcut='B' to prune them"

@@ -16,7 +16,7 @@ from slimtorch.distill import KD, DistillLoss
 from slimtorch.pipeline.artefacts import restore_float, restore_saved, save_float
 from slimtorch.pipeline.context import StageContext
 from slimtorch.pipeline.options import FitOptions, ModelSource
-from slimtorch.pipeline.stages import (
+from slimtorch.pipeline.stage_def import (
     DENSE,
     FLOAT_STATES,
     Product,
@@ -114,7 +114,7 @@ def run_distill(ctx: StageContext, spec: Any, product: Product) -> Product:
 
 def restore_student(ctx: StageContext, spec: Any, previous: Product, record: dict) -> Product:
     """Reload the distilled student (masks re-applied when the current model was distilled in place)."""
-    from slimtorch.storage import MODEL_FILE
+    from slimtorch.io.storage import MODEL_FILE
 
     d = Path(record["dir"])
     if spec.options.student is None:

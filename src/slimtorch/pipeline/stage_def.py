@@ -1,4 +1,4 @@
-"""The stage registry: each recipe stage name -> its options, the technique configs it accepts, a runner.
+"""What a stage is, and the stage registry: recipe stage name -> options, technique configs, runner.
 
 A stage is one :class:`StageDef` registered in :data:`STAGES`::
 
@@ -21,6 +21,9 @@ Model states. Every stage says which states of the model it can take and what it
 
 ``share`` after ``quantize`` is refused because clustering needs float weights, and so on; the error
 lists the order that works (:data:`ALLOWED_ORDER`).
+
+The built-in stages live in the :mod:`slimtorch.pipeline.stages` package and register themselves when
+``slimtorch.pipeline`` is imported; they import this module, never the other way round (no cycle).
 """
 
 from __future__ import annotations
@@ -127,19 +130,11 @@ def constant_state(new: str) -> Callable[[Any, str], str]:
     return produces
 
 
-def _ensure_builtin_stages() -> None:
-    # The built-in stages register themselves on import; importing here (not at module top) keeps
-    # ``stages`` importable by the stage modules themselves.
-    from slimtorch.pipeline import joint, stages_compress, stages_deploy, stages_train  # noqa: F401
-
-
 def get_stage(name: str) -> StageDef:
     """The definition of stage ``name`` (unknown names list the valid ones)."""
-    _ensure_builtin_stages()
     return STAGES.get(name)
 
 
 def stage_names() -> list[str]:
     """Every registered stage name."""
-    _ensure_builtin_stages()
     return STAGES.names()

@@ -11,7 +11,7 @@ from typing import Any
 
 from slimtorch.core.config import Config, check_choice
 from slimtorch.pipeline.context import StageContext
-from slimtorch.pipeline.stages import (
+from slimtorch.pipeline.stage_def import (
     EXPORTED,
     STATES,
     Product,

@@ -20,7 +20,7 @@ from slimtorch.core.config import Config, check_choice
 from slimtorch.pipeline.artefacts import masked_layer_names, remask_, restore_saved, save_float
 from slimtorch.pipeline.context import StageContext
 from slimtorch.pipeline.options import FitOptions
-from slimtorch.pipeline.stages import (
+from slimtorch.pipeline.stage_def import (
     FLOAT_STATES,
     MASKED,
     QUANTIZED,
@@ -204,7 +204,7 @@ def write_quantized(ctx: StageContext, model: Any, stage_dir: Path, export: bool
     Returns:
         ``(artefact, onnx)``: the ONNX file twice when written, else the tensors file and ``None``.
     """
-    from slimtorch.storage import model_spec, write_safetensors
+    from slimtorch.io.storage import model_spec, write_safetensors
 
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     state_path = write_safetensors(stage_dir / QUANT_STATE_FILE, state, model_spec(model))
@@ -258,7 +258,7 @@ def load_quantized_product(model: Any, record: dict) -> Product:
     """Load a finished quantize-like stage's saved tensors into ``model`` (already in quantized structure)."""
     from safetensors.torch import load_file
 
-    from slimtorch.storage import load_state_into
+    from slimtorch.io.storage import load_state_into
 
     d = Path(record["dir"])
     load_state_into(model, load_file(str(d / QUANT_STATE_FILE)))

@@ -21,7 +21,7 @@ from slimtorch.core.config import Config, check_positive
 from slimtorch.distill import KD, DistillLoss
 from slimtorch.pipeline.context import StageContext
 from slimtorch.pipeline.options import FitOptions, ModelSource
-from slimtorch.pipeline.stages import (
+from slimtorch.pipeline.stage_def import (
     FLOAT_STATES,
     QUANTIZED,
     Product,
@@ -29,7 +29,7 @@ from slimtorch.pipeline.stages import (
     constant_state,
     register_stage,
 )
-from slimtorch.pipeline.stages_compress import load_quantized_product, ones_masks_, write_quantized
+from slimtorch.pipeline.stages.compress import load_quantized_product, ones_masks_, write_quantized
 from slimtorch.prune import AGP, Magnitude
 from slimtorch.quant.qat import QAT, QAT_GRAD_CLIP
 
