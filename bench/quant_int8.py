@@ -60,7 +60,7 @@ from slimtorch import data as D  # noqa: E402
 from slimtorch.metrics import accuracy, compare_latency, cpu_info, file_size  # noqa: E402
 from slimtorch.models import create  # noqa: E402
 from slimtorch.quant import Int8Static, compare_with_onnx, export_float_onnx, export_onnx, quantize_  # noqa: E402
-from slimtorch.quant.export import ort_session, runtime_ops  # noqa: E402
+from slimtorch.quant.export.onnx_export import ort_session, runtime_ops  # noqa: E402
 
 SEED = 0
 #: our observers at their defaults (percentile 99.999, as ONNX Runtime's), on the default target, then the

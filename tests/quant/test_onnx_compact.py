@@ -11,8 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from slimtorch.models import create
 from slimtorch.quant import Int8Static, export_onnx, quantize_
-from slimtorch.quant.export import _export, ort_session, runtime_ops, tidy_qdq_graph
-from slimtorch.quant.onnx_compact import (
+from slimtorch.quant.export.onnx_compact import (
     dedupe_initializers,
     dedupe_nodes,
     derive_bias_scales,
@@ -20,6 +19,7 @@ from slimtorch.quant.onnx_compact import (
     drop_default_zero_points,
     short_name,
 )
+from slimtorch.quant.export.onnx_export import _export, ort_session, runtime_ops, tidy_qdq_graph
 
 
 def _run(path, x: np.ndarray) -> np.ndarray:

@@ -13,8 +13,8 @@ from onnx.inliner import inline_local_functions
 from torch import nn
 
 from slimtorch.quant import Int8Static, export_onnx, quantize_
-from slimtorch.quant.export import ort_session, runtime_ops
-from slimtorch.quant.onnx_functions import FUNCTION_DOMAIN, node_units, outline_functions
+from slimtorch.quant.export.experimental.onnx_functions import FUNCTION_DOMAIN, node_units, outline_functions
+from slimtorch.quant.export.onnx_export import ort_session, runtime_ops
 
 
 def _run(path, x: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ from torch import nn
 from slimtorch.core.errors import SlimtorchError
 from slimtorch.models import create
 from slimtorch.quant import Int8Static, export_onnx, quantize_
-from slimtorch.quant.export import ort_session, runtime_ops
+from slimtorch.quant.export.onnx_export import ort_session, runtime_ops
 
 
 def _run(path, x: np.ndarray) -> np.ndarray:

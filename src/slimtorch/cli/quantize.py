@@ -28,8 +28,8 @@ import slimtorch
 from slimtorch import data as sdata
 from slimtorch.cli.common import add_data_arguments, check_out_dir, write_json
 from slimtorch.quant import OBSERVERS, QAT, SCHEMES, convert_qat_, quantize_, save_quantized
-from slimtorch.quant.qat import QAT_GRAD_CLIP
-from slimtorch.quant.targets import DEFAULT_TARGET, TARGETS
+from slimtorch.quant.export.targets import DEFAULT_TARGET, TARGETS
+from slimtorch.quant.workflows.qat import QAT_GRAD_CLIP
 from slimtorch.train import fit
 
 NAME = "quantize"
@@ -66,7 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from slimtorch.metrics import accuracy, compare_latency, cpu_info, file_size
-    from slimtorch.quant.export import compare_with_onnx, export_float_onnx, export_onnx
+    from slimtorch.quant.export.onnx_export import compare_with_onnx, export_float_onnx, export_onnx
 
     if args.calib < 1:
         raise ValueError(f"--calib must be >= 1, got {args.calib}")
@@ -152,7 +152,7 @@ def _example_input(model: torch.nn.Module, dataset: Any, batch: int) -> torch.Te
 
 
 def _ort_accuracy(path: Any, loader: Any, threads: int) -> float:
-    from slimtorch.quant.export import ort_session
+    from slimtorch.quant.export.onnx_export import ort_session
 
     sess = ort_session(path, threads)
     name = sess.get_inputs()[0].name

@@ -2,19 +2,19 @@
 
 ``quantize_(model, LowBitStatic(bits_w=4, bits_a=8, method="adaround"), calib_data=loader)``:
 
-1. fold BatchNorm into the preceding convolutions (:func:`slimtorch.quant.fold.fold_bn_`), so the
+1. fold BatchNorm into the preceding convolutions (:func:`slimtorch.quant.algorithms.fold.fold_bn_`), so the
    weights that are rounded are the ones an integer runtime executes;
-2. choose the integer weights with a weight-only method (:mod:`slimtorch.quant.weight_only`) on a
+2. choose the integer weights with a weight-only method (:mod:`slimtorch.quant.workflows.weight_only`) on a
    per-output-channel symmetric grid ``s = max|w| / (2^(b-1) - 1)`` (the grid of
-   :class:`~slimtorch.quant.ptq.Int8Static`'s weight quantizer), the layers' inputs being
+   :class:`~slimtorch.quant.workflows.ptq.Int8Static`'s weight quantizer), the layers' inputs being
    float activations of the partly quantized model;
 3. write the chosen grid values back as float weights and run static PTQ
-   (:class:`~slimtorch.quant.ptq.Int8Static` with ``weight_bits=bits_w``), whose weight quantizers
+   (:class:`~slimtorch.quant.workflows.ptq.Int8Static` with ``weight_bits=bits_w``), whose weight quantizers
    are then pinned to exactly the grid of step 2 (so the rounding decisions are kept), and calibrate
    the activation ranges.
 
 The result is the same fake-quant form as ``Int8Static`` (exportable with
-:func:`slimtorch.quant.export.export_onnx`). With ``method="rtn"`` it equals ``Int8Static`` with
+:func:`slimtorch.quant.export.onnx_export.export_onnx`). With ``method="rtn"`` it equals ``Int8Static`` with
 ``weight_bits=bits_w``.
 """
 
@@ -30,15 +30,15 @@ from torch import nn
 from slimtorch.core.config import Config, check_choice, check_positive
 from slimtorch.core.errors import SlimtorchError
 from slimtorch.core.selection import set_submodule
+from slimtorch.quant.algorithms.fold import find_conv_bn_pairs, fold_bn_
 from slimtorch.quant.api import QuantReport, quantize_, register_quantizer
-from slimtorch.quant.fold import find_conv_bn_pairs, fold_bn_
+from slimtorch.quant.export.targets import DEFAULT_TARGET, check_target, get_target
 from slimtorch.quant.groupwise import GroupCodes
+from slimtorch.quant.modules.packed import WeightOnlyConv2d, WeightOnlyLinear
 from slimtorch.quant.observers import OBSERVERS
-from slimtorch.quant.packed_modules import WeightOnlyConv2d, WeightOnlyLinear
 from slimtorch.quant.primitives import check_bits
-from slimtorch.quant.ptq import Int8Static, calibrate, convert_, prepare_, quant_layers, trace_graph
-from slimtorch.quant.targets import DEFAULT_TARGET, check_target, get_target
-from slimtorch.quant.weight_only import WEIGHT_ONLY_METHODS, WeightOnly
+from slimtorch.quant.workflows.ptq import Int8Static, calibrate, convert_, prepare_, quant_layers, trace_graph
+from slimtorch.quant.workflows.weight_only import WEIGHT_ONLY_METHODS, WeightOnly
 
 
 @dataclass
@@ -53,7 +53,7 @@ class LowBitStatic(Config):
         adaround_iters: AdaRound steps per layer; adaround_batch: samples per AdaRound step.
         gptq_act_order: GPTQ column order by decreasing Hessian diagonal.
         include / exclude / filter_fn: which Conv/Linear layers to quantize.
-        target: deployment target (:mod:`slimtorch.quant.targets`); ``portable`` narrows 8-bit weights
+        target: deployment target (:mod:`slimtorch.quant.export.targets`); ``portable`` narrows 8-bit weights
             to 7 bits (narrower widths are exact everywhere).
     """
 

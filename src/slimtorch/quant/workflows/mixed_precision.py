@@ -11,7 +11,7 @@
    sensitivity reduction per extra bit, ``(delta_l(b) - delta_l(b')) / (n_l (b' - b))``, that still
    fits. The most sensitive layers per weight therefore end up at the higher widths.
 3. The layers are then quantized at their widths with the configured weight-only method
-   (``"rtn"``, ``"gptq"`` or ``"adaround"``, see :mod:`slimtorch.quant.weight_only`).
+   (``"rtn"``, ``"gptq"`` or ``"adaround"``, see :mod:`slimtorch.quant.workflows.weight_only`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from slimtorch.quant.api import QuantReport, quantize_, register_quantizer
 from slimtorch.quant.calibration import iter_calibration
 from slimtorch.quant.packing import packed_nbytes
 from slimtorch.quant.primitives import check_bits
-from slimtorch.quant.weight_only import WEIGHT_ONLY_METHODS, WeightOnly, layer_group_size, select_layers
+from slimtorch.quant.workflows.weight_only import WEIGHT_ONLY_METHODS, WeightOnly, layer_group_size, select_layers
 
 
 @dataclass

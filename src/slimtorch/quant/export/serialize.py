@@ -22,8 +22,8 @@ import slimtorch
 from slimtorch.core.config import CONFIG_TYPES, Config
 from slimtorch.core.errors import SlimtorchError
 from slimtorch.quant.api import quantize_
-from slimtorch.quant.modules import FakeQuantize
-from slimtorch.quant.ptq import Int8Dynamic, Int8Static, prepare_
+from slimtorch.quant.modules.fake_quant import FakeQuantize
+from slimtorch.quant.workflows.ptq import Int8Dynamic, Int8Static, prepare_
 from slimtorch.storage import load_state_into, model_from_spec, read_spec, resolve_model_file
 
 #: config type -> ``prepare(model, config)`` rebuilding the quantized structure without data.

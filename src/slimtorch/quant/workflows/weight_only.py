@@ -1,16 +1,16 @@
 """Weight-only low-bit quantization of Linear / Conv2d layers: ``WeightOnly`` config and its handler.
 
 ``quantize_(model, WeightOnly(bits=4, group_size=64, method="gptq"), calib_data=loader)`` replaces
-every selected layer by :class:`~slimtorch.quant.packed_modules.WeightOnlyLinear` /
-:class:`~slimtorch.quant.packed_modules.WeightOnlyConv2d`, whose weights are stored as packed integer
+every selected layer by :class:`~slimtorch.quant.modules.packed.WeightOnlyLinear` /
+:class:`~slimtorch.quant.modules.packed.WeightOnlyConv2d`, whose weights are stored as packed integer
 codes with one scale and zero point per (output row, group of ``group_size`` inputs) and dequantized on
 the fly. Activations stay in float. The integer codes come from one of the registered methods:
 
 * ``"rtn"``: round to nearest on a min-max grid per group (no data needed);
 * ``"gptq"``: Frantar et al. 2022, error-compensating column sweep with the inputs' Hessian
-  (:mod:`slimtorch.quant.gptq`), layer group by layer group on calibration data;
+  (:mod:`slimtorch.quant.algorithms.gptq`), layer group by layer group on calibration data;
 * ``"adaround"``: Nagel et al. 2020, learned up/down rounding reconstructing each layer's output
-  (:mod:`slimtorch.quant.adaround`), layer by layer on calibration data.
+  (:mod:`slimtorch.quant.algorithms.adaround`), layer by layer on calibration data.
 
 All methods use the same grid (min-max per group), so they differ only in the rounding decisions.
 With ``bias_correction=True`` the expected output shift of each quantized layer,
@@ -31,13 +31,13 @@ from torch import nn
 from slimtorch.core.config import Config, check_choice, check_positive, check_range
 from slimtorch.core.registry import Registry
 from slimtorch.core.selection import display_name, named_modules_matching, set_submodule
-from slimtorch.quant.adaround import adaround_weight
+from slimtorch.quant.algorithms.adaround import adaround_weight
+from slimtorch.quant.algorithms.equalization import bias_correction_delta, mean_layer_inputs
+from slimtorch.quant.algorithms.gptq import gptq_quantize, layer_groups, sequential_hessians
 from slimtorch.quant.api import QuantReport, register_quantizer
 from slimtorch.quant.calibration import iter_calibration
-from slimtorch.quant.equalization import bias_correction_delta, mean_layer_inputs
-from slimtorch.quant.gptq import gptq_quantize, layer_groups, sequential_hessians
 from slimtorch.quant.groupwise import GroupCodes
-from slimtorch.quant.packed_modules import WEIGHT_ONLY_MODULES, flat_weight
+from slimtorch.quant.modules.packed import WEIGHT_ONLY_MODULES, flat_weight
 from slimtorch.quant.primitives import check_bits
 
 #: Layer types that have no weight-only form; reported as skipped when they hold weights.

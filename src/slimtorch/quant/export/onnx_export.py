@@ -9,9 +9,9 @@ The fake-quant modules emit, during ``torch.onnx.export`` (legacy TorchScript ex
 
 ONNX Runtime's graph optimizer fuses ``DQ -> Conv -> Q`` into ``QLinearConv`` and ``DQ -> Gemm``
 into ``QGemm`` (U8S8 kernels). After export the graph is tidied so the file is close to one byte per
-weight: constants become initializers, then the lossless passes of :mod:`slimtorch.quant.onnx_compact`
+weight: constants become initializers, then the lossless passes of :mod:`slimtorch.quant.export.onnx_compact`
 (default zero points and attributes dropped, bias scales derived, duplicates merged, short names), and
-repeated node units become calls of model-local functions (:mod:`slimtorch.quant.onnx_functions`).
+repeated node units become calls of model-local functions (:mod:`slimtorch.quant.export.experimental.onnx_functions`).
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from onnx import numpy_helper
 from torch import nn
 
 from slimtorch.core.errors import SlimtorchError
-from slimtorch.quant import onnx_compact as C
-from slimtorch.quant import onnx_functions as F
-from slimtorch.quant import onnx_kernels as K
-from slimtorch.quant import targets as T
+from slimtorch.quant.export import onnx_compact as C
+from slimtorch.quant.export import onnx_kernels as K
+from slimtorch.quant.export import targets as T
+from slimtorch.quant.export.experimental import onnx_functions as F
 
 #: Opset of exported models (per-axis QuantizeLinear/DequantizeLinear need >= 13).
 OPSET = 17
@@ -60,14 +60,14 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
         dynamic_batch: make the first dimension of inputs and outputs symbolic.
         pad_input_channels: zero-pad the channels of an input read only by quantized convolutions (the
             first conv of an image model, 1 or 3 channels) to a multiple of this, so ONNX Runtime runs that
-            conv on its symmetric int8 kernel (:mod:`slimtorch.quant.onnx_kernels`); exact. None: the
+            conv on its symmetric int8 kernel (:mod:`slimtorch.quant.export.onnx_kernels`); exact. None: the
             target's choice; 1 or 0: off.
         functions: store repeated node units (a quantized conv with its weight, bias and output Q/DQ) once
-            as model-local ONNX functions (:mod:`slimtorch.quant.onnx_functions`); exact, ~1.4% smaller
-            files, but it needs a runtime that reads IR-9 local functions (ONNX Runtime >= 1.16 does), so it
-            is opt-in.
+            as model-local ONNX functions (:mod:`slimtorch.quant.export.experimental.onnx_functions`); exact,
+            ~1.4% smaller files, but it needs a runtime that reads IR-9 local functions (ONNX Runtime >= 1.16
+            does), so it is opt-in.
         target: deployment target (``portable``, ``x86-avx2``, ``x86-vnni``; see
-            :mod:`slimtorch.quant.targets`). None: the target the model was quantized for, else
+            :mod:`slimtorch.quant.export.targets`). None: the target the model was quantized for, else
             ``portable``. Stored in the file's metadata (``slimtorch.target``).
         check: when this host is a CPU of the target, run the file on ``example_inputs`` with ONNX Runtime
             and raise if it disagrees with the simulation (naming the first layer that diverges); on
@@ -80,7 +80,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
         SlimtorchError: if the model cannot be exported (e.g. a layer quantized below 8 bits), if its
             weights are wider than the target allows, or if the check fails.
     """
-    from slimtorch.quant.packed_modules import WeightOnlyConv2d, WeightOnlyLinear
+    from slimtorch.quant.modules.packed import WeightOnlyConv2d, WeightOnlyLinear
 
     packed = [n for n, m in model.named_modules() if isinstance(m, (WeightOnlyLinear, WeightOnlyConv2d))]
     if packed:
@@ -105,7 +105,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
 
 
 def _quantized_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    from slimtorch.quant.modules import QuantConv2d, QuantLinear
+    from slimtorch.quant.modules.fake_quant import QuantConv2d, QuantLinear
 
     return [(n, m) for n, m in model.named_modules()
             if isinstance(m, (QuantConv2d, QuantLinear)) and m.weight_quant.quantizing]
@@ -115,7 +115,7 @@ def check_weights_fit_target(model: nn.Module, target: T.Target) -> None:
     """Raise if an integer weight of ``model`` could saturate an int8 kernel on a CPU of ``target``.
 
     A weight read by a u8 x s8 kernel is safe on every CPU when each adjacent pair along its reduction axis
-    has ``|w1| + |w2| <= 128`` (:func:`slimtorch.quant.targets.saturation_free`); targets with full 8-bit
+    has ``|w1| + |w2| <= 128`` (:func:`slimtorch.quant.export.targets.saturation_free`); targets with full 8-bit
     weights (``x86-vnni``) need no check.
     """
     if target.max_weight_bits >= 8:
@@ -278,11 +278,12 @@ def tidy_qdq_graph(proto: onnx.ModelProto, compact: bool = True, pad_input_chann
 
     ``Constant`` nodes become initializers, grid-preserving ops are moved onto integers
     (:func:`propagate_qdq`) and tensor names are shortened; with ``compact`` the lossless passes of
-    :mod:`slimtorch.quant.onnx_compact` run too: default zero points and attributes dropped, bias scales
+    :mod:`slimtorch.quant.export.onnx_compact` run too: default zero points and attributes dropped, bias scales
     derived from the input and weight scales, duplicate constants and nodes merged. With
     ``pad_input_channels`` > 1 the input channels of first convolutions are zero-padded to that multiple
-    (:func:`slimtorch.quant.onnx_kernels.pad_input_channels`). With ``functions`` (and ``compact``) repeated
-    node units become calls of model-local functions (:func:`slimtorch.quant.onnx_functions.outline_functions`).
+    (:func:`slimtorch.quant.export.onnx_kernels.pad_input_channels`). With ``functions`` (and ``compact``)
+    repeated node units become calls of model-local functions
+    (:func:`slimtorch.quant.export.experimental.onnx_functions.outline_functions`).
     """
     g = proto.graph
     inits = {t.name: t for t in g.initializer}
