@@ -9,6 +9,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from slimtorch.metrics.ort import onnx_session as ort_session
 from slimtorch.models import create
 from slimtorch.quant import Int8Static, export_onnx, quantize_
 from slimtorch.quant.export.onnx_compact import (
@@ -19,7 +20,7 @@ from slimtorch.quant.export.onnx_compact import (
     drop_default_zero_points,
     short_name,
 )
-from slimtorch.quant.export.onnx_export import _export, ort_session, runtime_ops, tidy_qdq_graph
+from slimtorch.quant.export.onnx_export import _export, runtime_ops, tidy_qdq_graph
 
 
 def _run(path, x: np.ndarray) -> np.ndarray:

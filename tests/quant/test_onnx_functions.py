@@ -12,9 +12,10 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.inliner import inline_local_functions
 from torch import nn
 
+from slimtorch.metrics.ort import onnx_session as ort_session
 from slimtorch.quant import Int8Static, export_onnx, quantize_
 from slimtorch.quant.export.experimental.onnx_functions import FUNCTION_DOMAIN, node_units, outline_functions
-from slimtorch.quant.export.onnx_export import ort_session, runtime_ops
+from slimtorch.quant.export.onnx_export import runtime_ops
 
 
 def _run(path, x: np.ndarray) -> np.ndarray:

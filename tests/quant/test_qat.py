@@ -97,7 +97,8 @@ def test_qat_prepare_train_convert_export(digits_model, digits_data, tmp_path):
     acc_qat = accuracy(model, xte, yte)
     assert acc_qat > acc_init and acc_qat > fp32 - 0.05
 
-    from slimtorch.quant.export.onnx_export import export_onnx, ort_session
+    from slimtorch.metrics.ort import onnx_session as ort_session
+    from slimtorch.quant.export.onnx_export import export_onnx
 
     path = export_onnx(model, tmp_path / "qat.onnx", xte[:4])
     sess = ort_session(path)

@@ -152,9 +152,9 @@ def _example_input(model: torch.nn.Module, dataset: Any, batch: int) -> torch.Te
 
 
 def _ort_accuracy(path: Any, loader: Any, threads: int) -> float:
-    from slimtorch.quant.export.onnx_export import ort_session
+    from slimtorch.metrics.ort import onnx_session
 
-    sess = ort_session(path, threads)
+    sess = onnx_session(path, threads)
     name = sess.get_inputs()[0].name
     correct = total = 0
     for x, y in loader:

@@ -28,6 +28,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from slimtorch.core.errors import SlimtorchError
+from slimtorch.metrics.ort import export_onnx_fp32, onnx_session, session_feed
 from slimtorch.quant.export import onnx_compact as C
 from slimtorch.quant.export import onnx_kernels as K
 from slimtorch.quant.export import targets as T
@@ -43,8 +44,12 @@ def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
 
 def export_float_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: Any,
                       dynamic_batch: bool = True) -> Path:
-    """Plain fp32 ONNX export with a dynamic batch dimension (the baseline int8 is compared with)."""
-    return _export(model, Path(path), _as_tuple(example_inputs), dynamic_batch, tidy=False)
+    """Plain fp32 ONNX export with a dynamic batch dimension (the baseline int8 is compared with).
+
+    The quantization-side spelling of :func:`slimtorch.metrics.ort.export_onnx_fp32` (argument order
+    ``model, path, example_inputs`` like :func:`export_onnx`); that function does the work.
+    """
+    return export_onnx_fp32(model, _as_tuple(example_inputs), path, dynamic_batch=dynamic_batch)
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: Any,
@@ -164,8 +169,6 @@ def _disagreement(ours: torch.Tensor, theirs: torch.Tensor) -> tuple[float, floa
 
 
 def _run_onnx(path: Path, inputs: tuple[Any, ...]) -> torch.Tensor:
-    from slimtorch.metrics.ort import onnx_session, session_feed
-
     sess = onnx_session(path)
     return torch.from_numpy(sess.run(None, session_feed(sess, inputs))[0])
 
@@ -475,23 +478,10 @@ def onnx_qdq_summary(path: str | os.PathLike[str]) -> dict[str, int]:
     return counts
 
 
-def ort_session(path: str | os.PathLike[str], threads: int = 1, optimized_path: str | None = None) -> Any:
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads (all graph optimizations on)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    if optimized_path:
-        so.optimized_model_filepath = optimized_path
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
 def runtime_ops(path: str | os.PathLike[str], tmp_dir: str | os.PathLike[str]) -> dict[str, int]:
     """Operator counts of the graph ONNX Runtime actually executes (after its QDQ fusions)."""
     out = Path(tmp_dir) / (Path(path).stem + ".ort-optimized.onnx")
-    ort_session(path, optimized_path=str(out))
+    onnx_session(path, optimized_path=out)
     return onnx_qdq_summary(out)
 
 
@@ -513,7 +503,7 @@ def compare_with_onnx(model: nn.Module, path: str | os.PathLike[str], batches: S
     """
     from slimtorch.quant.calibration import batch_inputs
 
-    sess = ort_session(path, threads)
+    sess = onnx_session(path, threads)
     name = sess.get_inputs()[0].name
     model.eval()
     max_diff, sum_diff, n_el, agree, n = 0.0, 0.0, 0, 0, 0
