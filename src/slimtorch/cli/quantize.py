@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--qat-epochs must be >= 0, got {args.qat_epochs}")
     if not args.grad_clip > 0:  # also refuses nan
         raise ValueError(f"--grad-clip must be > 0 (inf: no clipping), got {args.grad_clip}")
-    scheme = SCHEMES[args.scheme]
+    scheme = SCHEMES.get(args.scheme)
     options = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     config = scheme.build(options)
     if any(f.name == "target" for f in dataclasses.fields(config)):  # every int8-deployable config has one

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimtorch.core.registry import TypeRegistry
 from slimtorch.quant.observers import Observer
 from slimtorch.quant.primitives import (
     check_bits,
@@ -357,4 +358,6 @@ class _DynamicLinear(torch.autograd.Function):
 
 
 #: float layer type -> its fake-quant wrapper (extend to quantize more layer types).
-QUANT_MODULES: dict[type[nn.Module], type[nn.Module]] = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
+QUANT_MODULES: TypeRegistry[type[nn.Module]] = TypeRegistry("fake-quant wrapper")
+QUANT_MODULES.register(nn.Conv2d, QuantConv2d)
+QUANT_MODULES.register(nn.Linear, QuantLinear)

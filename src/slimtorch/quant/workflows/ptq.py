@@ -315,7 +315,7 @@ def prepare_(model: nn.Module, config: Int8Static) -> QuantReport:
                                 symmetric=config.symmetric_weights,
                                 signed=True, axis=0 if config.per_channel else None)
         out = act_quant() if plan.quantize_output else None
-        wrap = QUANT_MODULES[type(layer)].from_float
+        wrap = QUANT_MODULES.get(type(layer)).from_float
         wrapper = wrap(layer, inp, FakeQuantize(w_obs), out, plan.output_relu)
         wrapper.input_source = plan.tied_to
         wrapper.calibrate_weight()
