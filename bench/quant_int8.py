@@ -58,9 +58,10 @@ from bench.common import (  # noqa: E402
 import slimtorch  # noqa: E402
 from slimtorch import data as D  # noqa: E402
 from slimtorch.metrics import accuracy, compare_latency, cpu_info, file_size  # noqa: E402
+from slimtorch.metrics.ort import onnx_session  # noqa: E402
 from slimtorch.models import create  # noqa: E402
 from slimtorch.quant import Int8Static, compare_with_onnx, export_float_onnx, export_onnx, quantize_  # noqa: E402
-from slimtorch.quant.export import ort_session, runtime_ops  # noqa: E402
+from slimtorch.quant.export.onnx_export import runtime_ops  # noqa: E402
 
 SEED = 0
 #: our observers at their defaults (percentile 99.999, as ONNX Runtime's), on the default target, then the
@@ -103,7 +104,7 @@ def get_model(name: str, quick: bool, log: list[str]) -> torch.nn.Module | None:
 
 
 def ort_accuracy(path: Path, loader) -> float:
-    sess = ort_session(path, threads=1)
+    sess = onnx_session(path, threads=1)
     name = sess.get_inputs()[0].name
     correct = total = 0
     for x, y in loader:
@@ -138,7 +139,7 @@ def ort_quantize(fp32: Path, out: Path, batches: list[torch.Tensor], method: str
     pre = fp32.with_suffix(".pre.onnx")
     if not pre.exists():
         quant_pre_process(str(fp32), str(pre))
-    name = ort_session(pre).get_inputs()[0].name
+    name = onnx_session(pre).get_inputs()[0].name
     quantize_static(str(pre), str(out), _Reader(batches, name), quant_format=QuantFormat.QDQ,
                     per_channel=True, reduce_range=reduce_range,
                     activation_type=QuantType.QUInt8 if scheme[0] == "U" else QuantType.QInt8,

@@ -34,7 +34,7 @@ from slimtorch.quant import (
     quantize_,
     save_quantized,
 )
-from slimtorch.quant.packed_modules import WeightOnlyConv2d, WeightOnlyLinear
+from slimtorch.quant.modules.packed import WeightOnlyConv2d, WeightOnlyLinear
 
 
 @dataclass

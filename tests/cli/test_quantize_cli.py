@@ -96,7 +96,7 @@ def test_low_bit_schemes(run_dir, tmp_path, extra, config_type):
 
 def test_qat_fine_tune_clips_the_gradient_norm(run_dir, tmp_path, monkeypatch, capsys):
     import slimtorch.cli.quantize as cli_quantize
-    from slimtorch.quant.qat import QAT_GRAD_CLIP
+    from slimtorch.quant.workflows.qat import QAT_GRAD_CLIP
 
     seen: list = []
     real_fit = cli_quantize.fit

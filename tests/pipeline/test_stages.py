@@ -153,7 +153,7 @@ def test_distill_in_place_fine_tunes_the_pruned_model_from_a_checkpoint_teacher(
 def test_qat_fine_tunes_clip_the_gradient_norm_unless_the_recipe_says_otherwise(tmp_path, monkeypatch):
     """QAT (and joint, which distils under QAT) fine-tunes clip at QAT_GRAD_CLIP; an explicit value wins."""
     import slimtorch.train
-    from slimtorch.quant.qat import QAT_GRAD_CLIP
+    from slimtorch.quant.workflows.qat import QAT_GRAD_CLIP
 
     seen: list = []
     real_fit = slimtorch.train.fit

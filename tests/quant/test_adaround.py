@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimtorch.quant import quantize_
-from slimtorch.quant.adaround import (
+from slimtorch.quant.algorithms.adaround import (
     GAMMA,
     ZETA,
     adaround_weight,
@@ -20,7 +20,7 @@ from slimtorch.quant.adaround import (
     rounding_regularizer,
 )
 from slimtorch.quant.groupwise import GroupCodes
-from slimtorch.quant.weight_only import WeightOnly
+from slimtorch.quant.workflows.weight_only import WeightOnly
 
 
 def test_rectified_sigmoid_formula_and_inverse():

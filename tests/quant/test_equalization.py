@@ -9,7 +9,7 @@ from torch import nn
 
 from slimtorch.models import create
 from slimtorch.quant import quantize_
-from slimtorch.quant.equalization import (
+from slimtorch.quant.algorithms.equalization import (
     CrossLayerEqualization,
     bias_correction_delta,
     cle_scales,

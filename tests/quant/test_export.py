@@ -13,8 +13,8 @@ from onnx.inliner import inline_local_functions
 
 from slimtorch.models import create
 from slimtorch.quant import quantize_
-from slimtorch.quant.export import compare_with_onnx, export_float_onnx, export_onnx, runtime_ops
-from slimtorch.quant.ptq import Int8Dynamic, Int8Static
+from slimtorch.quant.export.onnx_export import compare_with_onnx, export_float_onnx, export_onnx, runtime_ops
+from slimtorch.quant.workflows.ptq import Int8Dynamic, Int8Static
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from slimtorch.models import create
-from slimtorch.quant.fold import find_conv_bn_pairs, fold_bn_, fold_bn_into_
-from slimtorch.quant.ptq import trace_graph
+from slimtorch.quant.algorithms.fold import find_conv_bn_pairs, fold_bn_, fold_bn_into_
+from slimtorch.quant.workflows.ptq import trace_graph
 
 
 def _randomize_bn(model: nn.Module) -> None:

@@ -10,9 +10,9 @@ from torch import nn
 
 from slimtorch.models import create
 from slimtorch.quant import quantize_
-from slimtorch.quant.gptq import accumulate_hessian, gptq_quantize, layer_groups
+from slimtorch.quant.algorithms.gptq import accumulate_hessian, gptq_quantize, layer_groups
 from slimtorch.quant.groupwise import GroupCodes
-from slimtorch.quant.weight_only import WeightOnly
+from slimtorch.quant.workflows.weight_only import WeightOnly
 
 
 def _correlated_inputs(n: int, d: int, seed: int = 0) -> torch.Tensor:

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from slimtorch.quant import Int8Static, quantize_
-from slimtorch.quant.low_bit_static import LowBitStatic, dequantize_weight_only_
-from slimtorch.quant.modules import QuantConv2d
-from slimtorch.quant.weight_only import WeightOnly
+from slimtorch.quant.modules.fake_quant import QuantConv2d
+from slimtorch.quant.workflows.low_bit_static import LowBitStatic, dequantize_weight_only_
+from slimtorch.quant.workflows.weight_only import WeightOnly
 
 from .conftest import accuracy
 

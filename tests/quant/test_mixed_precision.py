@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from slimtorch.quant import quantize_
-from slimtorch.quant.mixed_precision import MixedPrecision, allocate_bits, layer_sensitivity
-from slimtorch.quant.packed_modules import WeightOnlyLinear
-from slimtorch.quant.weight_only import WeightOnly
+from slimtorch.quant.modules.packed import WeightOnlyLinear
+from slimtorch.quant.workflows.mixed_precision import MixedPrecision, allocate_bits, layer_sensitivity
+from slimtorch.quant.workflows.weight_only import WeightOnly
 
 
 def test_allocation_by_hand():

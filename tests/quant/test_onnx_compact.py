@@ -10,10 +10,10 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from slimtorch.metrics.ort import onnx_session as ort_session
 from slimtorch.models import create
 from slimtorch.quant import Int8Static, export_onnx, quantize_
-from slimtorch.quant.export import _export, ort_session, runtime_ops, tidy_qdq_graph
-from slimtorch.quant.onnx_compact import (
+from slimtorch.quant.export.onnx_compact import (
     dedupe_initializers,
     dedupe_nodes,
     derive_bias_scales,
@@ -21,6 +21,7 @@ from slimtorch.quant.onnx_compact import (
     drop_default_zero_points,
     short_name,
 )
+from slimtorch.quant.export.onnx_export import _export, runtime_ops, tidy_qdq_graph
 
 from .onnx_reference import DEEP_MODEL, assert_within_steps, output_step, run_reference
 

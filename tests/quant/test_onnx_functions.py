@@ -13,9 +13,10 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.inliner import inline_local_functions
 from torch import nn
 
+from slimtorch.metrics.ort import onnx_session as ort_session
 from slimtorch.quant import Int8Static, export_onnx, quantize_
-from slimtorch.quant.export import ort_session, runtime_ops
-from slimtorch.quant.onnx_functions import FUNCTION_DOMAIN, node_units, outline_functions
+from slimtorch.quant.export.experimental.onnx_functions import FUNCTION_DOMAIN, node_units, outline_functions
+from slimtorch.quant.export.onnx_export import runtime_ops
 
 from .onnx_reference import DEEP_MODEL, assert_within_steps, output_step, run_reference
 

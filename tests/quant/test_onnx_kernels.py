@@ -14,9 +14,10 @@ from onnx.inliner import inline_local_functions
 from torch import nn
 
 from slimtorch.core.errors import SlimtorchError
+from slimtorch.metrics.ort import onnx_session as ort_session
 from slimtorch.models import create
 from slimtorch.quant import Int8Static, export_onnx, quantize_
-from slimtorch.quant.export import ort_session, runtime_ops
+from slimtorch.quant.export.onnx_export import runtime_ops
 
 from .onnx_reference import DEEP_MODEL, assert_within_steps, output_step, run_reference
 

@@ -9,8 +9,8 @@ from torch import nn
 
 from slimtorch.models import create
 from slimtorch.quant import OBSERVERS, quantize_
-from slimtorch.quant.modules import QuantConv2d, QuantLinear
-from slimtorch.quant.ptq import DynamicFakeQuantize, Int8Dynamic, Int8Static, calibrate, convert_, prepare_
+from slimtorch.quant.modules.fake_quant import QuantConv2d, QuantLinear
+from slimtorch.quant.workflows.ptq import DynamicFakeQuantize, Int8Dynamic, Int8Static, calibrate, convert_, prepare_
 
 
 def _calib(data, n=256, bs=64):

@@ -11,8 +11,8 @@ from torch import nn
 
 from slimtorch.quant import quantize_
 from slimtorch.quant.lsq import grad_scale, lsq_fake_quantize, lsq_grad_scale_factor, lsq_init_scale
-from slimtorch.quant.modules import FakeQuantize, QuantConv2d
-from slimtorch.quant.qat import QAT, LSQFakeQuantize, convert_qat_, lsq_parameters
+from slimtorch.quant.modules.fake_quant import FakeQuantize, QuantConv2d
+from slimtorch.quant.workflows.qat import QAT, LSQFakeQuantize, convert_qat_, lsq_parameters
 
 from .conftest import accuracy
 
@@ -97,7 +97,8 @@ def test_qat_prepare_train_convert_export(digits_model, digits_data, tmp_path):
     acc_qat = accuracy(model, xte, yte)
     assert acc_qat > acc_init and acc_qat > fp32 - 0.05
 
-    from slimtorch.quant.export import export_onnx, ort_session
+    from slimtorch.metrics.ort import onnx_session as ort_session
+    from slimtorch.quant.export.onnx_export import export_onnx
 
     path = export_onnx(model, tmp_path / "qat.onnx", xte[:4])
     sess = ort_session(path)

@@ -16,8 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-import slimtorch.quant.export as E
-import slimtorch.quant.targets as T
+import slimtorch.quant.export.onnx_export as E
+import slimtorch.quant.export.targets as T
 from slimtorch.cli.main import main
 from slimtorch.core.errors import SlimtorchError
 from slimtorch.metrics.cpu import CpuInfo

@@ -12,8 +12,8 @@ from torch import nn
 from slimtorch.core.config import Config
 from slimtorch.quant import quantize_
 from slimtorch.quant.groupwise import GroupCodes
-from slimtorch.quant.packed_modules import WeightOnlyConv2d, WeightOnlyLinear
-from slimtorch.quant.weight_only import WeightOnly
+from slimtorch.quant.modules.packed import WeightOnlyConv2d, WeightOnlyLinear
+from slimtorch.quant.workflows.weight_only import WeightOnly
 
 
 def _mlp() -> nn.Module:

@@ -28,8 +28,8 @@ import slimtorch
 from slimtorch import data as sdata
 from slimtorch.cli.common import add_data_arguments, check_out_dir, write_json
 from slimtorch.quant import OBSERVERS, QAT, SCHEMES, convert_qat_, quantize_, save_quantized
-from slimtorch.quant.qat import QAT_GRAD_CLIP
-from slimtorch.quant.targets import DEFAULT_TARGET, TARGETS
+from slimtorch.quant.export.targets import DEFAULT_TARGET, TARGETS
+from slimtorch.quant.workflows.qat import QAT_GRAD_CLIP
 from slimtorch.train import fit
 
 NAME = "quantize"
@@ -66,7 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from slimtorch.metrics import accuracy, compare_latency, cpu_info, file_size
-    from slimtorch.quant.export import compare_with_onnx, export_float_onnx, export_onnx
+    from slimtorch.quant.export.onnx_export import compare_with_onnx, export_float_onnx, export_onnx
 
     if args.calib < 1:
         raise ValueError(f"--calib must be >= 1, got {args.calib}")
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--qat-epochs must be >= 0, got {args.qat_epochs}")
     if not args.grad_clip > 0:  # also refuses nan
         raise ValueError(f"--grad-clip must be > 0 (inf: no clipping), got {args.grad_clip}")
-    scheme = SCHEMES[args.scheme]
+    scheme = SCHEMES.get(args.scheme)
     options = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     config = scheme.build(options)
     if any(f.name == "target" for f in dataclasses.fields(config)):  # every int8-deployable config has one
@@ -152,9 +152,9 @@ def _example_input(model: torch.nn.Module, dataset: Any, batch: int) -> torch.Te
 
 
 def _ort_accuracy(path: Any, loader: Any, threads: int) -> float:
-    from slimtorch.quant.export import ort_session
+    from slimtorch.metrics.ort import onnx_session
 
-    sess = ort_session(path, threads)
+    sess = onnx_session(path, threads)
     name = sess.get_inputs()[0].name
     correct = total = 0
     for x, y in loader:

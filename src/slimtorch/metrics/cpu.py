@@ -6,7 +6,7 @@ Why the flags matter:
 * ``avx512_vnni`` / ``avx_vnni`` / ``amx``: u8 x s8 dot products accumulate straight into int32
   (``vpdpbusd``). Without them, x86 int8 kernels (ONNX Runtime's MLAS on AVX2) multiply u8 x s8 pairs with
   ``vpmaddubsw``, which adds two adjacent products in *saturating int16*: ``255*127 + 255*127`` overflows.
-  See :mod:`slimtorch.quant.targets`.
+  See :mod:`slimtorch.quant.export.targets`.
 * ``amx`` / ``avx512_bf16``: bfloat16 matmuls run natively; elsewhere bf16 autocast is emulated and slow.
 
 On x86-64 the flags are read with the ``CPUID`` instruction itself (a 30-byte function placed in

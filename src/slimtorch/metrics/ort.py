@@ -65,8 +65,18 @@ def export_onnx_fp32(model: nn.Module, example_inputs: Inputs, path: str | os.Pa
     return p
 
 
-def onnx_session(path: str | os.PathLike[str], threads: int = 1) -> ort.InferenceSession:
+def onnx_session(path: str | os.PathLike[str], threads: int = 1,
+                 optimized_path: str | os.PathLike[str] | None = None) -> ort.InferenceSession:
     """A CPU ``InferenceSession`` with ``threads`` intra-op threads, 1 inter-op thread, sequential execution.
+
+    All graph optimizations are on and ONNX Runtime logs errors only. This is the one place the library
+    opens ONNX Runtime sessions (latency, quantized-export checks, the CLI).
+
+    Args:
+        path: the ``.onnx`` file.
+        threads: intra-op threads.
+        optimized_path: if given, ONNX Runtime writes the graph it actually executes (after its fusions,
+            e.g. QDQ -> integer kernels) to this file.
 
     Raises:
         SlimtorchError: if the file is missing or ONNX Runtime cannot load it.
@@ -81,6 +91,9 @@ def onnx_session(path: str | os.PathLike[str], threads: int = 1) -> ort.Inferenc
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # errors only
+    if optimized_path is not None:
+        opts.optimized_model_filepath = str(optimized_path)
     try:
         return ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception classes

@@ -118,7 +118,7 @@ class FitOptions(Config):
         warmup_epochs: linear warm-up length in epochs.
         batch_size: training batch size.
         grad_clip: clip the global gradient norm to this value (``None``: no clipping, except in QAT
-            fine-tunes, which clip at ``slimtorch.quant.qat.QAT_GRAD_CLIP`` = 1.0 unless it is set;
+            fine-tunes, which clip at ``slimtorch.quant.workflows.qat.QAT_GRAD_CLIP`` = 1.0 unless it is set;
             ``.inf`` turns that off).
         precision: ``auto`` (the default): ``bf16`` on CPUs with AMX or AVX-512-BF16, else ``fp32``;
             ``fp32``; or ``bf16`` for bfloat16 autocast of the forward pass (2-3x faster conv training on

@@ -227,7 +227,7 @@ def _notes(rows: list[dict[str, Any]]) -> list[str]:
         notes.append(f"measured on: {'; '.join(cpus)}")
     targets = sorted({f"{r['stage']}: {r['target']}" for r in rows if r.get("target")})
     if targets:
-        notes.append("int8 deployment target (slimtorch.quant.targets): " + ", ".join(targets))
+        notes.append("int8 deployment target (slimtorch.quant.export.targets): " + ", ".join(targets))
     runtimes = {r.get("runtime") for r in rows}
     if len(runtimes) > 1:
         notes.append(f"runtimes in this table: {', '.join(sorted(str(x) for x in runtimes))}")

@@ -5,14 +5,16 @@ Entry points: :func:`quantize_` (dispatches on the config type, see :mod:`slimto
 in :mod:`slimtorch.quant.observers`.
 """
 
-from slimtorch.quant import schemes as _schemes  # noqa: F401  (registers the low-bit CLI schemes)
+from slimtorch.quant.algorithms.adaround import AdaRound
+from slimtorch.quant.algorithms.equalization import CrossLayerEqualization, equalize_
+from slimtorch.quant.algorithms.fold import fold_bn_
+from slimtorch.quant.algorithms.gptq import GPTQ
+from slimtorch.quant.algorithms.mse_clip import MSEClip
+from slimtorch.quant.algorithms.rounding import ROUNDING, RTN, Rounding, register_rounding
 from slimtorch.quant.api import QUANTIZERS, SCHEMES, QuantReport, quantize_, register_quantizer, register_scheme
-from slimtorch.quant.equalization import CrossLayerEqualization, equalize_
-from slimtorch.quant.export import compare_with_onnx, export_float_onnx, export_onnx
-from slimtorch.quant.fold import fold_bn_
-from slimtorch.quant.low_bit_static import LowBitStatic
-from slimtorch.quant.mixed_precision import MixedPrecision
-from slimtorch.quant.modules import FakeQuantize, QuantConv2d, QuantLinear
+from slimtorch.quant.export.onnx_export import compare_with_onnx, export_float_onnx, export_onnx
+from slimtorch.quant.export.serialize import load_quantized, register_preparer, save_quantized
+from slimtorch.quant.modules.fake_quant import FakeQuantize, QuantConv2d, QuantLinear
 from slimtorch.quant.observers import OBSERVERS, Observer, create_observer, register_observer
 from slimtorch.quant.primitives import (
     choose_qparams,
@@ -21,12 +23,21 @@ from slimtorch.quant.primitives import (
     qrange,
     quantize_affine,
 )
-from slimtorch.quant.ptq import Int8Dynamic, Int8Static, calibrate, convert_, prepare_
-from slimtorch.quant.qat import QAT, convert_qat_, prepare_qat_
-from slimtorch.quant.serialize import load_quantized, register_preparer, save_quantized
-from slimtorch.quant.weight_only import WeightOnly
+from slimtorch.quant.workflows import schemes as _schemes  # noqa: F401  (registers the low-bit CLI schemes)
+from slimtorch.quant.workflows.low_bit_static import LowBitStatic
+from slimtorch.quant.workflows.mixed_precision import MixedPrecision
+from slimtorch.quant.workflows.ptq import Int8Dynamic, Int8Static, calibrate, convert_, prepare_
+from slimtorch.quant.workflows.qat import QAT, convert_qat_, prepare_qat_
+from slimtorch.quant.workflows.weight_only import WeightOnly
 
 __all__ = [
+    "AdaRound",
+    "GPTQ",
+    "MSEClip",
+    "ROUNDING",
+    "RTN",
+    "Rounding",
+    "register_rounding",
     "QAT",
     "LowBitStatic",
     "CrossLayerEqualization",

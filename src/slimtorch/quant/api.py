@@ -25,13 +25,14 @@ from typing import Any
 from torch import nn
 
 from slimtorch.core.config import Config
+from slimtorch.core.registry import Registry, TypeRegistry
 from slimtorch.core.selection import display_name
 
 #: Handler signature: ``handler(model, config, calib_data) -> QuantReport``.
 Handler = Callable[[nn.Module, Config, "Iterable[Any] | None"], "QuantReport"]
 
-#: config type -> handler.
-QUANTIZERS: dict[type[Config], Handler] = {}
+#: config type -> handler (looked up along the config's MRO by :func:`quantize_`).
+QUANTIZERS: TypeRegistry[Handler] = TypeRegistry("quantizer")
 
 
 @dataclass
@@ -93,7 +94,7 @@ class Scheme:
 
 
 #: scheme name -> :class:`Scheme`.
-SCHEMES: dict[str, Scheme] = {}
+SCHEMES: Registry[Scheme] = Registry("quantization scheme")
 
 
 def register_scheme(name: str, data: str = "calib", help: str = "") -> Callable[[Callable], Callable]:
@@ -102,9 +103,9 @@ def register_scheme(name: str, data: str = "calib", help: str = "") -> Callable[
         raise ValueError(f"data must be 'calib', 'train' or 'none', got {data!r}")
 
     def deco(build: Callable[[dict[str, Any]], Config]) -> Callable[[dict[str, Any]], Config]:
-        if name in SCHEMES and SCHEMES[name].build is not build:
-            raise ValueError(f"quantization scheme {name!r} is already registered")
-        SCHEMES[name] = Scheme(name, build, data, help)
+        if name in SCHEMES and SCHEMES.get(name).build is build:  # the same module imported again
+            return build
+        SCHEMES.register(name, Scheme(name, build, data, help))
         return build
 
     return deco
@@ -115,13 +116,7 @@ def register_quantizer(config_type: type[Config]) -> Callable[[Handler], Handler
     if not (isinstance(config_type, type) and issubclass(config_type, Config)):
         raise ValueError(f"register_quantizer expects a Config subclass, got {config_type!r}")
 
-    def deco(handler: Handler) -> Handler:
-        if config_type in QUANTIZERS and QUANTIZERS[config_type] is not handler:
-            raise ValueError(f"a quantizer for {config_type.__name__} is already registered")
-        QUANTIZERS[config_type] = handler
-        return handler
-
-    return deco
+    return QUANTIZERS.register(config_type)
 
 
 def quantize_(model: nn.Module, config: Config, calib_data: Iterable[Any] | None = None) -> QuantReport:
@@ -140,8 +135,8 @@ def quantize_(model: nn.Module, config: Config, calib_data: Iterable[Any] | None
     Raises:
         ValueError: for a config type with no registered quantizer (the message lists the known ones).
     """
-    for t in type(config).__mro__:
-        if t in QUANTIZERS:
-            return QUANTIZERS[t](model, config, calib_data)
-    known = sorted(t.__name__ for t in QUANTIZERS)
-    raise ValueError(f"no quantizer registered for {type(config).__name__}; known configs: {known}")
+    handler = QUANTIZERS.find(type(config))
+    if handler is None:
+        known = sorted(t.__name__ for t in QUANTIZERS)
+        raise ValueError(f"no quantizer registered for {type(config).__name__}; known configs: {known}")
+    return handler(model, config, calib_data)

@@ -159,7 +159,7 @@ class QuantizeOptions(Config):
             scheme can be exported; otherwise the quantized weights file is the artefact.
         finetune: the QAT training run with fake quantization on (``type: QAT``; without it QAT only
             calibrates its initial scales); its gradient norm is clipped at 1.0 unless ``grad_clip`` is
-            set (``slimtorch.quant.qat.QAT_GRAD_CLIP``). Ignored by post-training schemes.
+            set (``slimtorch.quant.workflows.qat.QAT_GRAD_CLIP``). Ignored by post-training schemes.
     """
 
     export: bool = True
@@ -173,8 +173,8 @@ class QuantizeOptions(Config):
 
 def quantization_configs() -> dict[str, type[Config]]:
     """Every config type ``quantize_`` has a handler for, by class name."""
-    import slimtorch.quant.ptq  # noqa: F401  (registers Int8Static / Int8Dynamic)
-    import slimtorch.quant.qat  # noqa: F401  (registers QAT)
+    import slimtorch.quant.workflows.ptq  # noqa: F401  (registers Int8Static / Int8Dynamic)
+    import slimtorch.quant.workflows.qat  # noqa: F401  (registers QAT)
     from slimtorch.quant import QUANTIZERS
 
     return {cls.__name__: cls for cls in QUANTIZERS}
@@ -184,7 +184,7 @@ def _quantize_model(ctx: StageContext, spec: Any, model: Any, train: bool) -> An
     """``quantize_`` with the recipe's calibration batches; QAT trains (when ``train``) and is converted."""
     from slimtorch.prune import make_permanent_
     from slimtorch.quant import quantize_
-    from slimtorch.quant.qat import QAT, QAT_GRAD_CLIP, convert_qat_
+    from slimtorch.quant.workflows.qat import QAT, QAT_GRAD_CLIP, convert_qat_
 
     cfg = spec.technique
     make_permanent_(model)  # masked zeros stay zeros: symmetric int8 maps 0 to 0
@@ -211,7 +211,7 @@ def write_quantized(ctx: StageContext, model: Any, stage_dir: Path, export: bool
     if not export:
         return state_path, None
     from slimtorch.core.errors import SlimtorchError
-    from slimtorch.quant.export import ExportCheckError, export_onnx
+    from slimtorch.quant.export.onnx_export import ExportCheckError, export_onnx
 
     try:
         with warnings.catch_warnings():

@@ -60,7 +60,7 @@ class ExportOptions(Config):
         format: ``onnx`` (the only format; int8 models as QDQ graphs ONNX Runtime runs with integer kernels).
         dynamic_batch: symbolic batch dimension.
         target: int8 deployment target (``portable``, ``x86-avx2``, ``x86-vnni``; see
-            :mod:`slimtorch.quant.targets`); None: the target the quantize stage used.
+            :mod:`slimtorch.quant.export.targets`); None: the target the quantize stage used.
     """
 
     format: str = "onnx"
@@ -70,7 +70,7 @@ class ExportOptions(Config):
     def __post_init__(self) -> None:
         check_choice("format", self.format, ["onnx"])
         if self.target is not None:
-            from slimtorch.quant.targets import check_target
+            from slimtorch.quant.export.targets import check_target
 
             check_target(self.target)
         if not isinstance(self.dynamic_batch, bool):
@@ -90,7 +90,7 @@ def run_export(ctx: StageContext, spec: Any, product: Product) -> Product:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if product.state == "quantized":
-                from slimtorch.quant.export import export_onnx
+                from slimtorch.quant.export.onnx_export import export_onnx
 
                 export_onnx(product.model, out, example, dynamic_batch=spec.options.dynamic_batch,
                             target=spec.options.target)

@@ -31,7 +31,7 @@ from slimtorch.pipeline.stage_def import (
 )
 from slimtorch.pipeline.stages.compress import load_quantized_product, ones_masks_, write_quantized
 from slimtorch.prune import AGP, Magnitude
-from slimtorch.quant.qat import QAT, QAT_GRAD_CLIP
+from slimtorch.quant.workflows.qat import QAT, QAT_GRAD_CLIP
 
 
 def _default_prune() -> Magnitude:
@@ -96,7 +96,7 @@ def _prepare_student(ctx: StageContext, opts: JointOptions, teacher: Any) -> tup
 
 def _finish(student: Any) -> Any:
     from slimtorch.prune import make_permanent_
-    from slimtorch.quant.qat import convert_qat_
+    from slimtorch.quant.workflows.qat import convert_qat_
 
     make_permanent_(student)
     return convert_qat_(student)

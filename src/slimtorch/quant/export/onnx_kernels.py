@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from slimtorch.quant import onnx_compact as C
+from slimtorch.quant.export import onnx_compact as C
 
 
 def _int_attr(node: onnx.NodeProto, name: str, default: int) -> int:

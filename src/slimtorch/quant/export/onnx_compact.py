@@ -86,7 +86,7 @@ def drop_default_zero_points(nodes: list[onnx.NodeProto], inits: dict[str, onnx.
 def weight_shape(node: onnx.NodeProto, producer: dict[str, onnx.NodeProto],
                  inits: dict[str, onnx.TensorProto]) -> list[int] | None:
     """Shape of input 1 (the weight) when it is a constant, a dequantized constant, or a dequantized
-    constant ``Pad`` with constant widths (the channel padding of :mod:`slimtorch.quant.onnx_kernels`)."""
+    constant ``Pad`` with constant widths (the channel padding of :mod:`slimtorch.quant.export.onnx_kernels`)."""
     if len(node.input) < 2:
         return None
     name = node.input[1]

@@ -6,9 +6,9 @@ Three public phases (DESIGN.md, API style 4)::
     fit(model, train_data, epochs=...)          # or any training loop: only the model changes
     convert_qat_(model)                         # the same fake-quant form as Int8Static, exportable
 
-``prepare_qat_`` reuses the static PTQ preparation (:func:`slimtorch.quant.ptq.prepare_`): BatchNorms
+``prepare_qat_`` reuses the static PTQ preparation (:func:`slimtorch.quant.workflows.ptq.prepare_`): BatchNorms
 are folded into the preceding convolutions with their running statistics, Conv/Linear layers are
-wrapped in :class:`~slimtorch.quant.modules.QuantConv2d` / ``QuantLinear`` (sharing the float
+wrapped in :class:`~slimtorch.quant.modules.fake_quant.QuantConv2d` / ``QuantLinear`` (sharing the float
 parameters, which stay trainable), and the activation ranges are calibrated on ``calib_data``. Every
 quantizer is then replaced by an :class:`LSQFakeQuantize` whose scale is a trained parameter
 (Esser et al. 2020, :mod:`slimtorch.quant.lsq`):
@@ -25,8 +25,8 @@ quantizer is then replaced by an :class:`LSQFakeQuantize` whose scale is a train
 trained and quantized weight is exactly the deployed folded weight and no re-folding is needed.
 
 ``convert_qat_`` turns each learned quantizer back into a plain frozen
-:class:`~slimtorch.quant.modules.FakeQuantize` with the learned scale, i.e. the PTQ simulated form,
-which :func:`slimtorch.quant.export.export_onnx` writes as an ONNX QDQ model.
+:class:`~slimtorch.quant.modules.fake_quant.FakeQuantize` with the learned scale, i.e. the PTQ simulated form,
+which :func:`slimtorch.quant.export.onnx_export.export_onnx` writes as an ONNX QDQ model.
 """
 
 from __future__ import annotations
@@ -41,12 +41,12 @@ from torch import nn
 from slimtorch.core.config import Config, check_choice
 from slimtorch.core.errors import SlimtorchError
 from slimtorch.quant.api import QuantReport, register_quantizer
+from slimtorch.quant.export.targets import DEFAULT_TARGET, check_target, get_target
 from slimtorch.quant.lsq import grad_scale, lsq_grad_scale_factor, lsq_init_scale
-from slimtorch.quant.modules import FakeQuantize
+from slimtorch.quant.modules.fake_quant import FakeQuantize
 from slimtorch.quant.observers import OBSERVERS
 from slimtorch.quant.primitives import check_bits, fake_quantize
-from slimtorch.quant.ptq import Int8Static, calibrate, convert_, prepare_, quant_layers
-from slimtorch.quant.targets import DEFAULT_TARGET, check_target, get_target
+from slimtorch.quant.workflows.ptq import Int8Static, calibrate, convert_, prepare_, quant_layers
 
 
 class LSQFakeQuantize(FakeQuantize):
@@ -127,7 +127,7 @@ class QAT(Config):
             the usual exception in low-bit QAT papers, LSQ included.
         num_batches: calibration batches for the initial activation ranges (None: all).
         include / exclude / filter_fn: which Conv/Linear layers to quantize.
-        target: deployment target (:mod:`slimtorch.quant.targets`): ``portable`` trains 8-bit weights on
+        target: deployment target (:mod:`slimtorch.quant.export.targets`): ``portable`` trains 8-bit weights on
             the 7-bit grid that no int8 kernel can saturate.
     """
 

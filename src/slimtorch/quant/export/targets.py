@@ -24,7 +24,7 @@ x86-vnni       8-bit               x86-64 with AVX-512 VNNI, AVX-VNNI or AMX onl
 =============  ==================  ===============================================================
 
 The quantizer simulates the target's grid (a 7-bit weight is simulated as 7-bit), so ONNX Runtime and
-the simulation agree on every CPU of the target. Graph rewrites (:mod:`slimtorch.quant.onnx_kernels`) are
+the simulation agree on every CPU of the target. Graph rewrites (:mod:`slimtorch.quant.export.onnx_kernels`) are
 part of the target too: each one is enabled where it measured faster.
 
 No Arm target yet: the Arm kernels (``sdot``/``udot``, or ``smull`` widening to int32) do not add pairs in
@@ -56,7 +56,7 @@ class Target:
         max_weight_bits: the widest weight grid that is exact on every CPU of the target (7 where u8 x s8
             pairs add in saturating int16, else 8).
         pad_input_channels: channel multiple for the first-conv rewrite of
-            :func:`slimtorch.quant.onnx_kernels.pad_input_channels` (0: off).
+            :func:`slimtorch.quant.export.onnx_kernels.pad_input_channels` (0: off).
         description: one line for ``--help`` and docs.
     """
 

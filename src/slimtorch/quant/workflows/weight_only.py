@@ -1,18 +1,23 @@
 """Weight-only low-bit quantization of Linear / Conv2d layers: ``WeightOnly`` config and its handler.
 
-``quantize_(model, WeightOnly(bits=4, group_size=64, method="gptq"), calib_data=loader)`` replaces
-every selected layer by :class:`~slimtorch.quant.packed_modules.WeightOnlyLinear` /
-:class:`~slimtorch.quant.packed_modules.WeightOnlyConv2d`, whose weights are stored as packed integer
+``quantize_(model, WeightOnly(bits=4, group_size=64, rounding=GPTQ(act_order=True)), calib_data=loader)``
+(shorthand: ``method="gptq"``) replaces
+every selected layer by :class:`~slimtorch.quant.modules.packed.WeightOnlyLinear` /
+:class:`~slimtorch.quant.modules.packed.WeightOnlyConv2d`, whose weights are stored as packed integer
 codes with one scale and zero point per (output row, group of ``group_size`` inputs) and dequantized on
-the fly. Activations stay in float. The integer codes come from one of the registered methods:
+the fly. Activations stay in float. The integer codes come from the rounding sub-config
+(:mod:`slimtorch.quant.algorithms.rounding`, any registered one):
 
-* ``"rtn"``: round to nearest on a min-max grid per group (no data needed);
-* ``"gptq"``: Frantar et al. 2022, error-compensating column sweep with the inputs' Hessian
-  (:mod:`slimtorch.quant.gptq`), layer group by layer group on calibration data;
-* ``"adaround"``: Nagel et al. 2020, learned up/down rounding reconstructing each layer's output
-  (:mod:`slimtorch.quant.adaround`), layer by layer on calibration data.
+* ``RTN()`` / ``"rtn"``: round to nearest on a min-max grid per group (no data needed);
+* ``MSEClip()`` / ``"mse"``: round to nearest on the per-group clipped grid with the least squared error
+  (:mod:`slimtorch.quant.algorithms.mse_clip`, no data needed);
+* ``GPTQ()`` / ``"gptq"``: Frantar et al. 2022, error-compensating column sweep with the inputs' Hessian
+  (:mod:`slimtorch.quant.algorithms.gptq`), layer group by layer group on calibration data;
+* ``AdaRound()`` / ``"adaround"``: Nagel et al. 2020, learned up/down rounding reconstructing each
+  layer's output (:mod:`slimtorch.quant.algorithms.adaround`), layer by layer on calibration data.
 
-All methods use the same grid (min-max per group), so they differ only in the rounding decisions.
+RTN, GPTQ and AdaRound use the same grid (min-max per group), so they differ only in the rounding
+decisions.
 With ``bias_correction=True`` the expected output shift of each quantized layer,
 ``(W_hat - W) E[x]`` (Nagel et al. 2019, section 4.2, empirical variant), is subtracted from its bias.
 """
@@ -21,23 +26,31 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimtorch.core.config import Config, check_choice, check_positive, check_range
-from slimtorch.core.registry import Registry
-from slimtorch.core.selection import display_name, named_modules_matching, set_submodule
-from slimtorch.quant.adaround import adaround_weight
+from slimtorch.core.config import Config
+from slimtorch.core.selection import named_modules_matching
+from slimtorch.quant.algorithms.adaround import AdaRound, adaround_weight
+from slimtorch.quant.algorithms.equalization import bias_correction_delta, mean_layer_inputs
+from slimtorch.quant.algorithms.gptq import GPTQ, gptq_quantize, layer_groups, sequential_hessians
+from slimtorch.quant.algorithms.rounding import (
+    ROUNDERS,
+    ChoosesRounding,
+    Rounding,
+    layer_group_size,
+    register_rounding,
+    replace_with_codes,
+    round_to_nearest_,
+)
 from slimtorch.quant.api import QuantReport, register_quantizer
 from slimtorch.quant.calibration import iter_calibration
-from slimtorch.quant.equalization import bias_correction_delta, mean_layer_inputs
-from slimtorch.quant.gptq import gptq_quantize, layer_groups, sequential_hessians
 from slimtorch.quant.groupwise import GroupCodes
-from slimtorch.quant.packed_modules import WEIGHT_ONLY_MODULES, flat_weight
+from slimtorch.quant.modules.packed import WEIGHT_ONLY_MODULES, flat_weight
 from slimtorch.quant.primitives import check_bits
 
 #: Layer types that have no weight-only form; reported as skipped when they hold weights.
@@ -45,37 +58,43 @@ _NO_FORM_REASON = "no weight-only quantized form for this layer type"
 
 
 @dataclass
-class WeightOnly(Config):
+class WeightOnly(ChoosesRounding, Config):
     """Weight-only quantization of Linear and Conv2d weights to ``bits``-bit integer codes.
 
     Args:
         bits: code width, 2-8.
         group_size: input features (fan-in entries) sharing one scale; ``None`` for one scale per
             output channel. Must divide each selected layer's fan-in.
-        method: ``"rtn"``, ``"gptq"`` or ``"adaround"`` (see :data:`WEIGHT_ONLY_METHODS`).
+        method: shorthand for a rounding algorithm by name (``"rtn"``, ``"mse"``, ``"gptq"``,
+            ``"adaround"``: :data:`~slimtorch.quant.algorithms.rounding.ROUNDING`) with its default
+            options; after construction it always holds the name of ``rounding``.
+        rounding: the rounding sub-config (``GPTQ(act_order=True)``); default ``RTN()``.
         symmetric: signed codes with zero point 0 instead of unsigned codes with a zero point.
         include / exclude: fnmatch patterns on layer names (see :class:`slimtorch.core.Selector`).
-        gptq_block_size: GPTQ lazy-update block (columns); gptq_percdamp: Hessian damping as a fraction
-            of its mean diagonal; gptq_act_order: process columns by decreasing Hessian diagonal.
-        adaround_iters: Adam steps per layer; adaround_lr: its learning rate; adaround_reg: the
-            rounding regulariser weight lambda; adaround_batch: samples per step.
         bias_correction: subtract the expected output shift ``(W_hat - W) E[x]`` from each bias.
+        gptq_block_size, gptq_percdamp, gptq_act_order, adaround_iters, adaround_lr, adaround_reg,
+            adaround_batch: shorthand for ``GPTQ(block_size=, damp=, act_order=)`` and
+            ``AdaRound(iters=, lr=, reg=, batch=)`` with ``method=``; mapped onto ``rounding`` and reset
+            to None (those of the other algorithm are ignored).
     """
 
     bits: int = 4
     group_size: int | None = 64
-    method: str = "rtn"
+    method: str | None = None
+    rounding: Rounding | None = None
     symmetric: bool = False
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
-    gptq_block_size: int = 128
-    gptq_percdamp: float = 0.01
-    gptq_act_order: bool = False
-    adaround_iters: int = 1000
-    adaround_lr: float = 1e-2
-    adaround_reg: float = 0.01
-    adaround_batch: int = 32
+    gptq_block_size: int | None = field(default=None, repr=False)
+    gptq_percdamp: float | None = field(default=None, repr=False)
+    gptq_act_order: bool | None = field(default=None, repr=False)
+    adaround_iters: int | None = field(default=None, repr=False)
+    adaround_lr: float | None = field(default=None, repr=False)
+    adaround_reg: float | None = field(default=None, repr=False)
+    adaround_batch: int | None = field(default=None, repr=False)
     bias_correction: bool = False
+
+    rounding_shorthand: ClassVar[tuple[str, ...]] = (*GPTQ.legacy_fields, *AdaRound.legacy_fields)
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
@@ -86,53 +105,15 @@ class WeightOnly(Config):
                 or self.group_size < 1
             ):
                 raise ValueError(f"group_size must be a positive integer or None, got {self.group_size!r}")
-        check_choice("method", self.method, WEIGHT_ONLY_METHODS.names())
-        check_positive("gptq_block_size", self.gptq_block_size)
-        check_range("gptq_percdamp", self.gptq_percdamp, 0.0, 1.0)
-        check_positive("adaround_iters", self.adaround_iters)
-        check_positive("adaround_lr", self.adaround_lr)
-        check_positive("adaround_reg", self.adaround_reg, allow_zero=True)
-        check_positive("adaround_batch", self.adaround_batch)
+        self._resolve_rounding()
         self.include, self.exclude = tuple(self.include), tuple(self.exclude)
 
     @property
     def needs_data(self) -> bool:
-        """Whether the method (or bias correction) needs calibration data."""
-        return self.method != "rtn" or self.bias_correction
+        """Whether the rounding algorithm (or bias correction) needs calibration data."""
+        return self.rounding.needs_data or self.bias_correction
 
 
-#: method name -> ``fn(model, layers, config, batches) -> {fqn: (GroupCodes, details)}``; the function
-#: quantizes ``layers`` (fqn -> float module) and replaces them in ``model`` itself, in its own order.
-WeightOnlyMethod = Callable[
-    [nn.Module, dict[str, nn.Module], WeightOnly, list[tuple[torch.Tensor, ...]]], dict[str, dict[str, Any]]
-]
-WEIGHT_ONLY_METHODS: Registry[WeightOnlyMethod] = Registry("weight-only method")
-
-
-def fan_in(module: nn.Module) -> int:
-    """Entries per output row of the flattened weight (``in_features``, or ``in/groups * kh * kw``)."""
-    return module.weight[0].numel()
-
-
-def layer_group_size(module: nn.Module, name: str, group_size: int | None) -> int:
-    """The group size for one layer (``fan_in`` when None), checked to divide its fan-in."""
-    n = fan_in(module)
-    if group_size is None:
-        return n
-    if n % group_size:
-        what = "in_features" if isinstance(module, nn.Linear) else "fan-in (in_channels/groups*kh*kw)"
-        raise ValueError(
-            f"group_size {group_size} does not divide {what} {n} of layer {display_name(name)!r}; "
-            f"choose a divisor of {n} or exclude the layer"
-        )
-    return group_size
-
-
-def replace_with_codes(model: nn.Module, name: str, module: nn.Module, codes: GroupCodes) -> nn.Module:
-    """Swap the float layer at ``name`` for its packed weight-only form and return the new module."""
-    new = WEIGHT_ONLY_MODULES[type(module)].from_float(module, codes)
-    set_submodule(model, name, new)
-    return new
 
 
 def _forward_fn(module: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -143,24 +124,6 @@ def _forward_fn(module: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], tor
         return lambda x, w: F.linear(x, w.view(shape), bias)
     m = module
     return lambda x, w: F.conv2d(x, w.view(shape), bias, m.stride, m.padding, m.dilation, m.groups)
-
-
-@WEIGHT_ONLY_METHODS.register("rtn")
-def _rtn(
-    model: nn.Module,
-    layers: dict[str, nn.Module],
-    config: WeightOnly,
-    batches: list[tuple[torch.Tensor, ...]],
-) -> dict[str, dict[str, Any]]:
-    out = {}
-    for name, m in layers.items():
-        w = flat_weight(m)
-        codes = GroupCodes.round_to_nearest(
-            w, config.bits, layer_group_size(m, name, config.group_size), config.symmetric
-        )
-        replace_with_codes(model, name, m, codes)
-        out[name] = {"weight_mse": (codes.dequantize() - w).pow(2).mean().item()}
-    return out
 
 
 def _gptq_input_matrix(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -178,7 +141,7 @@ def _gptq_input_matrix(module: nn.Module) -> Callable[[torch.Tensor], torch.Tens
     return None
 
 
-@WEIGHT_ONLY_METHODS.register("gptq")
+@register_rounding("gptq", GPTQ)
 def _gptq(
     model: nn.Module,
     layers: dict[str, nn.Module],
@@ -188,7 +151,7 @@ def _gptq(
     out: dict[str, dict[str, Any]] = {}
     plain = {n: m for n, m in layers.items() if _gptq_input_matrix(m) is None}
     if plain:  # grouped convolutions: GPTQ's shared Hessian does not apply, fall back to RTN
-        for n, d in _rtn(model, plain, config, batches).items():
+        for n, d in round_to_nearest_(model, plain, config, batches).items():
             out[n] = {**d, "note": "grouped conv: GPTQ not applicable, rounded to nearest"}
     todo = {n: m for n, m in layers.items() if n not in plain}
     if not todo:
@@ -217,9 +180,9 @@ def _gptq(
                     bits=config.bits,
                     group_size=g,
                     symmetric=config.symmetric,
-                    block_size=config.gptq_block_size,
-                    percdamp=config.gptq_percdamp,
-                    act_order=config.gptq_act_order,
+                    block_size=config.rounding.block_size,
+                    percdamp=config.rounding.damp,
+                    act_order=config.rounding.act_order,
                 )
                 info = {"gptq_loss": stats.loss, "samples": count, "dead_inputs": stats.dead}
             replace_with_codes(model, name, m, codes)
@@ -254,7 +217,7 @@ def _capture(
     return torch.cat(got) if got else None
 
 
-@WEIGHT_ONLY_METHODS.register("adaround")
+@register_rounding("adaround", AdaRound)
 def _adaround(
     model: nn.Module,
     layers: dict[str, nn.Module],
@@ -285,10 +248,10 @@ def _adaround(
                 bits=config.bits,
                 group_size=g,
                 symmetric=config.symmetric,
-                iters=config.adaround_iters,
-                batch_size=config.adaround_batch,
-                lr=config.adaround_lr,
-                reg_weight=config.adaround_reg,
+                iters=config.rounding.iters,
+                batch_size=config.rounding.batch,
+                lr=config.rounding.lr,
+                reg_weight=config.rounding.reg,
                 seed=i,
             )
             info = {"rtn_recon": stats.rtn_loss, "adaround_recon": stats.final_loss, "flipped": stats.flipped}
@@ -306,7 +269,7 @@ def select_layers(model: nn.Module, config: WeightOnly) -> tuple[dict[str, nn.Mo
         if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
             skipped[n] = f"padding_mode={m.padding_mode!r} has no weight-only form"
             del chosen[n]
-    already = tuple(WEIGHT_ONLY_MODULES.values())
+    already = tuple(form for _, form in WEIGHT_ONLY_MODULES.items())
     for n, m in named_modules_matching(model, (nn.Module,), config.include, config.exclude):
         if n in chosen or n in skipped or isinstance(m, already):
             continue
@@ -331,7 +294,7 @@ def weight_only_(
     batches: list[tuple[torch.Tensor, ...]] = []
     if config.needs_data:
         if calib_data is None:
-            what = f"method {config.method!r}" if config.method != "rtn" else "bias_correction"
+            what = f"method {config.method!r}" if config.rounding.needs_data else "bias_correction"
             raise ValueError(
                 f"WeightOnly {what} needs calibration data: pass calib_data=<iterable of batches>"
             )
@@ -340,7 +303,7 @@ def weight_only_(
     model.eval()
     means = mean_layer_inputs(model, layers, batches) if config.bias_correction else {}
     floats = {n: m.weight.detach().clone() for n, m in layers.items()} if config.bias_correction else {}
-    details = WEIGHT_ONLY_METHODS.get(config.method)(model, layers, config, batches)
+    details = ROUNDERS.get(type(config.rounding))(model, layers, config, batches)
     if config.bias_correction:
         for name, w in floats.items():
             new = model.get_submodule(name)

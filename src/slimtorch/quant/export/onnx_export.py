@@ -9,9 +9,9 @@ The fake-quant modules emit, during ``torch.onnx.export`` (legacy TorchScript ex
 
 ONNX Runtime's graph optimizer fuses ``DQ -> Conv -> Q`` into ``QLinearConv`` and ``DQ -> Gemm``
 into ``QGemm`` (U8S8 kernels). After export the graph is tidied so the file is close to one byte per
-weight: constants become initializers, then the lossless passes of :mod:`slimtorch.quant.onnx_compact`
+weight: constants become initializers, then the lossless passes of :mod:`slimtorch.quant.export.onnx_compact`
 (default zero points and attributes dropped, bias scales derived, duplicates merged, short names), and
-repeated node units become calls of model-local functions (:mod:`slimtorch.quant.onnx_functions`).
+repeated node units become calls of model-local functions (:mod:`slimtorch.quant.export.experimental.onnx_functions`).
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from onnx import numpy_helper
 from torch import nn
 
 from slimtorch.core.errors import SlimtorchError
-from slimtorch.quant import onnx_compact as C
-from slimtorch.quant import onnx_functions as F
-from slimtorch.quant import onnx_kernels as K
-from slimtorch.quant import targets as T
+from slimtorch.metrics.ort import export_onnx_fp32, onnx_session, session_feed
+from slimtorch.quant.export import onnx_compact as C
+from slimtorch.quant.export import onnx_kernels as K
+from slimtorch.quant.export import targets as T
+from slimtorch.quant.export.experimental import onnx_functions as F
 
 #: Opset of exported models (per-axis QuantizeLinear/DequantizeLinear need >= 13).
 OPSET = 17
@@ -43,8 +44,12 @@ def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
 
 def export_float_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: Any,
                       dynamic_batch: bool = True) -> Path:
-    """Plain fp32 ONNX export with a dynamic batch dimension (the baseline int8 is compared with)."""
-    return _export(model, Path(path), _as_tuple(example_inputs), dynamic_batch, tidy=False)
+    """Plain fp32 ONNX export with a dynamic batch dimension (the baseline int8 is compared with).
+
+    The quantization-side spelling of :func:`slimtorch.metrics.ort.export_onnx_fp32` (argument order
+    ``model, path, example_inputs`` like :func:`export_onnx`); that function does the work.
+    """
+    return export_onnx_fp32(model, _as_tuple(example_inputs), path, dynamic_batch=dynamic_batch)
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: Any,
@@ -60,14 +65,14 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
         dynamic_batch: make the first dimension of inputs and outputs symbolic.
         pad_input_channels: zero-pad the channels of an input read only by quantized convolutions (the
             first conv of an image model, 1 or 3 channels) to a multiple of this, so ONNX Runtime runs that
-            conv on its symmetric int8 kernel (:mod:`slimtorch.quant.onnx_kernels`); exact. None: the
+            conv on its symmetric int8 kernel (:mod:`slimtorch.quant.export.onnx_kernels`); exact. None: the
             target's choice; 1 or 0: off.
         functions: store repeated node units (a quantized conv with its weight, bias and output Q/DQ) once
-            as model-local ONNX functions (:mod:`slimtorch.quant.onnx_functions`); exact, ~1.4% smaller
-            files, but it needs a runtime that reads IR-9 local functions (ONNX Runtime >= 1.16 does), so it
-            is opt-in.
+            as model-local ONNX functions (:mod:`slimtorch.quant.export.experimental.onnx_functions`); exact,
+            ~1.4% smaller files, but it needs a runtime that reads IR-9 local functions (ONNX Runtime >= 1.16
+            does), so it is opt-in.
         target: deployment target (``portable``, ``x86-avx2``, ``x86-vnni``; see
-            :mod:`slimtorch.quant.targets`). None: the target the model was quantized for, else
+            :mod:`slimtorch.quant.export.targets`). None: the target the model was quantized for, else
             ``portable``. Stored in the file's metadata (``slimtorch.target``).
         check: when this host is a CPU of the target, run the file on ``example_inputs`` with ONNX Runtime
             and raise if it disagrees with the simulation (naming the first layer that diverges); on
@@ -80,7 +85,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
         SlimtorchError: if the model cannot be exported (e.g. a layer quantized below 8 bits), if its
             weights are wider than the target allows, or if the check fails.
     """
-    from slimtorch.quant.packed_modules import WeightOnlyConv2d, WeightOnlyLinear
+    from slimtorch.quant.modules.packed import WeightOnlyConv2d, WeightOnlyLinear
 
     packed = [n for n, m in model.named_modules() if isinstance(m, (WeightOnlyLinear, WeightOnlyConv2d))]
     if packed:
@@ -105,7 +110,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
 
 
 def _quantized_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    from slimtorch.quant.modules import QuantConv2d, QuantLinear
+    from slimtorch.quant.modules.fake_quant import QuantConv2d, QuantLinear
 
     return [(n, m) for n, m in model.named_modules()
             if isinstance(m, (QuantConv2d, QuantLinear)) and m.weight_quant.quantizing]
@@ -115,7 +120,7 @@ def check_weights_fit_target(model: nn.Module, target: T.Target) -> None:
     """Raise if an integer weight of ``model`` could saturate an int8 kernel on a CPU of ``target``.
 
     A weight read by a u8 x s8 kernel is safe on every CPU when each adjacent pair along its reduction axis
-    has ``|w1| + |w2| <= 128`` (:func:`slimtorch.quant.targets.saturation_free`); targets with full 8-bit
+    has ``|w1| + |w2| <= 128`` (:func:`slimtorch.quant.export.targets.saturation_free`); targets with full 8-bit
     weights (``x86-vnni``) need no check.
     """
     if target.max_weight_bits >= 8:
@@ -164,8 +169,6 @@ def _disagreement(ours: torch.Tensor, theirs: torch.Tensor) -> tuple[float, floa
 
 
 def _run_onnx(path: Path, inputs: tuple[Any, ...]) -> torch.Tensor:
-    from slimtorch.metrics.ort import onnx_session, session_feed
-
     sess = onnx_session(path)
     return torch.from_numpy(sess.run(None, session_feed(sess, inputs))[0])
 
@@ -278,11 +281,12 @@ def tidy_qdq_graph(proto: onnx.ModelProto, compact: bool = True, pad_input_chann
 
     ``Constant`` nodes become initializers, grid-preserving ops are moved onto integers
     (:func:`propagate_qdq`) and tensor names are shortened; with ``compact`` the lossless passes of
-    :mod:`slimtorch.quant.onnx_compact` run too: default zero points and attributes dropped, bias scales
+    :mod:`slimtorch.quant.export.onnx_compact` run too: default zero points and attributes dropped, bias scales
     derived from the input and weight scales, duplicate constants and nodes merged. With
     ``pad_input_channels`` > 1 the input channels of first convolutions are zero-padded to that multiple
-    (:func:`slimtorch.quant.onnx_kernels.pad_input_channels`). With ``functions`` (and ``compact``) repeated
-    node units become calls of model-local functions (:func:`slimtorch.quant.onnx_functions.outline_functions`).
+    (:func:`slimtorch.quant.export.onnx_kernels.pad_input_channels`). With ``functions`` (and ``compact``)
+    repeated node units become calls of model-local functions
+    (:func:`slimtorch.quant.export.experimental.onnx_functions.outline_functions`).
     """
     g = proto.graph
     inits = {t.name: t for t in g.initializer}
@@ -474,23 +478,10 @@ def onnx_qdq_summary(path: str | os.PathLike[str]) -> dict[str, int]:
     return counts
 
 
-def ort_session(path: str | os.PathLike[str], threads: int = 1, optimized_path: str | None = None) -> Any:
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads (all graph optimizations on)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    if optimized_path:
-        so.optimized_model_filepath = optimized_path
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
 def runtime_ops(path: str | os.PathLike[str], tmp_dir: str | os.PathLike[str]) -> dict[str, int]:
     """Operator counts of the graph ONNX Runtime actually executes (after its QDQ fusions)."""
     out = Path(tmp_dir) / (Path(path).stem + ".ort-optimized.onnx")
-    ort_session(path, optimized_path=str(out))
+    onnx_session(path, optimized_path=out)
     return onnx_qdq_summary(out)
 
 
@@ -512,7 +503,7 @@ def compare_with_onnx(model: nn.Module, path: str | os.PathLike[str], batches: S
     """
     from slimtorch.quant.calibration import batch_inputs
 
-    sess = ort_session(path, threads)
+    sess = onnx_session(path, threads)
     name = sess.get_inputs()[0].name
     model.eval()
     max_diff, sum_diff, n_el, agree, n = 0.0, 0.0, 0, 0, 0

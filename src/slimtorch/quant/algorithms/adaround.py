@@ -28,11 +28,42 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
+from slimtorch.core.config import check_positive
 from slimtorch.quant import primitives as P
+from slimtorch.quant.algorithms.rounding import Rounding
 from slimtorch.quant.groupwise import GroupCodes, group_qparams
+
+
+@dataclass
+class AdaRound(Rounding):
+    """AdaRound rounding (the module docstring): ``WeightOnly(bits=4, rounding=AdaRound(iters=500))``.
+
+    Args:
+        iters: Adam steps per layer.
+        lr: their learning rate.
+        reg: the rounding regulariser weight lambda.
+        batch: samples per step.
+    """
+
+    iters: int = 1000
+    lr: float = 1e-2
+    reg: float = 0.01
+    batch: int = 32
+
+    needs_data: ClassVar[bool] = True
+    legacy_fields: ClassVar[dict[str, str]] = {
+        "adaround_iters": "iters", "adaround_lr": "lr", "adaround_reg": "reg", "adaround_batch": "batch"
+    }
+
+    def __post_init__(self) -> None:
+        check_positive("iters", self.iters)
+        check_positive("lr", self.lr)
+        check_positive("reg", self.reg, allow_zero=True)
+        check_positive("batch", self.batch)
 
 ZETA, GAMMA = 1.1, -0.1
 

@@ -1,20 +1,21 @@
 """Low-bit weights with 8-bit static activations (e.g. W4A8), weights rounded by RTN, AdaRound or GPTQ.
 
-``quantize_(model, LowBitStatic(bits_w=4, bits_a=8, method="adaround"), calib_data=loader)``:
+``quantize_(model, LowBitStatic(bits_w=4, bits_a=8, rounding=AdaRound(iters=500)), calib_data=loader)``
+(shorthand: ``method="adaround"``):
 
-1. fold BatchNorm into the preceding convolutions (:func:`slimtorch.quant.fold.fold_bn_`), so the
+1. fold BatchNorm into the preceding convolutions (:func:`slimtorch.quant.algorithms.fold.fold_bn_`), so the
    weights that are rounded are the ones an integer runtime executes;
-2. choose the integer weights with a weight-only method (:mod:`slimtorch.quant.weight_only`) on a
+2. choose the integer weights with the rounding sub-config (:mod:`slimtorch.quant.workflows.weight_only`) on a
    per-output-channel symmetric grid ``s = max|w| / (2^(b-1) - 1)`` (the grid of
-   :class:`~slimtorch.quant.ptq.Int8Static`'s weight quantizer), the layers' inputs being
+   :class:`~slimtorch.quant.workflows.ptq.Int8Static`'s weight quantizer), the layers' inputs being
    float activations of the partly quantized model;
 3. write the chosen grid values back as float weights and run static PTQ
-   (:class:`~slimtorch.quant.ptq.Int8Static` with ``weight_bits=bits_w``), whose weight quantizers
+   (:class:`~slimtorch.quant.workflows.ptq.Int8Static` with ``weight_bits=bits_w``), whose weight quantizers
    are then pinned to exactly the grid of step 2 (so the rounding decisions are kept), and calibrate
    the activation ranges.
 
 The result is the same fake-quant form as ``Int8Static`` (exportable with
-:func:`slimtorch.quant.export.export_onnx`). With ``method="rtn"`` it equals ``Int8Static`` with
+:func:`slimtorch.quant.export.onnx_export.export_onnx`). With ``method="rtn"`` it equals ``Int8Static`` with
 ``weight_bits=bits_w``.
 """
 
@@ -22,61 +23,66 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from slimtorch.core.config import Config, check_choice, check_positive
+from slimtorch.core.config import Config, check_choice
 from slimtorch.core.errors import SlimtorchError
 from slimtorch.core.selection import set_submodule
+from slimtorch.quant.algorithms.fold import find_conv_bn_pairs, fold_bn_
+from slimtorch.quant.algorithms.rounding import ChoosesRounding, Rounding
 from slimtorch.quant.api import QuantReport, quantize_, register_quantizer
-from slimtorch.quant.fold import find_conv_bn_pairs, fold_bn_
+from slimtorch.quant.export.targets import DEFAULT_TARGET, check_target, get_target
 from slimtorch.quant.groupwise import GroupCodes
+from slimtorch.quant.modules.packed import WeightOnlyConv2d, WeightOnlyLinear
 from slimtorch.quant.observers import OBSERVERS
-from slimtorch.quant.packed_modules import WeightOnlyConv2d, WeightOnlyLinear
 from slimtorch.quant.primitives import check_bits
-from slimtorch.quant.ptq import Int8Static, calibrate, convert_, prepare_, quant_layers, trace_graph
-from slimtorch.quant.targets import DEFAULT_TARGET, check_target, get_target
-from slimtorch.quant.weight_only import WEIGHT_ONLY_METHODS, WeightOnly
+from slimtorch.quant.workflows.ptq import Int8Static, calibrate, convert_, prepare_, quant_layers, trace_graph
+from slimtorch.quant.workflows.weight_only import WeightOnly
 
 
 @dataclass
-class LowBitStatic(Config):
+class LowBitStatic(ChoosesRounding, Config):
     """Static quantization with ``bits_w``-bit weights chosen by RTN / AdaRound / GPTQ.
 
     Args:
         bits_w: weight bits, 2-8 (symmetric, per output channel).
         bits_a: activation bits, 2-8 (8 for ONNX Runtime).
-        method: ``"rtn"``, ``"adaround"`` or ``"gptq"``.
+        method: shorthand for a rounding algorithm by name (``"rtn"``, ``"mse"``, ``"adaround"``,
+            ``"gptq"``); after construction it holds the name of ``rounding``.
+        rounding: the rounding sub-config (``AdaRound(iters=500)``, ``GPTQ(act_order=True)``); default
+            ``RTN()``. It rounds on the symmetric per-output-channel grid.
         observer: activation range estimator.
-        adaround_iters: AdaRound steps per layer; adaround_batch: samples per AdaRound step.
-        gptq_act_order: GPTQ column order by decreasing Hessian diagonal.
+        adaround_iters, adaround_batch, gptq_act_order: shorthand for ``AdaRound(iters=, batch=)`` and
+            ``GPTQ(act_order=)`` with ``method=``; mapped onto ``rounding`` and reset to None.
         include / exclude / filter_fn: which Conv/Linear layers to quantize.
-        target: deployment target (:mod:`slimtorch.quant.targets`); ``portable`` narrows 8-bit weights
+        target: deployment target (:mod:`slimtorch.quant.export.targets`); ``portable`` narrows 8-bit weights
             to 7 bits (narrower widths are exact everywhere).
     """
 
     bits_w: int = 4
     bits_a: int = 8
-    method: str = "rtn"
+    method: str | None = None
+    rounding: Rounding | None = None
     observer: str = "minmax"
-    adaround_iters: int = 1000
-    adaround_batch: int = 32
-    gptq_act_order: bool = False
+    adaround_iters: int | None = field(default=None, repr=False)
+    adaround_batch: int | None = field(default=None, repr=False)
+    gptq_act_order: bool | None = field(default=None, repr=False)
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     filter_fn: Callable[[nn.Module, str], bool] | None = field(default=None, repr=False)
     target: str = DEFAULT_TARGET
 
+    rounding_shorthand: ClassVar[tuple[str, ...]] = ("adaround_iters", "adaround_batch", "gptq_act_order")
+
     def __post_init__(self) -> None:
         check_target(self.target)
         check_bits(self.bits_w, "bits_w")
         check_bits(self.bits_a, "bits_a")
-        check_choice("method", self.method, WEIGHT_ONLY_METHODS.names())
         check_choice("observer", self.observer, OBSERVERS.names())
-        check_positive("adaround_iters", self.adaround_iters)
-        check_positive("adaround_batch", self.adaround_batch)
+        self._resolve_rounding()
         self.include, self.exclude = tuple(self.include), tuple(self.exclude)
 
 
@@ -128,10 +134,8 @@ def low_bit_static_(model: nn.Module, config: LowBitStatic, calib_data: Iterable
         WeightOnly(
             bits=bits_w,
             group_size=None,
-            method=config.method,
+            rounding=config.rounding,
             symmetric=True,
-            adaround_iters=config.adaround_iters,
-            gptq_act_order=config.gptq_act_order,
             include=config.include,
             exclude=config.exclude,
         ),

@@ -4,7 +4,7 @@ The simulated model computes in float but every quantized tensor is snapped to i
 (``x_hat = s * (clamp(round(x / s) + z) - z)``), so its accuracy is the int8 model's accuracy. During
 ONNX export (``torch.onnx.is_in_onnx_export()``) the same modules emit ``QuantizeLinear`` /
 ``DequantizeLinear`` nodes carrying our scales and zero points, and weights as int8 initializers, so
-ONNX Runtime can fuse them into integer kernels (see :mod:`slimtorch.quant.export`).
+ONNX Runtime can fuse them into integer kernels (see :mod:`slimtorch.quant.export.onnx_export`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimtorch.core.registry import TypeRegistry
 from slimtorch.quant.observers import Observer
 from slimtorch.quant.primitives import (
     check_bits,
@@ -340,7 +341,7 @@ class _DynamicLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, codes, scale, zero_point, bias):  # noqa: ANN001
-        from slimtorch.quant.ptq import dynamic_fake_quantize
+        from slimtorch.quant.workflows.ptq import dynamic_fake_quantize
 
         w = (codes.float() - torch.tensor(zero_point).float()) * torch.tensor(scale)  # (in, out)
         y = dynamic_fake_quantize(x, "tensor") @ w
@@ -357,4 +358,6 @@ class _DynamicLinear(torch.autograd.Function):
 
 
 #: float layer type -> its fake-quant wrapper (extend to quantize more layer types).
-QUANT_MODULES: dict[type[nn.Module], type[nn.Module]] = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
+QUANT_MODULES: TypeRegistry[type[nn.Module]] = TypeRegistry("fake-quant wrapper")
+QUANT_MODULES.register(nn.Conv2d, QuantConv2d)
+QUANT_MODULES.register(nn.Linear, QuantLinear)

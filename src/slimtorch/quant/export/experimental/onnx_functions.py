@@ -1,6 +1,6 @@
 """Outline repeated QDQ node units of an exported graph into model-local ONNX functions (lossless).
 
-After :mod:`slimtorch.quant.onnx_compact` an int8 ResNet-20 still spells out every convolution as six
+After :mod:`slimtorch.quant.export.onnx_compact` an int8 ResNet-20 still spells out every convolution as six
 nodes: ``DequantizeLinear`` of the weight, a ``Mul`` deriving the bias scale, ``DequantizeLinear`` of the
 bias, the ``Conv``, and the ``QuantizeLinear`` / ``DequantizeLinear`` pair of its output. The 21
 convolutions differ only in which tensors they read, so the graph repeats the same few hundred bytes of
@@ -42,7 +42,7 @@ from typing import NamedTuple
 import onnx
 from onnx import helper
 
-from slimtorch.quant.onnx_compact import graph_index, short_name, weight_shape
+from slimtorch.quant.export.onnx_compact import graph_index, short_name, weight_shape
 
 #: domain of the functions this pass writes (short: every call node spells it out)
 FUNCTION_DOMAIN = "st"
@@ -83,7 +83,7 @@ def _constant_producers(name: str, producer: dict[str, onnx.NodeProto], inits: d
     graph input or a node reading one) or one of those nodes writes a graph output.
 
     Only :data:`ABSORBED_OPS` are collected. Another operator applied to initializers alone (the weight
-    ``Pad`` of :mod:`slimtorch.quant.onnx_kernels`) is a constant too, but one particular to its layer: it
+    ``Pad`` of :mod:`slimtorch.quant.export.onnx_kernels`) is a constant too, but one particular to its layer: it
     stays outside and its output becomes an input of the unit, so the unit still matches its siblings."""
     node = producer.get(name)
     if node is None or any(o in outputs for o in node.output):

@@ -21,23 +21,20 @@ from torch import nn
 import slimtorch
 from slimtorch.core.config import CONFIG_TYPES, Config
 from slimtorch.core.errors import SlimtorchError
+from slimtorch.core.registry import TypeRegistry
 from slimtorch.quant.api import quantize_
-from slimtorch.quant.modules import FakeQuantize
-from slimtorch.quant.ptq import Int8Dynamic, Int8Static, prepare_
+from slimtorch.quant.modules.fake_quant import FakeQuantize
+from slimtorch.quant.workflows.ptq import Int8Dynamic, Int8Static, prepare_
 from slimtorch.storage import load_state_into, model_from_spec, read_spec, resolve_model_file
 
 #: config type -> ``prepare(model, config)`` rebuilding the quantized structure without data.
-PREPARERS: dict[type[Config], Callable[[nn.Module, Config], Any]] = {}
+PREPARERS: TypeRegistry[Callable[[nn.Module, Config], Any]] = TypeRegistry("preparer")
 
 
 def register_preparer(config_type: type[Config]) -> Callable[[Callable], Callable]:
     """Decorator registering how to rebuild a quantized structure of ``config_type`` before loading."""
 
-    def deco(fn: Callable[[nn.Module, Config], Any]) -> Callable[[nn.Module, Config], Any]:
-        PREPARERS[config_type] = fn
-        return fn
-
-    return deco
+    return PREPARERS.register(config_type, overwrite=True)  # a later registration replaces an earlier one
 
 
 def save_quantized(model: nn.Module, path: str | os.PathLike[str], config: Config,
@@ -74,7 +71,7 @@ def load_quantized(path: str | os.PathLike[str], model: nn.Module | None = None)
     if model is None:
         model = model_from_spec(spec, path)
     model.eval()
-    PREPARERS[ctype](model, config)
+    PREPARERS.get(ctype)(model, config)
     load_state_into(model, load_file(str(resolve_model_file(path))))
     for m in model.modules():
         if isinstance(m, FakeQuantize) and not m.dynamic:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimtorch.core.registry import TypeRegistry
 from slimtorch.quant import primitives as P
 from slimtorch.quant.groupwise import GroupCodes
 from slimtorch.quant.packing import pack_bits, unpack_bits
@@ -126,10 +127,9 @@ class WeightOnlyConv2d(PackedWeightMixin, nn.Module):
 
 
 #: Float layer type -> weight-only quantized type (a new layer type is one entry here).
-WEIGHT_ONLY_MODULES: dict[type[nn.Module], type[nn.Module]] = {
-    nn.Linear: WeightOnlyLinear,
-    nn.Conv2d: WeightOnlyConv2d,
-}
+WEIGHT_ONLY_MODULES: TypeRegistry[type[nn.Module]] = TypeRegistry("weight-only layer form")
+WEIGHT_ONLY_MODULES.register(nn.Linear, WeightOnlyLinear)
+WEIGHT_ONLY_MODULES.register(nn.Conv2d, WeightOnlyConv2d)
 
 
 def flat_weight(module: nn.Module) -> torch.Tensor:

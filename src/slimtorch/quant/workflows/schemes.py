@@ -1,7 +1,7 @@
 """Command-line schemes for the low-bit configs (``slimtorch quantize --scheme w4a8|weight-only``).
 
 Each builder maps the CLI options onto one config class; the int8 schemes live beside their configs in
-:mod:`slimtorch.quant.ptq`.
+:mod:`slimtorch.quant.workflows.ptq`.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from typing import Any
 
 from slimtorch.core.config import Config
 from slimtorch.quant.api import register_scheme
-from slimtorch.quant.low_bit_static import LowBitStatic
-from slimtorch.quant.qat import QAT
-from slimtorch.quant.weight_only import WeightOnly
+from slimtorch.quant.workflows.low_bit_static import LowBitStatic
+from slimtorch.quant.workflows.qat import QAT
+from slimtorch.quant.workflows.weight_only import WeightOnly
 
 
 @register_scheme("w4a8", data="calib", help="low-bit weights + int8 activations: --bits (4), --method "

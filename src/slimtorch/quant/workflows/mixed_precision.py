@@ -11,7 +11,7 @@
    sensitivity reduction per extra bit, ``(delta_l(b) - delta_l(b')) / (n_l (b' - b))``, that still
    fits. The most sensitive layers per weight therefore end up at the higher widths.
 3. The layers are then quantized at their widths with the configured weight-only method
-   (``"rtn"``, ``"gptq"`` or ``"adaround"``, see :mod:`slimtorch.quant.weight_only`).
+   (``"rtn"``, ``"gptq"`` or ``"adaround"``, see :mod:`slimtorch.quant.workflows.weight_only`).
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ from torch import nn
 
 from slimtorch.core.config import Config, check_choice, check_positive
 from slimtorch.core.errors import SlimtorchError
+from slimtorch.quant.algorithms.rounding import ROUNDING, layer_group_size
 from slimtorch.quant.api import QuantReport, quantize_, register_quantizer
 from slimtorch.quant.calibration import iter_calibration
 from slimtorch.quant.packing import packed_nbytes
 from slimtorch.quant.primitives import check_bits
-from slimtorch.quant.weight_only import WEIGHT_ONLY_METHODS, WeightOnly, layer_group_size, select_layers
+from slimtorch.quant.workflows.weight_only import WeightOnly, select_layers
 
 
 @dataclass
@@ -71,7 +72,7 @@ class MixedPrecision(Config):
                 f"budget_bits {self.budget_bits} is below the smallest width {self.widths[0]}: "
                 "no allocation fits"
             )
-        check_choice("method", self.method, WEIGHT_ONLY_METHODS.names())
+        check_choice("method", self.method, ROUNDING.names())
         check_choice("metric", self.metric, ["loss", "accuracy"])
         if self.num_batches is not None:
             check_positive("num_batches", self.num_batches)

@@ -34,11 +34,38 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from slimtorch.core.config import check_positive, check_range
+from slimtorch.quant.algorithms.rounding import Rounding
 from slimtorch.quant.groupwise import GroupCodes, fake_quantize_columns, group_qparams
+
+
+@dataclass
+class GPTQ(Rounding):
+    """GPTQ rounding (the module docstring): ``WeightOnly(bits=4, rounding=GPTQ(act_order=True))``.
+
+    Args:
+        block_size: lazy-update block (columns).
+        damp: Hessian damping as a fraction of its mean diagonal (the reference's ``percdamp``).
+        act_order: process columns by decreasing Hessian diagonal.
+    """
+
+    block_size: int = 128
+    damp: float = 0.01
+    act_order: bool = False
+
+    needs_data: ClassVar[bool] = True
+    legacy_fields: ClassVar[dict[str, str]] = {
+        "gptq_block_size": "block_size", "gptq_percdamp": "damp", "gptq_act_order": "act_order"
+    }
+
+    def __post_init__(self) -> None:
+        check_positive("block_size", self.block_size)
+        check_range("damp", self.damp, 0.0, 1.0)
 
 
 @dataclass

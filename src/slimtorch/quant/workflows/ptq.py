@@ -33,13 +33,13 @@ from torch import nn
 from slimtorch.core.config import Config, check_choice, check_positive
 from slimtorch.core.errors import SlimtorchError
 from slimtorch.core.selection import Selector, display_name, set_submodule
+from slimtorch.quant.algorithms.fold import find_conv_bn_pairs, fold_bn_
 from slimtorch.quant.api import QuantReport, register_quantizer, register_scheme
 from slimtorch.quant.calibration import iter_calibration
-from slimtorch.quant.fold import find_conv_bn_pairs, fold_bn_
-from slimtorch.quant.modules import QUANT_MODULES, FakeQuantize, QuantConv2d, QuantLinear
+from slimtorch.quant.export.targets import DEFAULT_TARGET, check_target, get_target, mark_target
+from slimtorch.quant.modules.fake_quant import QUANT_MODULES, FakeQuantize, QuantConv2d, QuantLinear
 from slimtorch.quant.observers import OBSERVERS, create_observer
 from slimtorch.quant.primitives import check_bits, qrange
-from slimtorch.quant.targets import DEFAULT_TARGET, check_target, get_target, mark_target
 
 _RELU_FUNCS = {F.relu, torch.relu, torch.relu_}
 # Ops that map grid values to grid values with the same scale/zero point, so a quantizer after them
@@ -64,7 +64,7 @@ class Int8Static(Config):
         symmetric_weights: int8 symmetric weights (zero point 0), as integer kernels expect.
         symmetric_activations: int8 symmetric activations instead of uint8 asymmetric.
         weight_bits: weight bits (8 for ONNX Runtime; 2..8 in simulation). The deployment ``target`` may
-            narrow it (``portable``: at most 7, see :mod:`slimtorch.quant.targets`).
+            narrow it (``portable``: at most 7, see :mod:`slimtorch.quant.export.targets`).
         act_bits: activation bits (8 for ONNX Runtime; 2..8 in simulation).
         fold_bn: fold BatchNorm into the preceding conv before quantizing.
         quantize_outputs: also quantize layer outputs (needed for integer kernels on ONNX Runtime).
@@ -73,7 +73,7 @@ class Int8Static(Config):
         exclude: patterns of layer names to keep in float.
         filter_fn: extra predicate ``filter_fn(module, fqn) -> bool``.
         target: deployment target (``portable``, ``x86-avx2``, ``x86-vnni``): the integer scheme that is
-            exact on the CPUs the model will run on (:mod:`slimtorch.quant.targets`).
+            exact on the CPUs the model will run on (:mod:`slimtorch.quant.export.targets`).
     """
 
     observer: str = "minmax"
@@ -116,7 +116,7 @@ class Int8Dynamic(Config):
         include: patterns of layer names to quantize.
         exclude: patterns to keep in float.
         filter_fn: extra predicate.
-        target: deployment target (:mod:`slimtorch.quant.targets`); ``portable`` uses 7-bit weights.
+        target: deployment target (:mod:`slimtorch.quant.export.targets`); ``portable`` uses 7-bit weights.
     """
 
     granularity: str = "token"
@@ -315,7 +315,7 @@ def prepare_(model: nn.Module, config: Int8Static) -> QuantReport:
                                 symmetric=config.symmetric_weights,
                                 signed=True, axis=0 if config.per_channel else None)
         out = act_quant() if plan.quantize_output else None
-        wrap = QUANT_MODULES[type(layer)].from_float
+        wrap = QUANT_MODULES.get(type(layer)).from_float
         wrapper = wrap(layer, inp, FakeQuantize(w_obs), out, plan.output_relu)
         wrapper.input_source = plan.tied_to
         wrapper.calibrate_weight()
