@@ -293,7 +293,7 @@ def compare(a: argparse.Namespace, log: list[str]) -> None:
                   ours_row["onnxruntime_speedup"] >= 1.6),
             check(f"[{v}] accuracy - Torch-Pruning's (pt){over}", diff, ">= -0.2", diff >= -0.2),
         ]
-    spec = slimtorch.storage.read_spec(a.checkpoint).get("metadata", {})
+    spec = slimtorch.io.storage.read_spec(a.checkpoint).get("metadata", {})
     extra = {"budget": {
         "checkpoint": spec.get("trained_on", "?"),
         "checkpoint_accuracy": {k: v for k, v in spec.items() if k.startswith("test_accuracy")},

@@ -8,8 +8,8 @@ from torch import nn
 
 import slimtorch
 from slimtorch.core.errors import SlimtorchError
+from slimtorch.io.storage import read_spec
 from slimtorch.models import create
-from slimtorch.storage import read_spec
 
 
 def test_zoo_model_round_trip_bit_identical(tmp_path):

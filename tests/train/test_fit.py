@@ -18,10 +18,10 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import slimtorch
+from slimtorch.io.storage import read_spec
 from slimtorch.metrics import CpuInfo
 from slimtorch.metrics.cpu import FLAG_NAMES
 from slimtorch.models import create
-from slimtorch.storage import read_spec
 from slimtorch.train import SCHEDULES, fit, load_checkpoint
 from slimtorch.train.checkpoint import atomic_torch_save
 

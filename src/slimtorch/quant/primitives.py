@@ -320,3 +320,22 @@ def reduce_minmax(x: torch.Tensor, axis: int | None = None, group_size: int | No
     a = axis % x.dim()
     xt = x.movedim(a, 0).reshape(x.shape[a], -1)  # (C, everything else)
     return xt.amin(1), xt.amax(1)
+
+
+def dynamic_fake_quantize(x: torch.Tensor, granularity: str = "token", bits: int = 8) -> torch.Tensor:
+    """Asymmetric unsigned fake quantization with the range of ``x`` itself (STE gradient).
+
+    ``granularity="token"``: one ``[min, max]`` per row (over the last dimension), shape ``(..., 1)``;
+    ``"tensor"``: one for all of ``x``. Both ranges are widened to contain 0, as in ONNX
+    ``DynamicQuantizeLinear``.
+    """
+    qmin, qmax = qrange(bits, False)
+    if granularity == "token":
+        lo = x.detach().amin(-1, keepdim=True).clamp(max=0)  # (..., 1)
+        hi = x.detach().amax(-1, keepdim=True).clamp(min=0)
+    else:
+        lo, hi = x.detach().min().clamp(max=0), x.detach().max().clamp(min=0)
+    s = ((hi - lo) / (qmax - qmin)).clamp_min(1e-8)
+    z = torch.clamp(qmin - torch.round(lo / s), qmin, qmax)
+    q = torch.clamp(torch.round(x / s) + z, qmin, qmax)
+    return x + ((q - z) * s - x).detach()

@@ -7,7 +7,7 @@ file holds exactly that, so its size on disk *is* the compressed size.
 Layout (integers little-endian)::
 
     prefix  8 bytes magic b"SLIMTRCH" | u16 version | u16 flags (0) | u32 header length | u32 header CRC32
-    header  deflated (zlib) compact JSON: {"spec": architecture (slimtorch.storage), "layers": [...],
+    header  deflated (zlib) compact JSON: {"spec": architecture (slimtorch.io.storage), "layers": [...],
             "tensors": [...]}; the CRC covers the deflated bytes
     data    the sections, at the offsets the header gives; each section carries its own CRC32
 

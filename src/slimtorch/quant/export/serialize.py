@@ -22,10 +22,8 @@ import slimtorch
 from slimtorch.core.config import CONFIG_TYPES, Config
 from slimtorch.core.errors import SlimtorchError
 from slimtorch.core.registry import TypeRegistry
-from slimtorch.quant.api import quantize_
+from slimtorch.io.storage import load_state_into, model_from_spec, read_spec, resolve_model_file
 from slimtorch.quant.modules.fake_quant import FakeQuantize
-from slimtorch.quant.workflows.ptq import Int8Dynamic, Int8Static, prepare_
-from slimtorch.storage import load_state_into, model_from_spec, read_spec, resolve_model_file
 
 #: config type -> ``prepare(model, config)`` rebuilding the quantized structure without data.
 PREPARERS: TypeRegistry[Callable[[nn.Module, Config], Any]] = TypeRegistry("preparer")
@@ -78,6 +76,3 @@ def load_quantized(path: str | os.PathLike[str], model: nn.Module | None = None)
             m.observing, m.quantizing = False, True
     return model
 
-
-register_preparer(Int8Static)(prepare_)
-register_preparer(Int8Dynamic)(quantize_)

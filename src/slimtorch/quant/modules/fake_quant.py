@@ -341,7 +341,7 @@ class _DynamicLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, codes, scale, zero_point, bias):  # noqa: ANN001
-        from slimtorch.quant.workflows.ptq import dynamic_fake_quantize
+        from slimtorch.quant.primitives import dynamic_fake_quantize
 
         w = (codes.float() - torch.tensor(zero_point).float()) * torch.tensor(scale)  # (in, out)
         y = dynamic_fake_quantize(x, "tensor") @ w

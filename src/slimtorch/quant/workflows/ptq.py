@@ -36,10 +36,11 @@ from slimtorch.core.selection import Selector, display_name, set_submodule
 from slimtorch.quant.algorithms.fold import find_conv_bn_pairs, fold_bn_
 from slimtorch.quant.api import QuantReport, register_quantizer, register_scheme
 from slimtorch.quant.calibration import iter_calibration
+from slimtorch.quant.export.serialize import register_preparer
 from slimtorch.quant.export.targets import DEFAULT_TARGET, check_target, get_target, mark_target
 from slimtorch.quant.modules.fake_quant import QUANT_MODULES, FakeQuantize, QuantConv2d, QuantLinear
 from slimtorch.quant.observers import OBSERVERS, create_observer
-from slimtorch.quant.primitives import check_bits, qrange
+from slimtorch.quant.primitives import check_bits, dynamic_fake_quantize
 
 _RELU_FUNCS = {F.relu, torch.relu, torch.relu_}
 # Ops that map grid values to grid values with the same scale/zero point, so a quantizer after them
@@ -403,25 +404,6 @@ def _int8_static(model: nn.Module, config: Int8Static, calib_data: Iterable[Any]
     return report
 
 
-def dynamic_fake_quantize(x: torch.Tensor, granularity: str = "token", bits: int = 8) -> torch.Tensor:
-    """Asymmetric unsigned fake quantization with the range of ``x`` itself (STE gradient).
-
-    ``granularity="token"``: one ``[min, max]`` per row (over the last dimension), shape ``(..., 1)``;
-    ``"tensor"``: one for all of ``x``. Both ranges are widened to contain 0, as in ONNX
-    ``DynamicQuantizeLinear``.
-    """
-    qmin, qmax = qrange(bits, False)
-    if granularity == "token":
-        lo = x.detach().amin(-1, keepdim=True).clamp(max=0)  # (..., 1)
-        hi = x.detach().amax(-1, keepdim=True).clamp(min=0)
-    else:
-        lo, hi = x.detach().min().clamp(max=0), x.detach().max().clamp(min=0)
-    s = ((hi - lo) / (qmax - qmin)).clamp_min(1e-8)
-    z = torch.clamp(qmin - torch.round(lo / s), qmin, qmax)
-    q = torch.clamp(torch.round(x / s) + z, qmin, qmax)
-    return x + ((q - z) * s - x).detach()
-
-
 class _DynamicQDQ(torch.autograd.Function):
     """Export form of per-tensor dynamic quantization: ``DynamicQuantizeLinear -> DequantizeLinear``."""
 
@@ -500,6 +482,11 @@ def _int8_scheme(options: dict[str, Any]) -> Int8Static:
 @register_scheme("int8-dynamic", data="none", help="dynamic int8 Linear layers (Int8Dynamic), per-tensor scales")
 def _int8_dynamic_scheme(options: dict[str, Any]) -> Int8Dynamic:
     return Int8Dynamic(granularity="tensor", exclude=tuple(options.get("exclude") or ()))
+
+
+# save_quantized / load_quantized rebuild these structures without calibration data
+register_preparer(Int8Static)(prepare_)
+register_preparer(Int8Dynamic)(lambda model, config: _int8_dynamic(model, config, None))
 
 
 __all__ = ["DynamicFakeQuantize", "Int8Dynamic", "Int8Static", "calibrate", "convert_",
