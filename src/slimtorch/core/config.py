@@ -26,6 +26,9 @@ class Config:
 
     #: Short name used in recipes and reports; defaults to the class name.
     kind: ClassVar[str] = ""
+    #: Former field names still accepted (``{"ignore": "exclude"}``): the constructor takes them as
+    #: ``InitVar``s and maps them onto the field; :meth:`from_dict` accepts them as keys.
+    aliases: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -58,7 +61,8 @@ class Config:
                 raise ValueError(f"{path or cls.__name__}.type: {name!r} is not one of {allowed}")
             target = CONFIG_TYPES[name]
         fields = {f.name: f for f in dataclasses.fields(target)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - set(fields))
+        aliases = target.aliases
+        unknown = sorted(set(data) - set(fields) - set(aliases))
         if unknown:
             raise ValueError(
                 f"{path or target.__name__}: unknown key(s) {unknown}; allowed: {sorted(fields)}"
@@ -66,7 +70,7 @@ class Config:
         hints = typing.get_type_hints(target)
         kwargs = {}
         for k, v in data.items():
-            kwargs[k] = _from_plain(v, hints.get(k, Any), f"{path}.{k}" if path else k)
+            kwargs[k] = _from_plain(v, hints.get(aliases.get(k, k), Any), f"{path}.{k}" if path else k)
         return target(**kwargs)  # type: ignore[return-value]
 
     def replace(self: C, **changes: Any) -> C:

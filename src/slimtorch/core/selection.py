@@ -29,7 +29,8 @@ def display_name(fqn: str) -> str:
     return fqn or ROOT_NAME
 
 
-def _as_patterns(p: str | Sequence[str] | None) -> tuple[str, ...]:
+def as_patterns(p: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``None`` -> ``()``, ``"fc"`` -> ``("fc",)``, a sequence -> a tuple."""
     if p is None:
         return ()
     if isinstance(p, str):
@@ -61,8 +62,8 @@ class Selector:
     filter_fn: FilterFn | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self.include = _as_patterns(self.include)
-        self.exclude = _as_patterns(self.exclude)
+        self.include = as_patterns(self.include)
+        self.exclude = as_patterns(self.exclude)
 
     def accepts(self, module: nn.Module, name: str) -> bool:
         """Whether ``module`` at ``name`` is selected."""
@@ -99,7 +100,7 @@ def named_modules_matching(
     filter_fn: FilterFn | None = None,
 ) -> list[tuple[str, nn.Module]]:
     """Shortcut for ``list(Selector(...).select(model))``."""
-    return list(Selector(types, _as_patterns(include), _as_patterns(exclude), filter_fn).select(model))
+    return list(Selector(types, as_patterns(include), as_patterns(exclude), filter_fn).select(model))
 
 
 def get_submodule(model: nn.Module, fqn: str) -> nn.Module:

@@ -370,7 +370,8 @@ def parse_config(cls: type[Config], data: Any, path: str, problems: list[str], e
             return None
         cls = sub
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = [k for k in data if k not in fields]
+    aliases = getattr(cls, "aliases", {})
+    unknown = [k for k in data if k not in fields and k not in aliases]
     n_before = len(problems)
     if unknown:
         allowed = sorted(set(fields) | set(extra_allowed))
@@ -381,8 +382,8 @@ def parse_config(cls: type[Config], data: Any, path: str, problems: list[str], e
         hints = {}
     kwargs: dict[str, Any] = {}
     for k, v in data.items():
-        if k in fields:
-            kwargs[k] = _convert(v, hints.get(k, Any), f"{path}.{k}", problems)
+        if k in fields or k in aliases:
+            kwargs[k] = _convert(v, hints.get(aliases.get(k, k), Any), f"{path}.{k}", problems)
     if len(problems) > n_before:
         return None
     try:

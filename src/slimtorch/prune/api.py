@@ -19,6 +19,7 @@ is all it takes for a new method to appear on the command line.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -90,7 +91,9 @@ def prune_(
         A :class:`PruneReport` (per-layer shapes or sparsity, params, nonzeros, MACs).
     """
     handler = _handler_for(config)
-    extra = {} if fit_fn is None else {"fit_fn": fit_fn}
+    params = inspect.signature(handler).parameters
+    takes_fit = "fit_fn" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    extra = {"fit_fn": fit_fn} if fit_fn is not None and takes_fit else {}
     return handler(model, config, example_inputs=example_inputs, data=data, **extra)
 
 

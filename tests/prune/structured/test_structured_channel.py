@@ -100,6 +100,23 @@ def test_overrides_and_ignore() -> None:
     assert model.layer2[1].conv1.out_channels == 16
 
 
+def test_exclude_is_the_name_and_ignore_an_alias_of_it() -> None:
+    assert Channel(ignore=("fc",)) == Channel(exclude=("fc",)) == Channel(exclude="fc")
+    assert Channel(exclude=("a",), ignore=("b", "a")).exclude == ("a", "b")
+    d = Channel(ignore=("fc",)).to_dict()
+    assert d["exclude"] == ["fc"] and "ignore" not in d
+    assert Channel.from_dict({"ignore": ["fc"]}) == Channel(exclude=("fc",))  # old recipes load
+
+
+def test_exclude_and_filter_fn_keep_the_same_channels() -> None:
+    x = torch.randn(1, 3, 32, 32)
+    by_name, by_fn = create("resnet20"), create("resnet20")
+    prune_(by_name, Channel(ratio=0.5, exclude=("layer1.0.conv1",)), example_inputs=x)
+    prune_(by_fn, Channel(ratio=0.5, filter_fn=lambda m, fqn: fqn != "layer1.0.conv1"), example_inputs=x)
+    assert by_fn.layer1[0].conv1.out_channels == by_name.layer1[0].conv1.out_channels == 16
+    assert [p.shape for p in by_fn.parameters()] == [p.shape for p in by_name.parameters()]
+
+
 def test_global_allocation_removes_the_lowest_normalized_units() -> None:
     model = create("resnet20")
     x = torch.randn(1, 3, 32, 32)

@@ -12,15 +12,15 @@ import copy
 import math
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import InitVar, dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from slimtorch.core.config import Config, check_choice, check_positive, check_range
-from slimtorch.core.selection import ROOT_NAME, _matches
+from slimtorch.core.selection import ROOT_NAME, FilterFn, _matches, as_patterns
 from slimtorch.prune.api import register_pruner
 from slimtorch.prune.report import LayerReport, PruneReport
 from slimtorch.prune.structured.graph import ChannelGroup, DependencyGraph, build_dependency_graph
@@ -57,7 +57,7 @@ class Channel(Config):
             nearest one to what the ratio asks for. (Rounding up, as before, kept a 16-channel layer at 16
             until the ratio passed 0.5, so a MAC target was met by cutting the wide layers instead; on
             ResNet-20 at half the MACs that plan lost 0.26 pt more than Torch-Pruning's over three seeds.)
-        ignore: fnmatch patterns of module names whose channels are kept (opaque layers). The model's
+        exclude: fnmatch patterns of module names whose channels are kept (opaque layers). The model's
             outputs never change size, so the classifier / LM head keeps its output width by default.
         overrides: ``{pattern: ratio}`` per-layer ratios; a group takes the first pattern that
             matches a layer whose output channels are in the group (e.g. ``"layer3.*"``) and is then
@@ -70,7 +70,14 @@ class Channel(Config):
         max_batches: calibration batches used by gradient criteria (None = all of ``data``; a
             ``Dataset`` is batched by 64, shuffled with ``seed``).
         seed: seed of the ``random`` criterion.
+        filter_fn: ``filter_fn(module, fqn) -> bool`` asked about each prunable layer; a layer it refuses
+            keeps its channels, as if excluded.
+        ignore: the former name of ``exclude``, kept as an alias: its patterns are added to ``exclude``
+            (``to_dict`` writes ``exclude``; recipes with ``ignore:`` still load).
     """
+
+    #: Former field names still accepted by the constructor and ``from_dict``.
+    aliases: ClassVar[dict[str, str]] = {"ignore": "exclude"}
 
     ratio: float = 0.5
     target_macs: float | None = None
@@ -81,15 +88,17 @@ class Channel(Config):
     latency_repeats: int = 15
     importance: str = "l1"
     round_to: int = 1
-    ignore: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
     overrides: dict[str, float] = field(default_factory=dict)
     allocation: str = "uniform"
     group_reduce: str = "mean"
     tracer: str = "concrete"
     max_batches: int | None = None
     seed: int = 0
+    filter_fn: FilterFn | None = field(default=None, repr=False)
+    ignore: InitVar[tuple[str, ...] | str | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, ignore: tuple[str, ...] | str | None = None) -> None:
         check_range("ratio", self.ratio, 0.0, 1.0, hi_open=True)
         if self.target_macs is not None:
             check_positive("target_macs", self.target_macs)
@@ -107,9 +116,8 @@ class Channel(Config):
         IMPORTANCE.get(self.importance)  # unknown names list the valid ones
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
             raise ValueError(f"round_to must be an integer >= 1, got {self.round_to!r}")
-        if isinstance(self.ignore, str):
-            self.ignore = (self.ignore,)
-        self.ignore = tuple(self.ignore)
+        exclude = as_patterns(self.exclude)
+        self.exclude = exclude + tuple(p for p in as_patterns(ignore) if p not in exclude)
         for pattern, r in self.overrides.items():
             check_range(f"overrides[{pattern!r}]", r, 0.0, 1.0, hi_open=True)
         check_choice("allocation", self.allocation, ALLOCATIONS)
@@ -536,7 +544,7 @@ def prune_channels_(
         the final ratio, notes on kept channels and warnings.
     """
     ex = _example(model, example_inputs)
-    graph = build_dependency_graph(model, ex, config.ignore, config.tracer)
+    graph = build_dependency_graph(model, ex, config.exclude, config.tracer, filter_fn=config.filter_fn)
     scores = score_groups(model, graph, config, data)
     macs_before = _macs(model, ex)
     warn: list[str] = []
