@@ -24,12 +24,11 @@ from torch import nn
 
 from slimtorch.core.config import Config, check_choice, check_range
 from slimtorch.core.registry import Registry
-from slimtorch.core.selection import FilterFn
+from slimtorch.core.selection import FilterFn, check_overrides, override_for, unused_overrides
 from slimtorch.prune.api import register_pruner
-from slimtorch.prune.masks import reference_std
+from slimtorch.prune.masks import reference_std, select_layers
 from slimtorch.prune.pruner import run_mask_pruning
 from slimtorch.prune.schedules import OneShot, Schedule
-from slimtorch.prune.selection import check_overrides, override_for, select_layers, unused_overrides
 
 #: ``criterion(weight, ref_std) -> scores`` of the same shape; higher = more important.
 CRITERIA: Registry[Callable[[torch.Tensor, float], torch.Tensor]] = Registry("magnitude criterion")

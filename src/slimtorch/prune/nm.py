@@ -19,9 +19,9 @@ from torch import nn
 from slimtorch.core.config import Config
 from slimtorch.core.selection import FilterFn, display_name
 from slimtorch.prune.api import register_pruner
+from slimtorch.prune.masks import select_layers
 from slimtorch.prune.pruner import run_mask_pruning
 from slimtorch.prune.schedules import OneShot, Schedule
-from slimtorch.prune.selection import select_layers
 
 
 def _grouped(weight: torch.Tensor, m: int, name: str = "weight") -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from slimtorch.core.config import Config, check_choice, check_positive, check_range
-from slimtorch.core.selection import ROOT_NAME, FilterFn, _matches, as_patterns
+from slimtorch.core.selection import ROOT_NAME, FilterFn, as_patterns, check_overrides, override_for
 from slimtorch.prune.api import register_pruner
 from slimtorch.prune.report import LayerReport, PruneReport
 from slimtorch.prune.structured.graph import ChannelGroup, DependencyGraph, build_dependency_graph
@@ -118,8 +118,7 @@ class Channel(Config):
             raise ValueError(f"round_to must be an integer >= 1, got {self.round_to!r}")
         exclude = as_patterns(self.exclude)
         self.exclude = exclude + tuple(p for p in as_patterns(ignore) if p not in exclude)
-        for pattern, r in self.overrides.items():
-            check_range(f"overrides[{pattern!r}]", r, 0.0, 1.0, hi_open=True)
+        check_overrides(self.overrides)
         check_choice("allocation", self.allocation, ALLOCATIONS)
         check_choice("group_reduce", self.group_reduce, ("mean", "sum"))
         check_choice("tracer", self.tracer, ("auto", "fx", "concrete"))
@@ -286,10 +285,8 @@ def _unit_width(group: ChannelGroup) -> int:
 
 
 def _group_ratio(group: ChannelGroup, config: Channel, ratio: float) -> tuple[float, bool]:
-    for pattern, r in config.overrides.items():
-        if any(_matches(m, (pattern,)) for m in (group.producers or group.modules)):
-            return r, True
-    return ratio, False
+    r = override_for(group.producers or group.modules, config.overrides)
+    return (ratio, False) if r is None else (r, True)
 
 
 def _min_keep(group: ChannelGroup, config: Channel) -> int:
