@@ -28,6 +28,12 @@ def parse_kv(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def add_set_argument(p: argparse.ArgumentParser, what: str) -> None:
+    """``--set KEY=VALUE`` (repeatable): ``what`` (a config field), the value read as YAML; see :func:`parse_kv`."""
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help=f"{what}, value as YAML (repeatable; a dotted key reaches a nested config)")
+
+
 def model_kwargs_for_data(name: str, dataset: Any, overrides: dict[str, Any]) -> dict[str, Any]:
     """Fill a zoo constructor's input/output size arguments from a dataset's first sample.
 

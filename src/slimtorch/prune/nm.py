@@ -108,16 +108,5 @@ class NM(Config):
         masks = {n: nm_mask(m.weight, self.n, self.m, n) for n, m in layers}
         return masks, {"n": self.n, "m": self.m}
 
-    @staticmethod
-    def add_cli_arguments(parser: Any) -> None:
-        """Flags of ``slimtorch prune --method nm``."""
-        g = parser.add_argument_group("--method nm")
-        g.add_argument("--n", type=int, default=2, help="weights kept per group (N of N:M)")
-        g.add_argument("--m", type=int, default=4, help="group size along the input dimension (M of N:M)")
-
-    @classmethod
-    def from_cli_args(cls, args: Any) -> NM:
-        return cls(n=args.n, m=args.m, exclude=tuple(getattr(args, "exclude", ()) or ()))
-
 
 register_pruner(NM, name="nm")(run_mask_pruning)

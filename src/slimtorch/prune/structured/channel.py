@@ -7,7 +7,6 @@ overrides, ``round_to``, or a MAC target), then cut every coupled layer (:mod:`.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import warnings
@@ -124,44 +123,6 @@ class Channel(Config):
         check_choice("tracer", self.tracer, ("auto", "fx", "concrete"))
         if self.max_batches is not None:
             check_positive("max_batches", self.max_batches)
-
-    # ---- CLI hook (slimtorch prune --method channel) --------------------------------------------
-    @staticmethod
-    def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-        """Flags of ``slimtorch prune --method channel``."""
-        g = parser.add_argument_group("channel pruning (--method channel)")
-        g.add_argument("--ratio", type=float, default=0.5, help="fraction of channels removed per group")
-        g.add_argument(
-            "--target-macs",
-            type=float,
-            default=None,
-            help="prune until MACs <= this (<= 1: fraction of the current MACs)",
-        )
-        g.add_argument("--target-speedup", type=float, default=None,
-                       help="prune until the measured latency speedup is >= this on every --latency-runtime")
-        g.add_argument("--latency-runtime", action="append", choices=["torch", "onnxruntime"], default=None,
-                       help="runtime of --target-speedup (repeatable; default torch)")
-        g.add_argument("--importance", default="l1", help=f"one of {IMPORTANCE.names()}")
-        g.add_argument("--round-to", type=int, default=1, help="kept channel counts are multiples of this")
-        g.add_argument("--ignore", nargs="*", default=[], help="module name patterns whose channels are kept")
-        g.add_argument("--allocation", default="uniform", choices=ALLOCATIONS)
-        g.add_argument("--calib-batches", type=int, default=16,
-                       help="batches of --data used by gradient importance (taylor)")
-
-    @classmethod
-    def from_cli_args(cls, args: argparse.Namespace) -> Channel:
-        """The config from parsed ``slimtorch prune`` arguments."""
-        return cls(
-            ratio=args.ratio,
-            target_macs=args.target_macs,
-            target_speedup=args.target_speedup,
-            latency_runtimes=tuple(args.latency_runtime or ("torch",)),
-            importance=args.importance,
-            round_to=args.round_to,
-            ignore=tuple(args.ignore or ()),
-            allocation=args.allocation,
-            max_batches=args.calib_batches,
-        )
 
 
 # ---- scores --------------------------------------------------------------------------------------
