@@ -96,6 +96,13 @@ def add_data_arguments(p: argparse.ArgumentParser, required: bool = True) -> Non
                    "~/.cache/slimtorch)")
 
 
+def config_record(config: Any) -> dict[str, Any]:
+    """A config as a report file shows it: ``{"type": ..., field: value}`` (callables and the version left out)."""
+    d = config.to_dict()
+    d.pop("version", None)
+    return {"type": type(config).__name__, **{k: v for k, v in d.items() if not callable(v)}}
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,14 @@ from typing import Any
 
 import slimtorch
 from slimtorch import data as sdata
-from slimtorch.cli.common import add_data_arguments, add_set_argument, check_out_dir, parse_kv, write_json
+from slimtorch.cli.common import (
+    add_data_arguments,
+    add_set_argument,
+    check_out_dir,
+    config_record,
+    parse_kv,
+    write_json,
+)
 from slimtorch.prune import METHODS, make_permanent_, masked_layers, prune_, save_sparse
 
 NAME = "prune"
@@ -197,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
     doc = {
         "source": str(args.run),
         "method": args.method,
-        "config": {"type": type(config).__name__, **_plain(config)},
+        "config": config_record(config),
         "finetune_epochs": args.finetune_epochs,
         "accuracy_before": before,
         "accuracy_after": after,
@@ -213,7 +220,3 @@ def run(args: argparse.Namespace) -> int:
     print(text)
     return 0
 
-
-def _plain(config: Any) -> dict[str, Any]:
-    d = config.to_dict()
-    return {k: v for k, v in d.items() if not callable(v)}
