@@ -32,8 +32,23 @@ class Outer(Config):
 def test_round_trip_with_nested_config_and_tuples():
     c = Outer(ratio=0.25, mode="layer", layers=("a", "b"), inner=Inner(bits=4))
     d = c.to_dict()
-    assert d == {"ratio": 0.25, "mode": "layer", "layers": ["a", "b"], "inner": {"bits": 4, "type": "Inner"}}
+    assert d == {
+        "ratio": 0.25, "mode": "layer", "layers": ["a", "b"], "inner": {"bits": 4, "type": "Inner"}, "version": 1
+    }
     assert Outer.from_dict(d) == c
+    d.pop("version")
+    assert Outer.from_dict(d) == c  # dicts written before the version key still load
+
+
+def test_from_dict_checks_the_version_and_reports_every_bad_field_at_once():
+    with pytest.raises(ValueError, match=r"version: 7 is not a config schema version"):
+        Outer.from_dict({"version": 7})
+    with pytest.raises(ValueError) as e:
+        Outer.from_dict({"ratio": 1.5, "mode": "bogus", "extra": 1}, path="p")
+    lines = str(e.value).splitlines()
+    assert lines[0].startswith("p: unknown key(s) ['extra']")
+    e2 = pytest.raises(ValueError, Outer.from_dict, {"ratio": 1.5, "mode": "bogus"}, path="p")
+    assert "p.ratio: 1.5 is not in [0, 1)" in str(e2.value) and "p.mode" in str(e2.value)
 
 
 def test_unknown_key_lists_allowed_with_path():

@@ -178,3 +178,29 @@ def test_with_default_clip_fills_only_an_unset_clip():
 
     assert FitOptions(epochs=1).with_default_clip(1.0).grad_clip == 1.0
     assert FitOptions(epochs=1, grad_clip=5.0).with_default_clip(1.0).grad_clip == 5.0
+
+
+def test_stage_runners_read_what_a_technique_needs_from_its_declaration():
+    from slimtorch.pipeline.stages.compress import NEEDS, TechniqueNeeds, needs_of, prune_produces
+    from slimtorch.prune import NM, Channel, Magnitude
+    from slimtorch.quant.workflows.qat import QAT
+
+    assert not needs_of(Channel()).leaves_masks and needs_of(Magnitude()).leaves_masks
+    assert needs_of(QAT()).trains and not needs_of(NM()).trains
+
+    class Spec:
+        technique = Channel()
+
+    assert prune_produces(Spec, "dense") == "dense"
+    Spec.technique = NM()
+    assert prune_produces(Spec, "dense") == "masked"
+
+    class Structural(NM):  # a subclass declares its own needs; nothing in the stage changes
+        pass
+
+    NEEDS.register(Structural, TechniqueNeeds(leaves_masks=False))
+    try:
+        Spec.technique = Structural()
+        assert prune_produces(Spec, "dense") == "dense"
+    finally:
+        NEEDS.pop(Structural)

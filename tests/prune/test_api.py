@@ -54,13 +54,7 @@ def test_unknown_config_type_says_how_to_register():
 def test_a_registered_custom_pruner_is_dispatched_and_offered_on_the_cli():
     @dataclass
     class Halve(Config):
-        @staticmethod
-        def add_cli_arguments(parser):
-            pass
-
-        @classmethod
-        def from_cli_args(cls, args):
-            return cls()
+        pass
 
     @register_pruner(Halve, name="halve-test")
     def halve(model, config, example_inputs=None, data=None):
@@ -80,14 +74,33 @@ def test_a_registered_custom_pruner_is_dispatched_and_offered_on_the_cli():
         METHODS._items.pop("halve-test")
 
 
-def test_cli_method_needs_the_hooks():
-    @dataclass
-    class NoHooks(Config):
-        pass
+def test_a_cli_method_needs_no_cli_code_its_options_come_through_set(tmp_path):
+    """A config registered with a name is on the command line, built by from_dict from --set."""
+    import slimtorch
+    from slimtorch.cli.main import main
 
-    with pytest.raises(ValueError, match=r"lacks \['add_cli_arguments', 'from_cli_args'\]"):
-        register_pruner(NoHooks, name="nohooks")(lambda *a, **k: None)
-    assert NoHooks not in PRUNERS
+    @dataclass
+    class Scale(Config):
+        factor: float = 0.5
+        exclude: tuple[str, ...] = ()
+
+    seen = []
+
+    @register_pruner(Scale, name="scale-test")
+    def scale(model, config, example_inputs=None, data=None):
+        seen.append(config)
+        return PruneReport(method="scale")
+
+    slimtorch.save(create("mlp", in_features=4, hidden=(4,)), tmp_path / "run")
+    try:
+        argv = ["prune", str(tmp_path / "run"), "--method", "scale-test", "--out", str(tmp_path / "p")]
+        assert main([*argv, "--set", "factor=0.25", "--exclude", "0"]) == 0
+        assert seen == [Scale(factor=0.25, exclude=("0",))]
+        assert main([*argv, "--overwrite", "--set", "factr=2"]) == 2  # unknown keys name the allowed ones
+        assert main([*argv, "--overwrite", "--ratio", "0.5"]) == 2  # a flag for a key Scale lacks
+    finally:
+        PRUNERS.pop(Scale)
+        METHODS._items.pop("scale-test")
 
 
 def test_mask_methods_are_registered():

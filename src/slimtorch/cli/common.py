@@ -28,6 +28,12 @@ def parse_kv(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def add_set_argument(p: argparse.ArgumentParser, what: str) -> None:
+    """``--set KEY=VALUE`` (repeatable): ``what`` (a config field), the value read as YAML; see :func:`parse_kv`."""
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help=f"{what}, value as YAML (repeatable; a dotted key reaches a nested config)")
+
+
 def model_kwargs_for_data(name: str, dataset: Any, overrides: dict[str, Any]) -> dict[str, Any]:
     """Fill a zoo constructor's input/output size arguments from a dataset's first sample.
 
@@ -88,6 +94,13 @@ def add_data_arguments(p: argparse.ArgumentParser, required: bool = True) -> Non
     p.add_argument("--data", required=required, help="dataset name: digits, mnist, cifar10, tinyshakespeare")
     p.add_argument("--root", default=None, help="folder holding the data files (default: $SLIMTORCH_DATA, then "
                    "~/.cache/slimtorch)")
+
+
+def config_record(config: Any) -> dict[str, Any]:
+    """A config as a report file shows it: ``{"type": ..., field: value}`` (callables and the version left out)."""
+    d = config.to_dict()
+    d.pop("version", None)
+    return {"type": type(config).__name__, **{k: v for k, v in d.items() if not callable(v)}}
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -7,7 +7,7 @@ import argparse
 
 import slimtorch
 from slimtorch import data as sdata
-from slimtorch.cli.common import add_data_arguments, build_model, check_out_dir, parse_kv, write_json
+from slimtorch.cli.common import add_data_arguments, build_model, check_out_dir, config_record, parse_kv, write_json
 from slimtorch.distill import KD, Distiller, Hint
 from slimtorch.metrics import count_params, evaluate, render_table
 from slimtorch.train import fit
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     summary = {
         "teacher": str(args.teacher),
         "student": args.student,
-        "losses": [{"type": type(c).__name__, **c.to_dict()} for c in losses],
+        "losses": [config_record(c) for c in losses],
         "task_weight": args.task_weight,
         "teacher_params": count_params(teacher),
         "student_params": count_params(student),

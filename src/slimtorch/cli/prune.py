@@ -1,17 +1,25 @@
 """``slimtorch prune RUN --method NAME ...``: prune a trained model, fine-tune it, save it with a report.
 
-Methods come from the pruner registry (:data:`slimtorch.prune.METHODS`): a config class registered
-with ``@register_pruner(Config, name="...")`` appears here as ``--method name``. Its
-``add_cli_arguments(parser)`` adds its flags and ``from_cli_args(args)`` builds the config; besides its
-own flags it may read the shared ones below (``args.finetune_epochs``, ``args.fit_kwargs`` = the
-fine-tuning settings for ``slimtorch.train.fit``, ``args.steps_per_epoch``). A config whose
-``trains_during_pruning`` is true (iterative and AGP schedules) fine-tunes inside ``prune_``; for the
-others this command fine-tunes afterwards for ``--finetune-epochs``. Examples::
+Methods come from the pruner registry (:data:`slimtorch.prune.METHODS`): a config class registered with
+``@register_pruner(Config, name="...")`` appears here as ``--method name``, with no CLI code. The config
+is built by ``Config.from_dict``, the parser recipes use, from
+
+* ``--set KEY=VALUE`` (repeatable): any field of the method's config, the value read as YAML
+  (``--set ratio=0.4``, ``--set exclude=[fc,features.0]``, ``--set overrides={layer3.*: 0.2}``); a dotted
+  key reaches a nested config (``--set schedule.spacing=linear``);
+* the method flags below, each a shorthand for one config key (:data:`FLAGS`), given only when used;
+* for configs with a ``schedule`` field, ``--schedule oneshot|iterative|agp`` (with ``--rounds``,
+  ``--prune-frequency``), which this command turns into a schedule config that fine-tunes with the
+  shared fine-tuning flags (``--finetune-epochs``, ``--lr``, ...).
+
+A config whose ``trains_during_pruning`` is true (iterative and AGP schedules) fine-tunes inside
+``prune_``; for the others this command fine-tunes afterwards for ``--finetune-epochs``. Examples::
 
     slimtorch prune runs/lenet --method magnitude --sparsity 0.9 --schedule agp --data mnist \\
         --finetune-epochs 3 --out runs/lenet-p90
     slimtorch prune runs/lenet --method nm --n 2 --m 4 --exclude features.0 --data mnist --out runs/lenet-24
     slimtorch prune runs/r20 --method channel --ratio 0.5 --importance taylor --data cifar10 --out runs/r20-p
+    slimtorch prune runs/r20 --method channel --set ratio=0.5 --set round_to=8 --set exclude=[fc] --out runs/r20-q
 
 The output folder holds ``model.safetensors`` (dense; masks made permanent), ``model.sparse.safetensors``
 (CSR form, for mask methods), ``prune_report.json`` and ``prune_report.txt``.
@@ -20,16 +28,49 @@ The output folder holds ``model.safetensors`` (dense; masks made permanent), ``m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from typing import Any
 
 import slimtorch
 from slimtorch import data as sdata
-from slimtorch.cli.common import add_data_arguments, check_out_dir, write_json
+from slimtorch.cli.common import (
+    add_data_arguments,
+    add_set_argument,
+    check_out_dir,
+    config_record,
+    parse_kv,
+    write_json,
+)
 from slimtorch.prune import METHODS, make_permanent_, masked_layers, prune_, save_sparse
 
 NAME = "prune"
 HELP = "Prune a trained model (magnitude, N:M, channels), fine-tune it and save it with a report."
+
+#: Method flags: ``(flag, config key, argparse keywords)``. Each sets one key of whichever method's config
+#: has it (a method whose config lacks it refuses the flag, naming its keys).
+FLAGS: list[tuple[str, str, dict[str, Any]]] = [
+    ("--sparsity", "sparsity", {"type": float, "help": "magnitude: fraction of weights to zero, in [0, 1)"}),
+    ("--scope", "scope", {"choices": ["global", "layer"], "help": "magnitude: one threshold or one per layer"}),
+    ("--criterion", "criterion", {"help": "magnitude: magnitude or std"}),
+    ("--n", "n", {"type": int, "help": "nm: weights kept per group (N of N:M)"}),
+    ("--m", "m", {"type": int, "help": "nm: group size along the input dimension (M of N:M)"}),
+    ("--ratio", "ratio", {"type": float, "help": "channel: fraction of channels removed per group"}),
+    ("--target-macs", "target_macs", {"type": float, "help": "channel: prune until MACs <= this (<= 1: fraction)"}),
+    ("--target-speedup", "target_speedup",
+     {"type": float, "help": "channel: prune until the measured speedup is >= this on every --latency-runtime"}),
+    ("--latency-runtime", "latency_runtimes",
+     {"action": "append", "choices": ["torch", "onnxruntime"], "help": "runtime of --target-speedup (repeatable)"}),
+    ("--importance", "importance", {"help": "channel: importance criterion (l1, l2, bn_scale, taylor, ...)"}),
+    ("--round-to", "round_to", {"type": int, "help": "channel: kept channel counts are multiples of this"}),
+    ("--allocation", "allocation", {"choices": ["uniform", "global"], "help": "channel: ratio allocation"}),
+    ("--exclude", "exclude", {"nargs": "*", "help": "module-name patterns left alone (dense / channels kept)"}),
+    ("--ignore", "exclude", {"nargs": "*", "help": "former name of --exclude (channel)"}),
+]
+#: ``--calib-batches`` (default 16) sets ``max_batches`` of configs that have it, unless given otherwise.
+CALIB_KEY = "max_batches"
+#: ``--method NAME`` needs these keys (flag named in the error) because their config default is not a choice.
+REQUIRED: dict[str, tuple[str, str]] = {"magnitude": ("sparsity", "--sparsity (a fraction in [0, 1), e.g. 0.9)")}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,8 +91,72 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output run folder")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    for _, config_type in METHODS.items():
-        config_type.add_cli_arguments(p)  # type: ignore[attr-defined]
+    add_set_argument(p, "a field of the method's config")
+    g = p.add_argument_group("method options (shorthands for --set KEY=VALUE)")
+    for flag, _key, kw in FLAGS:
+        g.add_argument(flag, dest=f"cfg_{flag[2:].replace('-', '_')}", default=None, **kw)
+    g.add_argument("--calib-batches", type=int, default=16,
+                   help=f"batches of --data used by gradient importance (taylor); sets {CALIB_KEY}")
+    s = p.add_argument_group("schedule (methods with a schedule)")
+    s.add_argument(
+        "--schedule",
+        choices=["oneshot", "iterative", "agp"],
+        default="oneshot",
+        help="iterative: prune/fine-tune --rounds times; agp: gradual pruning while fine-tuning",
+    )
+    s.add_argument("--rounds", type=int, default=3, help="rounds of --schedule iterative")
+    s.add_argument(
+        "--prune-frequency",
+        type=int,
+        default=None,
+        help="AGP: optimizer steps between pruning steps (default: 20 pruning steps in the first 3/4)",
+    )
+
+
+def config_dict(args: argparse.Namespace, fields: set[str], fit_kwargs: dict[str, Any],
+                steps_per_epoch: int = 0) -> dict[str, Any]:
+    """The plain data ``Config.from_dict`` builds the method's config from (flags, then ``--set``)."""
+    d: dict[str, Any] = {}
+    for flag, key, _ in FLAGS:
+        value = getattr(args, f"cfg_{flag[2:].replace('-', '_')}")
+        if value is not None:
+            d[key] = list(d.get(key, [])) + list(value) if key == "exclude" else value
+    if CALIB_KEY in fields:
+        d[CALIB_KEY] = args.calib_batches
+    if "schedule" in fields:
+        d["schedule"] = _schedule(args, fit_kwargs, steps_per_epoch)
+    sets = parse_kv(args.set)
+    for key, value in sets.items():
+        _put(d, key.split("."), value)
+    required = REQUIRED.get(args.method)
+    if required and required[0] not in d:
+        raise ValueError(f"--method {args.method} needs {required[1]} or --set {required[0]}=...")
+    return d
+
+
+def _put(d: dict[str, Any], keys: list[str], value: Any) -> None:
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+        if not isinstance(d, dict):
+            raise ValueError(f"--set {'.'.join(keys)}: {k} is not a nested config")
+    d[keys[-1]] = value
+
+
+def _schedule(args: argparse.Namespace, fit_kw: dict[str, Any], steps_per_epoch: int) -> dict[str, Any]:
+    """``--schedule``'s config as plain data (epochs split over the rounds; AGP's pruning frequency)."""
+    epochs = int(args.finetune_epochs or 0)
+    if args.schedule == "oneshot":
+        return {"type": "OneShot"}
+    if args.schedule == "iterative":
+        rounds = args.rounds
+        return {"type": "Iterative", "rounds": rounds, "epochs": max(epochs // rounds, 1) if epochs else 0,
+                "finetune": dict(fit_kw)}
+    if epochs < 1:
+        raise ValueError("--schedule agp prunes while fine-tuning: give --finetune-epochs >= 1")
+    frequency = args.prune_frequency
+    if frequency is None:  # ~20 pruning steps over the first 3/4 of fine-tuning
+        frequency = max(1, int(0.75 * steps_per_epoch * epochs) // 20)
+    return {"type": "AGP", "frequency": frequency, "epochs": epochs, "finetune": dict(fit_kw)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,16 +165,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.finetune_epochs < 0:
         raise ValueError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
-    out = check_out_dir(args.out, args.overwrite)
-    model = slimtorch.load(args.run)
-    train_set = test_set = None
-    if args.data:
-        train_set = sdata.load(args.data, "train", root=args.root)
-        test_set = sdata.load(args.data, "test", root=args.root)
-        args.steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
-    elif args.finetune_epochs:
-        raise ValueError("--finetune-epochs needs --data (the training set to fine-tune on)")
-    args.fit_kwargs = {
+    config_type = METHODS.get(args.method)
+    fit_kwargs = {
         "lr": args.lr,
         "optimizer": args.optimizer,
         "weight_decay": args.weight_decay,
@@ -77,15 +174,26 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "progress": not args.no_progress,
     }
-    config = METHODS.get(args.method).from_cli_args(args)  # type: ignore[attr-defined]
+    train_set = test_set = None
+    steps_per_epoch = 0
+    if args.data:
+        train_set = sdata.load(args.data, "train", root=args.root)
+        test_set = sdata.load(args.data, "test", root=args.root)
+        steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
+    fields = {f.name for f in dataclasses.fields(config_type)}  # type: ignore[arg-type]
+    config = config_type.from_dict(config_dict(args, fields, fit_kwargs, steps_per_epoch))
+    if train_set is None and args.finetune_epochs:
+        raise ValueError("--finetune-epochs needs --data (the training set to fine-tune on)")
     trains = bool(getattr(config, "trains_during_pruning", False))
     if trains and train_set is None:
         raise ValueError(f"--method {args.method} with this schedule fine-tunes while pruning: give --data")
+    out = check_out_dir(args.out, args.overwrite)
+    model = slimtorch.load(args.run)
 
     before = accuracy(model, test_set) if test_set is not None else None
     report = prune_(model, config, example_inputs=example_inputs_for(model), data=train_set, fit_fn=fit)
     if not trains and args.finetune_epochs > 0:
-        fit(model, train_set, args.finetune_epochs, **args.fit_kwargs)
+        fit(model, train_set, args.finetune_epochs, **fit_kwargs)
     after = accuracy(model, test_set) if test_set is not None else None
 
     masked = bool(masked_layers(model))
@@ -96,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
     doc = {
         "source": str(args.run),
         "method": args.method,
-        "config": {"type": type(config).__name__, **_plain(config)},
+        "config": config_record(config),
         "finetune_epochs": args.finetune_epochs,
         "accuracy_before": before,
         "accuracy_after": after,
@@ -112,7 +220,3 @@ def run(args: argparse.Namespace) -> int:
     print(text)
     return 0
 
-
-def _plain(config: Any) -> dict[str, Any]:
-    d = config.to_dict()
-    return {k: v for k, v in d.items() if not callable(v)}

@@ -26,7 +26,7 @@ import torch
 
 import slimtorch
 from slimtorch import data as sdata
-from slimtorch.cli.common import add_data_arguments, check_out_dir, write_json
+from slimtorch.cli.common import add_data_arguments, check_out_dir, config_record, write_json
 from slimtorch.quant import OBSERVERS, QAT, SCHEMES, convert_qat_, quantize_, save_quantized
 from slimtorch.quant.export.targets import DEFAULT_TARGET, TARGETS
 from slimtorch.quant.workflows.qat import QAT_GRAD_CLIP
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     doc: dict[str, Any] = {
         "source": str(args.run),
         "scheme": args.scheme,
-        "config": {"type": type(config).__name__, **{k: v for k, v in config.to_dict().items() if not callable(v)}},
+        "config": config_record(config),
         "report": report.to_dict(),
         "accuracy": {"fp32": fp32_acc},
         "target": report.details.get("target"),

@@ -91,14 +91,7 @@ class TypeRegistry(Generic[T]):
         if not isinstance(key, type):
             raise ValueError(f"a {self.kind} is registered for a class, got {key!r}")
 
-        def deco(o: T) -> T:
-            if key in self._items and self._items[key] is not o and not overwrite:
-                raise ValueError(f"a {self.kind} for {key.__name__} is already registered; pass overwrite=True "
-                                 "to replace it")
-            self._items[key] = o
-            return o
-
-        return deco(obj) if obj is not None else deco
+        return _store(self._items, key, obj, overwrite, f"a {self.kind} for {key.__name__}")
 
     def find(self, key: type) -> T | None:
         """The entry of ``key`` or of its nearest registered base class, else None."""
@@ -142,6 +135,19 @@ class TypeRegistry(Generic[T]):
         return f"TypeRegistry({self.kind!r}, {[t.__name__ for t in self._items]})"
 
 
+def _store(table: dict[Any, Any], key: Any, obj: Any, overwrite: bool, what: str) -> Any:
+    """Put ``obj`` under ``key`` (or return a decorator that does); another object already there is an
+    error naming ``what`` unless ``overwrite``. Re-registering the same object is a no-op."""
+
+    def deco(o: Any) -> Any:
+        if key in table and table[key] is not o and not overwrite:
+            raise ValueError(f"{what} is already registered; pass overwrite=True to replace it")
+        table[key] = o
+        return o
+
+    return deco(obj) if obj is not None else deco
+
+
 #: Class attribute by which a layer names the rule family it follows (``slimtorch_kind = "qkv_attention"``).
 #: Layers defined below the technique that handles them (the model zoo sits below ``prune`` and
 #: ``metrics``) declare a kind instead of being imported by the technique's rule table.
@@ -164,13 +170,7 @@ class LayerRuleRegistry(TypeRegistry[T]):
     def register_kind(self, name: str, obj: T | None = None, *, overwrite: bool = False) -> Any:
         """Register ``obj`` for layers declaring ``slimtorch_kind = name``; without ``obj``, a decorator."""
 
-        def deco(o: T) -> T:
-            if name in self._kinds and self._kinds[name] is not o and not overwrite:
-                raise ValueError(f"a {self.kind} for kind {name!r} is already registered; pass overwrite=True")
-            self._kinds[name] = o
-            return o
-
-        return deco(obj) if obj is not None else deco
+        return _store(self._kinds, name, obj, overwrite, f"a {self.kind} for kind {name!r}")
 
     def find(self, key: type) -> T | None:
         for t in key.__mro__:

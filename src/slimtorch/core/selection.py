@@ -1,7 +1,8 @@
 """Which modules a transform touches, separated from how it transforms them (DESIGN.md, API style 3).
 
 Every technique accepts ``include``/``exclude`` patterns on module names (fnmatch globs such as
-``"layer1.*"`` or ``"fc"``) and/or a ``filter_fn(module, fqn) -> bool``; one mechanism for all.
+``"layer1.*"`` or ``"fc"``) and/or a ``filter_fn(module, fqn) -> bool``, and per-layer ``overrides``
+(``{pattern: value}``, first matching pattern wins); one mechanism for all, in this module.
 
 A model may itself be one layer (``prune_(nn.Linear(64, 32), ...)``). Its fully qualified name is
 ``""`` (what ``named_modules`` and ``state_dict`` keys use); messages show it as :data:`ROOT_NAME`
@@ -13,10 +14,12 @@ replaces it in place.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from torch import nn
+
+from slimtorch.core.config import check_range
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -29,7 +32,8 @@ def display_name(fqn: str) -> str:
     return fqn or ROOT_NAME
 
 
-def _as_patterns(p: str | Sequence[str] | None) -> tuple[str, ...]:
+def as_patterns(p: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``None`` -> ``()``, ``"fc"`` -> ``("fc",)``, a sequence -> a tuple."""
     if p is None:
         return ()
     if isinstance(p, str):
@@ -61,8 +65,8 @@ class Selector:
     filter_fn: FilterFn | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self.include = _as_patterns(self.include)
-        self.exclude = _as_patterns(self.exclude)
+        self.include = as_patterns(self.include)
+        self.exclude = as_patterns(self.exclude)
 
     def accepts(self, module: nn.Module, name: str) -> bool:
         """Whether ``module`` at ``name`` is selected."""
@@ -90,6 +94,46 @@ class Selector:
         if not found and self.accepts(model, ""):
             yield "", model
 
+    def select_some(self, model: nn.Module, purpose: str) -> list[tuple[str, nn.Module]]:
+        """:meth:`select` as a list; an empty selection is an error naming the candidates.
+
+        Args:
+            purpose: what the layers are selected for, in the message (``"pruning"``).
+        """
+        layers = list(self.select(model))
+        if not layers:
+            candidates = [display_name(n) for n, _ in Selector(self.types).select(model)]
+            raise ValueError(
+                f"no layer of {type(model).__name__} is selected for {purpose} (include={list(self.include)}, "
+                f"exclude={list(self.exclude)}, filter_fn={'set' if self.filter_fn else None}); layers of types "
+                f"{[t.__name__ for t in self.types]}: {candidates[:20]}"
+            )
+        return layers
+
+
+# ---- per-layer overrides -------------------------------------------------------------------------
+def check_overrides(overrides: Mapping[str, float], field: str = "overrides", hi: float = 1) -> None:
+    """Every per-layer value (a sparsity or ratio) in ``overrides`` must be in ``[0, hi)``."""
+    if not isinstance(overrides, Mapping):
+        raise ValueError(f"{field} must be a mapping of layer-name pattern to a value, got {overrides!r}")
+    for pattern, value in overrides.items():
+        check_range(f"{field}[{pattern!r}]", value, 0, hi, hi_open=True)
+
+
+def override_for(names: str | Iterable[str], overrides: Mapping[str, float]) -> float | None:
+    """The value of the first pattern in ``overrides`` that matches ``names`` (a module name, or any of
+    several: a channel group's layers), else ``None``."""
+    names = [names] if isinstance(names, str) else list(names)
+    for pattern, value in overrides.items():
+        if any(_matches(n, (pattern,)) for n in names):
+            return float(value)
+    return None
+
+
+def unused_overrides(names: Sequence[str], overrides: Mapping[str, float]) -> list[str]:
+    """Override patterns that match none of ``names`` (almost always a typo)."""
+    return [p for p in overrides if override_for(names, {p: 0.0}) is None]
+
 
 def named_modules_matching(
     model: nn.Module,
@@ -99,7 +143,7 @@ def named_modules_matching(
     filter_fn: FilterFn | None = None,
 ) -> list[tuple[str, nn.Module]]:
     """Shortcut for ``list(Selector(...).select(model))``."""
-    return list(Selector(types, _as_patterns(include), _as_patterns(exclude), filter_fn).select(model))
+    return list(Selector(types, as_patterns(include), as_patterns(exclude), filter_fn).select(model))
 
 
 def get_submodule(model: nn.Module, fqn: str) -> nn.Module:

@@ -162,6 +162,7 @@ class FitOptions(Config):
         """Everything but ``epochs``, as ``fit`` keyword arguments."""
         d = self.to_dict()
         d.pop("epochs")
+        d.pop("version")
         return d
 
 

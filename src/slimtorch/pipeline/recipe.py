@@ -26,13 +26,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slimtorch.core.config import CONFIG_TYPES, Config
+from slimtorch.core.config import Config, parse_config
+from slimtorch.core.config import describe as _kind
+from slimtorch.core.config import key_list as _names
 from slimtorch.core.errors import SlimtorchError
 from slimtorch.pipeline.options import DataSpec, MeasureOptions, ModelSource
 from slimtorch.pipeline.stage_def import ALLOWED_ORDER, DENSE, get_stage, stage_names
@@ -333,118 +333,3 @@ def _check_checkpoint(src: ModelSource, path: str, base: Path, problems: list[st
             f"{path}.checkpoint: no model at {src.checkpoint!r} (looked for {p}); give a run folder "
             "or a .safetensors file written by slimtorch.save"
         )
-
-
-# ---- typed parsing with every problem collected ---------------------------------------------------
-def parse_config(cls: type[Config], data: Any, path: str, problems: list[str], extra_allowed: Any = ()) -> Any:
-    """Build ``cls`` from plain ``data``, appending every problem (with its path) to ``problems``.
-
-    Nested configs (fields typed as a Config, possibly chosen by a ``type`` key, or lists of them)
-    are parsed recursively so their problems carry their own paths. When the whole config is
-    refused, each given field is tried on its own so each bad field is reported.
-
-    Args:
-        cls: the config class.
-        data: a mapping (``None`` means all defaults).
-        path: prefix for messages (``stages[2].prune``).
-        problems: list the problems are appended to.
-        extra_allowed: other keys valid at this level (named in the "allowed" list of an unknown-key error).
-
-    Returns:
-        The config, or ``None`` when there were problems.
-    """
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        problems.append(f"{path}: expected a mapping of {cls.__name__} options, got {_kind(data)}")
-        return None
-    data = dict(data)
-    if "type" in data:
-        name = data.pop("type")
-        sub = CONFIG_TYPES.get(name) if isinstance(name, str) else None
-        if sub is None or not issubclass(sub, cls):
-            allowed = sorted(n for n, t in CONFIG_TYPES.items() if issubclass(t, cls) and t is not cls) or [
-                cls.__name__
-            ]
-            problems.append(f"{path}.type: {name!r} is not one of {allowed}")
-            return None
-        cls = sub
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = [k for k in data if k not in fields]
-    n_before = len(problems)
-    if unknown:
-        allowed = sorted(set(fields) | set(extra_allowed))
-        problems.append(f"{path}: unknown key(s) {_names(unknown)} for {cls.__name__}; allowed: {allowed}")
-    try:
-        hints = typing.get_type_hints(cls)
-    except Exception:  # unresolvable annotations: take values as given
-        hints = {}
-    kwargs: dict[str, Any] = {}
-    for k, v in data.items():
-        if k in fields:
-            kwargs[k] = _convert(v, hints.get(k, Any), f"{path}.{k}", problems)
-    if len(problems) > n_before:
-        return None
-    try:
-        return cls(**kwargs)
-    except Exception as whole:  # noqa: BLE001 - any refusal of a config is a recipe problem
-        per_field = []
-        for k, v in kwargs.items():
-            try:
-                cls(**{k: v})
-            except Exception as e:  # noqa: BLE001
-                per_field.append(_located(path, k, e))
-        problems.extend(per_field or [f"{path}: {_message(whole)}"])
-        return None
-
-
-def _convert(v: Any, hint: Any, path: str, problems: list[str]) -> Any:
-    """Plain value -> the field's type where the type is a config, a list of configs or a tuple."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        configs = [a for a in args if isinstance(a, type) and issubclass(a, Config)]
-        if configs and isinstance(v, dict):
-            return parse_config(configs[0], v, path, problems)
-        tuples = [a for a in args if typing.get_origin(a) in (tuple, list)]
-        if tuples and isinstance(v, list):
-            return _convert(v, tuples[0], path, problems)
-        return v
-    if isinstance(hint, type) and issubclass(hint, Config):
-        return parse_config(hint, v, path, problems) if isinstance(v, dict) else v
-    if origin in (tuple, list) and isinstance(v, list):
-        elem = args[0] if args else Any
-        if isinstance(elem, type) and issubclass(elem, Config):
-            items = []
-            for i, item in enumerate(v):
-                if not isinstance(item, dict):
-                    problems.append(f"{path}[{i}]: expected a mapping with a 'type' key, got {_kind(item)}")
-                    continue
-                items.append(parse_config(elem, item, f"{path}[{i}]", problems))
-            v = items
-        return tuple(v) if origin is tuple else list(v)
-    return v
-
-
-def _message(e: BaseException) -> str:
-    return str(e).strip() or type(e).__name__
-
-
-def _located(path: str, key: str, e: BaseException) -> str:
-    msg = _message(e)
-    if msg.startswith(path):
-        return msg
-    if msg.startswith(key) and msg[len(key) : len(key) + 1] in (":", " ", "["):
-        return f"{path}.{msg}"
-    return f"{path}.{key}: {msg}"
-
-
-def _kind(v: Any) -> str:
-    if v is None:
-        return "nothing"
-    if isinstance(v, (str, int, float, bool)):
-        return f"{type(v).__name__} {v!r}"[:80]
-    return type(v).__name__
-
-
-def _names(keys: list[Any]) -> str:
-    return "[" + ", ".join(repr(k) for k in keys) + "]"

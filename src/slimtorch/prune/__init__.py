@@ -11,12 +11,19 @@ structured part (``Channel``) returns a physically smaller dense model.
 
 from slimtorch.prune.api import METHODS, PRUNERS, prune_, register_pruner
 from slimtorch.prune.magnitude import CRITERIA, Magnitude, global_masks, layer_masks, lowest_k_mask
-from slimtorch.prune.masks import WeightMask, apply_mask_, get_mask, make_permanent_, masked_layers
+from slimtorch.prune.masks import (
+    DEFAULT_TYPES,
+    WeightMask,
+    apply_mask_,
+    get_mask,
+    make_permanent_,
+    masked_layers,
+    select_layers,
+)
 from slimtorch.prune.nm import NM, check_nm, nm_mask
 from slimtorch.prune.pruner import MaskPruner, iterative_prune_
 from slimtorch.prune.report import LayerReport, PruneReport
 from slimtorch.prune.schedules import AGP, Iterative, OneShot, Schedule, agp_sparsity, iterative_sparsity
-from slimtorch.prune.selection import DEFAULT_TYPES, select_layers
 from slimtorch.prune.sparse import from_csr, load_sparse, save_sparse, to_csr
 from slimtorch.prune.structured import Channel, build_dependency_graph, register_importance, register_surgery
 

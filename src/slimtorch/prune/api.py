@@ -7,14 +7,9 @@ A pruning method is a config class plus a handler::
 
 The handler changes ``model`` in place and returns a :class:`PruneReport`.
 
-CLI hook (``slimtorch prune --method NAME``): a config class registered with a ``name`` provides
-
-* ``add_cli_arguments(parser)`` (staticmethod): adds its own flags (each flag name unique across
-  methods; the CLI itself owns ``RUN --method --data --finetune-epochs --lr --batch-size --out``);
-* ``from_cli_args(args) -> config`` (classmethod): builds the config from the parsed namespace.
-
-``slimtorch.cli.prune`` builds ``--method``'s choices from :data:`METHODS`, so registering a config
-is all it takes for a new method to appear on the command line.
+Command line (``slimtorch prune --method NAME``): a config registered with a ``name`` is offered there;
+the CLI builds it with ``Config.from_dict`` (the recipes' parser) from ``--set key=value`` and the
+common flags, so configs carry no argparse code and a new method needs no CLI code.
 """
 
 from __future__ import annotations
@@ -45,19 +40,13 @@ def register_pruner(config_type: type[Config], name: str | None = None) -> Calla
 
     Args:
         config_type: the config class the handler accepts.
-        name: if given, the method name the CLI offers (``--method name``); the config class must then
-            define ``add_cli_arguments(parser)`` and ``from_cli_args(args)`` (see the module docstring).
+        name: if given, the method name the CLI offers (``--method name``, options through ``--set``).
     """
 
     def deco(handler: PrunerFn) -> PrunerFn:
         if config_type in PRUNERS and PRUNERS.find(config_type) is not handler:
             raise ValueError(f"a pruner for {config_type.__name__} is already registered")
         if name is not None:
-            missing = [a for a in ("add_cli_arguments", "from_cli_args") if not hasattr(config_type, a)]
-            if missing:
-                raise ValueError(
-                    f"{config_type.__name__} is registered as CLI method {name!r} but lacks {missing}"
-                )
             METHODS.register(name, config_type, overwrite=True)
         PRUNERS.register(config_type, handler)
         return handler
@@ -92,7 +81,8 @@ def prune_(
     """
     handler = _handler_for(config)
     # handlers that train take fit_fn; the others (e.g. structured surgery) never see it
-    takes_fit = "fit_fn" in inspect.signature(handler).parameters
+    params = inspect.signature(handler).parameters
+    takes_fit = "fit_fn" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
     extra = {"fit_fn": fit_fn} if fit_fn is not None and takes_fit else {}
     return handler(model, config, example_inputs=example_inputs, data=data, **extra)
 

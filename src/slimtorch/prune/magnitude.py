@@ -24,12 +24,11 @@ from torch import nn
 
 from slimtorch.core.config import Config, check_choice, check_range
 from slimtorch.core.registry import Registry
-from slimtorch.core.selection import FilterFn
+from slimtorch.core.selection import FilterFn, check_overrides, override_for, unused_overrides
 from slimtorch.prune.api import register_pruner
-from slimtorch.prune.masks import reference_std
+from slimtorch.prune.masks import reference_std, select_layers
 from slimtorch.prune.pruner import run_mask_pruning
 from slimtorch.prune.schedules import OneShot, Schedule
-from slimtorch.prune.selection import check_overrides, override_for, select_layers, unused_overrides
 
 #: ``criterion(weight, ref_std) -> scores`` of the same shape; higher = more important.
 CRITERIA: Registry[Callable[[torch.Tensor, float], torch.Tensor]] = Registry("magnitude criterion")
@@ -168,62 +167,6 @@ class Magnitude(Config):
             masks.update(gmasks)
             extra["threshold"] = threshold
         return masks, extra
-
-    @staticmethod
-    def add_cli_arguments(parser: Any) -> None:
-        """Flags of ``slimtorch prune --method magnitude``."""
-        g = parser.add_argument_group("--method magnitude")
-        g.add_argument("--sparsity", type=float, default=None, help="fraction of weights to zero, in [0, 1)")
-        g.add_argument("--scope", choices=["global", "layer"], default="global")
-        g.add_argument("--criterion", choices=CRITERIA.names(), default="magnitude")
-        g.add_argument(
-            "--schedule",
-            choices=["oneshot", "iterative", "agp"],
-            default="oneshot",
-            help="iterative: prune/fine-tune --rounds times; agp: gradual pruning while fine-tuning",
-        )
-        g.add_argument("--rounds", type=int, default=3, help="rounds of --schedule iterative")
-        g.add_argument(
-            "--prune-frequency",
-            type=int,
-            default=None,
-            help="AGP: optimizer steps between pruning steps (default: 20 pruning steps in the first 3/4)",
-        )
-        g.add_argument(
-            "--exclude", nargs="*", default=[], help="module-name patterns left dense (magnitude, nm)"
-        )
-
-    @classmethod
-    def from_cli_args(cls, args: Any) -> Magnitude:
-        """Build the config from ``slimtorch prune`` arguments (fine-tune settings included)."""
-        from slimtorch.prune.schedules import AGP, Iterative
-
-        if args.sparsity is None:
-            raise ValueError("--method magnitude needs --sparsity (a fraction in [0, 1), e.g. 0.9)")
-        fit_kw = dict(getattr(args, "fit_kwargs", {}) or {})
-        epochs = int(getattr(args, "finetune_epochs", 0) or 0)
-        schedule: Schedule
-        if args.schedule == "oneshot":
-            schedule = OneShot()
-        elif args.schedule == "iterative":
-            schedule = Iterative(
-                rounds=args.rounds, epochs=max(epochs // args.rounds, 1) if epochs else 0, finetune=fit_kw
-            )
-        else:
-            if epochs < 1:
-                raise ValueError("--schedule agp prunes while fine-tuning: give --finetune-epochs >= 1")
-            frequency = args.prune_frequency
-            if frequency is None:  # ~20 pruning steps over the first 3/4 of fine-tuning
-                steps = int(getattr(args, "steps_per_epoch", 0) or 0) * epochs
-                frequency = max(1, int(0.75 * steps) // 20)
-            schedule = AGP(frequency=frequency, epochs=epochs, finetune=fit_kw)
-        return cls(
-            sparsity=args.sparsity,
-            scope=args.scope,
-            criterion=args.criterion,
-            schedule=schedule,
-            exclude=tuple(args.exclude),
-        )
 
 
 register_pruner(Magnitude, name="magnitude")(run_mask_pruning)

@@ -9,13 +9,35 @@
 
 ``make_permanent_(model)`` bakes ``original * mask`` into a plain ``weight`` parameter and removes the
 parametrization; the zeros stay, the model no longer carries masks and can be saved.
+
+Which layers get masks: by default the ``weight`` of every ``nn.Linear`` and ``nn.Conv1d/2d/3d``, the
+classifier included (Han et al. 2015 prune every layer), narrowed by the configs' ``include``/``exclude``
+/``filter_fn`` through :class:`slimtorch.core.selection.Selector` (:func:`select_layers`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.utils.parametrize as parametrize
 from torch import nn
+
+from slimtorch.core.selection import FilterFn, Selector
+
+#: Layer types mask pruning selects by default.
+DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def select_layers(
+    model: nn.Module,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    filter_fn: FilterFn | None = None,
+    types: tuple[type[nn.Module], ...] = DEFAULT_TYPES,
+) -> list[tuple[str, nn.Module]]:
+    """``(fqn, module)`` of the layers to mask; an empty selection is an error naming the candidates."""
+    return Selector(types, tuple(include), tuple(exclude), filter_fn).select_some(model, "pruning")
 
 
 class WeightMask(nn.Module):

@@ -19,9 +19,9 @@ from torch import nn
 from slimtorch.core.config import Config
 from slimtorch.core.selection import FilterFn, display_name
 from slimtorch.prune.api import register_pruner
+from slimtorch.prune.masks import select_layers
 from slimtorch.prune.pruner import run_mask_pruning
 from slimtorch.prune.schedules import OneShot, Schedule
-from slimtorch.prune.selection import select_layers
 
 
 def _grouped(weight: torch.Tensor, m: int, name: str = "weight") -> torch.Tensor:
@@ -107,17 +107,6 @@ class NM(Config):
         """N:M keep-masks (one-shot: ``t`` and ``schedule`` do not change them)."""
         masks = {n: nm_mask(m.weight, self.n, self.m, n) for n, m in layers}
         return masks, {"n": self.n, "m": self.m}
-
-    @staticmethod
-    def add_cli_arguments(parser: Any) -> None:
-        """Flags of ``slimtorch prune --method nm``."""
-        g = parser.add_argument_group("--method nm")
-        g.add_argument("--n", type=int, default=2, help="weights kept per group (N of N:M)")
-        g.add_argument("--m", type=int, default=4, help="group size along the input dimension (M of N:M)")
-
-    @classmethod
-    def from_cli_args(cls, args: Any) -> NM:
-        return cls(n=args.n, m=args.m, exclude=tuple(getattr(args, "exclude", ()) or ()))
 
 
 register_pruner(NM, name="nm")(run_mask_pruning)

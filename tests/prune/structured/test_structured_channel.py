@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 
 import pytest
 import torch
@@ -40,18 +40,27 @@ def test_bad_options_name_the_option(kwargs: dict, match: str) -> None:
         Channel(**kwargs)
 
 
-def test_config_round_trips_and_cli_hook_builds_it() -> None:
+def test_config_round_trips_and_the_cli_builds_it_through_from_dict() -> None:
+    from slimtorch.cli.main import build_parser
+    from slimtorch.cli.prune import config_dict
+
     c = Channel(ratio=0.25, importance="fpgm", round_to=4, ignore=("fc",), overrides={"layer3*": 0.1})
     assert Channel.from_dict(c.to_dict()) == c
     assert METHODS.get("channel") is Channel
-    parser = argparse.ArgumentParser()
-    Channel.add_cli_arguments(parser)
-    args = parser.parse_args(
-        ["--ratio", "0.4", "--importance", "taylor", "--round-to", "8", "--ignore", "fc"]
-    )
-    assert Channel.from_cli_args(args) == Channel(
-        ratio=0.4, importance="taylor", round_to=8, ignore=("fc",), max_batches=16
-    )
+    assert not hasattr(Channel, "add_cli_arguments") and not hasattr(Channel, "from_cli_args")
+    fields = {f.name for f in dataclasses.fields(Channel)}
+
+    def build(*argv: str) -> Channel:
+        args = build_parser().parse_args(["prune", "RUN", "--method", "channel", "--out", "o", *argv])
+        return Channel.from_dict(config_dict(args, fields, {}))
+
+    flags = build("--ratio", "0.4", "--importance", "taylor", "--round-to", "8", "--ignore", "fc")
+    assert flags == Channel(ratio=0.4, importance="taylor", round_to=8, ignore=("fc",), max_batches=16)
+    sets = build("--set", "ratio=0.4", "--set", "importance=taylor", "--set", "round_to=8", "--set", "exclude=[fc]")
+    assert sets == flags
+    assert build("--ratio", "0.4", "--set", "ratio=0.3", "--set", "overrides={layer3*: 0.1}") == Channel(
+        ratio=0.3, overrides={"layer3*": 0.1}, max_batches=16
+    )  # --set wins over a flag
 
 
 def test_cli_prunes_channels(tmp_path) -> None:
@@ -98,6 +107,23 @@ def test_overrides_and_ignore() -> None:
     assert model.layer1[1].conv1.out_channels == 8
     assert model.layer3[1].conv1.out_channels == 64 and model.layer3[0].conv2.out_channels == 64
     assert model.layer2[1].conv1.out_channels == 16
+
+
+def test_exclude_is_the_name_and_ignore_an_alias_of_it() -> None:
+    assert Channel(ignore=("fc",)) == Channel(exclude=("fc",)) == Channel(exclude="fc")
+    assert Channel(exclude=("a",), ignore=("b", "a")).exclude == ("a", "b")
+    d = Channel(ignore=("fc",)).to_dict()
+    assert d["exclude"] == ["fc"] and "ignore" not in d
+    assert Channel.from_dict({"ignore": ["fc"]}) == Channel(exclude=("fc",))  # old recipes load
+
+
+def test_exclude_and_filter_fn_keep_the_same_channels() -> None:
+    x = torch.randn(1, 3, 32, 32)
+    by_name, by_fn = create("resnet20"), create("resnet20")
+    prune_(by_name, Channel(ratio=0.5, exclude=("layer1.0.conv1",)), example_inputs=x)
+    prune_(by_fn, Channel(ratio=0.5, filter_fn=lambda m, fqn: fqn != "layer1.0.conv1"), example_inputs=x)
+    assert by_fn.layer1[0].conv1.out_channels == by_name.layer1[0].conv1.out_channels == 16
+    assert [p.shape for p in by_fn.parameters()] == [p.shape for p in by_name.parameters()]
 
 
 def test_global_allocation_removes_the_lowest_normalized_units() -> None:

@@ -9,7 +9,9 @@ pipeline does around them (fine-tuning, export).
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 
 from slimtorch.core.config import Config, check_choice
+from slimtorch.core.registry import TypeRegistry
 from slimtorch.pipeline.artefacts import masked_layer_names, remask_, restore_saved, save_float
 from slimtorch.pipeline.context import StageContext
 from slimtorch.pipeline.options import FitOptions
@@ -64,41 +67,85 @@ def pruning_configs() -> dict[str, type[Config]]:
     return {cls.__name__: cls for cls in PRUNERS}
 
 
-def _is_channel(spec: Any) -> bool:
-    from slimtorch.prune import Channel
+@dataclass(frozen=True)
+class TechniqueNeeds:
+    """What a technique config needs from the stage that runs it (declared per config type in :data:`NEEDS`).
 
-    return isinstance(spec.technique, Channel)
+    Args:
+        leaves_masks: the method leaves weight masks (state ``masked``); ``False``: it changes the
+            structure and leaves a dense model (channel pruning), run on plain weights with calibration
+            batches, existing masks re-applied afterwards.
+        trains: the stage's ``finetune`` run trains the model *inside* the technique's prepared form
+            (QAT's fake quantization), which the stage then converts.
+    """
+
+    leaves_masks: bool = True
+    trains: bool = False
+
+
+#: Config type -> what it needs; a type without an entry (or a registered base) needs the defaults.
+NEEDS: TypeRegistry[TechniqueNeeds] = TypeRegistry("technique needs")
+#: Pruning schedule type -> ``driver(ctx, model, cfg, schedule, example) -> PruneReport`` for schedules
+#: that train while pruning (training goes through ``ctx.fit``: checkpoints, resume); others run ``prune_``.
+SCHEDULE_DRIVERS: TypeRegistry[Callable[..., Any]] = TypeRegistry("schedule driver")
+
+
+def needs_of(cfg: Any) -> TechniqueNeeds:
+    """What ``cfg``'s type declared in :data:`NEEDS` (the built-in techniques register on first use)."""
+    _register_builtin_needs()
+    return NEEDS.find(type(cfg)) or TechniqueNeeds()
+
+
+@functools.cache
+def _register_builtin_needs() -> None:
+    # Lazy: importing the pipeline does not import every technique.
+    from slimtorch.prune import AGP, Channel, Iterative
+    from slimtorch.quant.workflows.qat import QAT
+
+    NEEDS.register(Channel, TechniqueNeeds(leaves_masks=False))
+    NEEDS.register(QAT, TechniqueNeeds(trains=True))
+    SCHEDULE_DRIVERS.register(AGP, _drive_agp)
+    SCHEDULE_DRIVERS.register(Iterative, _drive_iterative)
+
+
+def _drive_agp(ctx: StageContext, model: Any, cfg: Any, schedule: Any, example: Any) -> Any:
+    # Driven here rather than by prune_(data=...) so training goes through ctx.fit (checkpoints,
+    # resume). Masks exist from step 0 so a resumed checkpoint loads into the same structure.
+    from slimtorch.prune import MaskPruner
+
+    pruner = MaskPruner(model, cfg, example)
+    ones_masks_(pruner.layers)
+    ctx.fit(model, FitOptions.from_dict({"epochs": schedule.epochs, **schedule.finetune}), callbacks=[pruner])
+    return pruner.report()
+
+
+def _drive_iterative(ctx: StageContext, model: Any, cfg: Any, schedule: Any, example: Any) -> Any:
+    from slimtorch.prune import iterative_prune_
+
+    opts = FitOptions.from_dict({"epochs": schedule.epochs, **schedule.finetune})
+    return iterative_prune_(model, cfg, lambda m, k: ctx.fit(m, opts, out_dir=ctx.stage_dir / f"round{k}"), example)
 
 
 def prune_produces(spec: Any, state: str) -> str:
-    """Channel pruning leaves a smaller dense model (state unchanged); mask methods leave masks."""
-    return state if _is_channel(spec) else MASKED
+    """Structural pruning leaves a smaller dense model (state unchanged); mask methods leave masks."""
+    return MASKED if needs_of(spec.technique).leaves_masks else state
 
 
 def run_prune(ctx: StageContext, spec: Any, product: Product) -> Product:
     """Prune the current model with the stage's config, then fine-tune if asked."""
-    from slimtorch.prune import AGP, Iterative, MaskPruner, iterative_prune_, make_permanent_, prune_
+    from slimtorch.prune import make_permanent_, prune_
 
     cfg, model = spec.technique, product.model
     example = ctx.example_inputs(model, 1)
     schedule = getattr(cfg, "active_schedule", None)
-    if _is_channel(spec):
+    driver = None if schedule is None else SCHEDULE_DRIVERS.find(type(schedule))
+    if not needs_of(cfg).leaves_masks:
         masked = masked_layer_names(model)
         make_permanent_(model)  # surgery needs plain weights; the zeros are re-masked below
         report = prune_(model, cfg, example_inputs=example, data=ctx.calib_batches(model))
         remask_(model, [n for n in masked if _has(model, n)])
-    elif isinstance(schedule, AGP):
-        # Driven here rather than by prune_(data=...) so training goes through ctx.fit (checkpoints,
-        # resume). Masks exist from step 0 so a resumed checkpoint loads into the same structure.
-        pruner = MaskPruner(model, cfg, example)
-        ones_masks_(pruner.layers)
-        ctx.fit(model, FitOptions.from_dict({"epochs": schedule.epochs, **schedule.finetune}), callbacks=[pruner])
-        report = pruner.report()
-    elif isinstance(schedule, Iterative):
-        opts = FitOptions.from_dict({"epochs": schedule.epochs, **schedule.finetune})
-        report = iterative_prune_(
-            model, cfg, lambda m, k: ctx.fit(m, opts, out_dir=ctx.stage_dir / f"round{k}"), example
-        )
+    elif driver is not None:
+        report = driver(ctx, model, cfg, schedule, example)
     else:
         report = prune_(model, cfg, example_inputs=example)
     finetune = spec.options.finetune
@@ -184,14 +231,14 @@ def _quantize_model(ctx: StageContext, spec: Any, model: Any, train: bool) -> An
     """``quantize_`` with the recipe's calibration batches; QAT trains (when ``train``) and is converted."""
     from slimtorch.prune import make_permanent_
     from slimtorch.quant import quantize_
-    from slimtorch.quant.workflows.qat import QAT, QAT_GRAD_CLIP, convert_qat_
+    from slimtorch.quant.workflows.qat import QAT_GRAD_CLIP, convert_qat_
 
     cfg = spec.technique
     make_permanent_(model)  # masked zeros stay zeros: symmetric int8 maps 0 to 0
-    is_qat = isinstance(cfg, QAT)
-    model.train(is_qat)
+    trains = needs_of(cfg).trains
+    model.train(trains)
     report = quantize_(model, cfg, calib_data=ctx.calib_batches(model))
-    if is_qat:
+    if trains:
         if train and spec.options.finetune is not None:
             ctx.fit(model, spec.options.finetune.with_default_clip(QAT_GRAD_CLIP))
         convert_qat_(model)

@@ -7,20 +7,19 @@ overrides, ``round_to``, or a MAC target), then cut every coupled layer (:mod:`.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import InitVar, dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from slimtorch.core.config import Config, check_choice, check_positive, check_range
-from slimtorch.core.selection import ROOT_NAME, _matches
+from slimtorch.core.selection import ROOT_NAME, FilterFn, as_patterns, check_overrides, override_for
 from slimtorch.prune.api import register_pruner
 from slimtorch.prune.report import LayerReport, PruneReport
 from slimtorch.prune.structured.graph import ChannelGroup, DependencyGraph, build_dependency_graph
@@ -57,7 +56,7 @@ class Channel(Config):
             nearest one to what the ratio asks for. (Rounding up, as before, kept a 16-channel layer at 16
             until the ratio passed 0.5, so a MAC target was met by cutting the wide layers instead; on
             ResNet-20 at half the MACs that plan lost 0.26 pt more than Torch-Pruning's over three seeds.)
-        ignore: fnmatch patterns of module names whose channels are kept (opaque layers). The model's
+        exclude: fnmatch patterns of module names whose channels are kept (opaque layers). The model's
             outputs never change size, so the classifier / LM head keeps its output width by default.
         overrides: ``{pattern: ratio}`` per-layer ratios; a group takes the first pattern that
             matches a layer whose output channels are in the group (e.g. ``"layer3.*"``) and is then
@@ -70,7 +69,14 @@ class Channel(Config):
         max_batches: calibration batches used by gradient criteria (None = all of ``data``; a
             ``Dataset`` is batched by 64, shuffled with ``seed``).
         seed: seed of the ``random`` criterion.
+        filter_fn: ``filter_fn(module, fqn) -> bool`` asked about each prunable layer; a layer it refuses
+            keeps its channels, as if excluded.
+        ignore: the former name of ``exclude``, kept as an alias: its patterns are added to ``exclude``
+            (``to_dict`` writes ``exclude``; recipes with ``ignore:`` still load).
     """
+
+    #: Former field names still accepted by the constructor and ``from_dict``.
+    aliases: ClassVar[dict[str, str]] = {"ignore": "exclude"}
 
     ratio: float = 0.5
     target_macs: float | None = None
@@ -81,15 +87,17 @@ class Channel(Config):
     latency_repeats: int = 15
     importance: str = "l1"
     round_to: int = 1
-    ignore: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
     overrides: dict[str, float] = field(default_factory=dict)
     allocation: str = "uniform"
     group_reduce: str = "mean"
     tracer: str = "concrete"
     max_batches: int | None = None
     seed: int = 0
+    filter_fn: FilterFn | None = field(default=None, repr=False)
+    ignore: InitVar[tuple[str, ...] | str | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, ignore: tuple[str, ...] | str | None = None) -> None:
         check_range("ratio", self.ratio, 0.0, 1.0, hi_open=True)
         if self.target_macs is not None:
             check_positive("target_macs", self.target_macs)
@@ -107,54 +115,14 @@ class Channel(Config):
         IMPORTANCE.get(self.importance)  # unknown names list the valid ones
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
             raise ValueError(f"round_to must be an integer >= 1, got {self.round_to!r}")
-        if isinstance(self.ignore, str):
-            self.ignore = (self.ignore,)
-        self.ignore = tuple(self.ignore)
-        for pattern, r in self.overrides.items():
-            check_range(f"overrides[{pattern!r}]", r, 0.0, 1.0, hi_open=True)
+        exclude = as_patterns(self.exclude)
+        self.exclude = exclude + tuple(p for p in as_patterns(ignore) if p not in exclude)
+        check_overrides(self.overrides)
         check_choice("allocation", self.allocation, ALLOCATIONS)
         check_choice("group_reduce", self.group_reduce, ("mean", "sum"))
         check_choice("tracer", self.tracer, ("auto", "fx", "concrete"))
         if self.max_batches is not None:
             check_positive("max_batches", self.max_batches)
-
-    # ---- CLI hook (slimtorch prune --method channel) --------------------------------------------
-    @staticmethod
-    def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-        """Flags of ``slimtorch prune --method channel``."""
-        g = parser.add_argument_group("channel pruning (--method channel)")
-        g.add_argument("--ratio", type=float, default=0.5, help="fraction of channels removed per group")
-        g.add_argument(
-            "--target-macs",
-            type=float,
-            default=None,
-            help="prune until MACs <= this (<= 1: fraction of the current MACs)",
-        )
-        g.add_argument("--target-speedup", type=float, default=None,
-                       help="prune until the measured latency speedup is >= this on every --latency-runtime")
-        g.add_argument("--latency-runtime", action="append", choices=["torch", "onnxruntime"], default=None,
-                       help="runtime of --target-speedup (repeatable; default torch)")
-        g.add_argument("--importance", default="l1", help=f"one of {IMPORTANCE.names()}")
-        g.add_argument("--round-to", type=int, default=1, help="kept channel counts are multiples of this")
-        g.add_argument("--ignore", nargs="*", default=[], help="module name patterns whose channels are kept")
-        g.add_argument("--allocation", default="uniform", choices=ALLOCATIONS)
-        g.add_argument("--calib-batches", type=int, default=16,
-                       help="batches of --data used by gradient importance (taylor)")
-
-    @classmethod
-    def from_cli_args(cls, args: argparse.Namespace) -> Channel:
-        """The config from parsed ``slimtorch prune`` arguments."""
-        return cls(
-            ratio=args.ratio,
-            target_macs=args.target_macs,
-            target_speedup=args.target_speedup,
-            latency_runtimes=tuple(args.latency_runtime or ("torch",)),
-            importance=args.importance,
-            round_to=args.round_to,
-            ignore=tuple(args.ignore or ()),
-            allocation=args.allocation,
-            max_batches=args.calib_batches,
-        )
 
 
 # ---- scores --------------------------------------------------------------------------------------
@@ -278,10 +246,8 @@ def _unit_width(group: ChannelGroup) -> int:
 
 
 def _group_ratio(group: ChannelGroup, config: Channel, ratio: float) -> tuple[float, bool]:
-    for pattern, r in config.overrides.items():
-        if any(_matches(m, (pattern,)) for m in (group.producers or group.modules)):
-            return r, True
-    return ratio, False
+    r = override_for(group.producers or group.modules, config.overrides)
+    return (ratio, False) if r is None else (r, True)
 
 
 def _min_keep(group: ChannelGroup, config: Channel) -> int:
@@ -536,7 +502,7 @@ def prune_channels_(
         the final ratio, notes on kept channels and warnings.
     """
     ex = _example(model, example_inputs)
-    graph = build_dependency_graph(model, ex, config.ignore, config.tracer)
+    graph = build_dependency_graph(model, ex, config.exclude, config.tracer, filter_fn=config.filter_fn)
     scores = score_groups(model, graph, config, data)
     macs_before = _macs(model, ex)
     warn: list[str] = []

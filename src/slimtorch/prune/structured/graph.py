@@ -34,7 +34,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from slimtorch.core.errors import SlimtorchError
-from slimtorch.core.selection import ROOT_NAME, _matches, display_name
+from slimtorch.core.selection import ROOT_NAME, FilterFn, _matches, display_name
 from slimtorch.prune.structured.surgery import LayerSurgery, PinnedSurgery, find_surgery
 
 #: A place channels can be removed from: ("module", fqn, space name) or ("param", fqn, str(dim)).
@@ -381,7 +381,7 @@ class _Recorder(TorchFunctionMode):
                     f"rule. Register one: `@register_surgery({type(mod).__name__}) "
                     "class MySurgery(LayerSurgery): ...` "
                     f"(slimtorch.prune.structured.register_surgery, see docs/structured_pruning.md), or pass "
-                    f"ignore=('{owner}',) to keep its channels."
+                    f"exclude=('{owner}',) (alias ignore=('{owner}',)) to keep its channels."
                 )
             if i is not None:
                 self.pin(
@@ -631,7 +631,9 @@ class _Recorder(TorchFunctionMode):
                 self.pin(e, rule.note.format(fqn=shown))
 
 
-def _leaves(named: list[tuple[str, nn.Module]], ignore: Sequence[str]) -> dict[nn.Module, tuple[str, LayerSurgery]]:
+def _leaves(
+    named: list[tuple[str, nn.Module]], exclude: Sequence[str], filter_fn: FilterFn | None = None
+) -> dict[nn.Module, tuple[str, LayerSurgery]]:
     leaves: dict[nn.Module, tuple[str, LayerSurgery]] = {}
     inside: set[str] = set()
     root = find_surgery(type(named[0][1])) if named else None
@@ -645,10 +647,12 @@ def _leaves(named: list[tuple[str, nn.Module]], ignore: Sequence[str]) -> dict[n
         if any(".".join(parts[:i]) in inside for i in range(1, len(parts))):
             continue
         rule = None
-        if name and _matches(name, ignore):
-            rule = PinnedSurgery("{fqn} is in ignore=: its channels are kept")
+        if name and _matches(name, exclude):
+            rule = PinnedSurgery("{fqn} is in exclude=: its channels are kept")
         elif name:
             rule = find_surgery(type(m))
+            if rule is not None and filter_fn is not None and not filter_fn(m, name):
+                rule = PinnedSurgery("{fqn} is refused by filter_fn: its channels are kept")
         if rule is not None:
             leaves[m] = (name, rule)
             inside.add(name)
@@ -686,24 +690,34 @@ def _fx_module(model: nn.Module, leaves: dict[nn.Module, tuple[str, LayerSurgery
     except Exception as e:  # fx raises TraceError, TypeError, ... depending on what the code does
         raise SlimtorchError(
             f"torch.fx cannot trace {type(model).__name__}: in module '{tracer.current}': "
-            f"{type(e).__name__}: {str(e).splitlines()[0]}. Pass ignore=('{tracer.current}',) to treat that "
+            f"{type(e).__name__}: {str(e).splitlines()[0]}. Pass exclude=('{tracer.current}',) (alias "
+            f"ignore=('{tracer.current}',)) to treat that "
             "module as an opaque layer whose channels are kept, or use tracer='concrete'."
         ) from e
     return fx.GraphModule(model, graph)
 
 
 def build_dependency_graph(
-    model: nn.Module, example_inputs: Any, ignore: Sequence[str] = (), tracer: str = "concrete"
+    model: nn.Module,
+    example_inputs: Any,
+    exclude: Sequence[str] = (),
+    tracer: str = "concrete",
+    *,
+    filter_fn: FilterFn | None = None,
+    ignore: Sequence[str] = (),
 ) -> DependencyGraph:
     """Trace ``model`` once and return its groups of coupled, removable channels.
 
     Args:
         model: the model (left unchanged; traced in eval mode without gradients).
         example_inputs: a tensor or tuple of tensors the model accepts (batch size 1 is enough).
-        ignore: fnmatch patterns of module names whose channels must be kept; such modules are
+        exclude: fnmatch patterns of module names whose channels must be kept; such modules are
             opaque (not traced inside), which also gets untraceable code out of the way.
         tracer: ``"fx"`` (``torch.fx.symbolic_trace``, error if it fails), ``"concrete"`` (run the
             model's own forward) or ``"auto"`` (fx, falling back to concrete).
+        filter_fn: ``filter_fn(module, fqn) -> bool`` asked about each layer that has a surgery rule;
+            a layer it refuses keeps its channels, as if excluded.
+        ignore: the former name of ``exclude`` (its patterns are added to it).
 
     Returns:
         The :class:`DependencyGraph`.
@@ -712,9 +726,9 @@ def build_dependency_graph(
         raise ValueError(f"tracer: {tracer!r} is not one of ['auto', 'fx', 'concrete']")
     t0 = time.perf_counter()
     args = _example_tuple(example_inputs)
-    ignore = tuple(ignore)
+    exclude = tuple(exclude) + tuple(ignore)
     named = list(model.named_modules())
-    leaves = _leaves(named, ignore)
+    leaves = _leaves(named, exclude, filter_fn)
     used = "concrete"
     fwd: nn.Module = model
     notes: list[str] = []
@@ -749,7 +763,8 @@ def build_dependency_graph(
         where = _innermost_module(tb.tb_frame, rec.modules) if tb is not None else ROOT_NAME
         raise SlimtorchError(
             f"cannot trace {type(model).__name__}: the forward raised in module '{where}': "
-            f"{type(e).__name__}: {e}. Check example_inputs, or pass ignore=('{where}',) to treat that "
+            f"{type(e).__name__}: {e}. Check example_inputs, or pass exclude=('{where}',) (alias ignore=('{where}',)) "
+            "to treat that "
             "module as an opaque layer whose channels are kept."
         ) from e
     finally:
