@@ -2,7 +2,7 @@
 
 Every ``bench/<id>.py`` ends with :func:`write_result`, which writes ``bench/results/<id>.json`` in the
 format BENCHMARKS.md fixes (id, command, seeds, versions, cpu, wall_s, rows, checks) and prints the table.
-With ``per_cpu=True`` the file keeps one set of rows and checks per CPU: a rerun replaces only the rows of
+By default (``per_cpu=True``) the file keeps one set of rows and checks per CPU: a rerun replaces only the rows of
 the CPU it ran on (``cpu_label``), so results measured on other CPUs stay as their own rows.
 """
 
@@ -87,7 +87,7 @@ class Timer:
 
 def write_result(bench_id: str, rows: list[dict[str, Any]], checks: list[dict[str, Any]], *,
                  seeds: list[int], wall_s: float, extra: dict[str, Any] | None = None,
-                 per_cpu: bool = False, emulated: bool = False) -> Path:
+                 per_cpu: bool = True, emulated: bool = False) -> Path:
     """Write ``bench/results/<bench_id>.json`` and print the rows and checks.
 
     With ``per_cpu`` every row and check carries ``cpu`` (:func:`cpu_label`); rows and checks of other CPUs

@@ -96,3 +96,16 @@ def test_parametrized_model_save_is_refused(tmp_path):
     parametrize.register_parametrization(net, "weight", Mask())
     with pytest.raises(SlimtorchError, match="make_permanent_"):
         slimtorch.save(net, tmp_path / "p.safetensors")
+
+
+def test_saved_files_get_the_mode_a_plain_open_would_give(tmp_path):
+    import os
+
+    from slimtorch.io.storage import default_file_mode
+
+    old = os.umask(0o022)
+    try:
+        path = slimtorch.save(torch.nn.Linear(2, 2), tmp_path / "m.safetensors")
+        assert default_file_mode() == 0o644 and (path.stat().st_mode & 0o777) == 0o644  # not mkstemp's 0o600
+    finally:
+        os.umask(old)

@@ -10,7 +10,9 @@ import pytest
 import torch
 from onnx import numpy_helper
 from onnx.inliner import inline_local_functions
+from torch import nn
 
+from slimtorch.core.errors import SlimtorchError
 from slimtorch.models import create
 from slimtorch.quant import quantize_
 from slimtorch.quant.export.onnx_export import compare_with_onnx, export_float_onnx, export_onnx, runtime_ops
@@ -109,3 +111,30 @@ def test_resnet_runs_fully_int8_on_ort(tmp_path):
     assert not {"Conv", "Add", "Relu", "Gemm", "DequantizeLinear", "GlobalAveragePool"} & set(ops)
     cmp = compare_with_onnx(model, path, [x])
     assert cmp["max_abs_diff"] < 0.05 * float(model(x).abs().max())
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 4), nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:  # (B, 8), (B, 6) -> (B, 4)
+        return self.a(x) + self.b(z)
+
+
+def test_compare_with_onnx_feeds_every_graph_input(tmp_path):
+    torch.manual_seed(0)
+    model = _TwoInputs().eval()
+    x, z, y = torch.randn(16, 8), torch.randn(16, 6), torch.zeros(16)
+    quantize_(model, Int8Dynamic(granularity="tensor"))
+    path = export_onnx(model, tmp_path / "two.onnx", (x, z))
+    peak = float(model(x, z).abs().max())
+    for batch in ([(x, z, y)], [{"input0": x, "input1": z}]):
+        cmp = compare_with_onnx(model, path, batch)
+        # the second input matters: feeding it zeros would move the output by |b(z) - b(0)|, far above this
+        assert cmp["samples"] == 16 and cmp["max_abs_diff"] < 0.02 * peak
+    with pytest.raises(SlimtorchError, match=r"a batch dict lacks the ONNX graph inputs \['input1'\]"):
+        compare_with_onnx(model, path, [{"input0": x}])
+    with pytest.raises(SlimtorchError, match=r"the ONNX graph takes 2 input\(s\) \['input0', 'input1'\]: a batch "
+                                             r"must be a tuple of at least 2"):
+        compare_with_onnx(model, path, [x])

@@ -108,6 +108,17 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
     return _spec(model)
 
 
+def default_file_mode() -> int:
+    """The mode ``open()`` would give a new file under the current umask (usually 0o644).
+
+    ``tempfile.mkstemp`` creates 0o600 files; an atomically renamed temp file keeps that mode, so files we
+    publish that way get this mode first, as a plain ``open(path, "w")`` would have given them.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_safetensors(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor],
                       spec: dict[str, Any]) -> Path:
     """Write ``tensors`` with ``spec`` as the ``slimtorch`` metadata entry, atomically."""
@@ -117,6 +128,7 @@ def write_safetensors(path: str | os.PathLike[str], tensors: dict[str, torch.Ten
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"slimtorch": json.dumps(spec)})
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, p)  # atomic: a crash leaves either the old file or the new one
     finally:
         if os.path.exists(tmp):

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from slimtorch.core.errors import SlimtorchError
+from slimtorch.io.storage import default_file_mode
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -32,6 +33,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
         torch.save(obj, tmp)
         with open(tmp, "rb") as f:  # make the bytes durable before the rename publishes them
             os.fsync(f.fileno())
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -486,6 +486,26 @@ def runtime_ops(path: str | os.PathLike[str], tmp_dir: str | os.PathLike[str]) -
 
 
 @torch.no_grad()
+def _model_args(batch: Any, names: list[str]) -> tuple[torch.Tensor, ...]:
+    """The positional model inputs of ``batch`` for a graph whose inputs are ``names`` (export order)."""
+    if isinstance(batch, torch.Tensor) and len(names) == 1:
+        args: tuple[Any, ...] = (batch,)
+    elif isinstance(batch, dict):
+        missing = [k for k in names if k not in batch]
+        if missing:
+            raise SlimtorchError(f"a batch dict lacks the ONNX graph inputs {missing}; it has {sorted(batch)}")
+        args = tuple(batch[k] for k in names)
+    elif isinstance(batch, (tuple, list)) and len(batch) >= len(names):
+        args = tuple(batch[: len(names)])
+    else:
+        raise SlimtorchError(f"the ONNX graph takes {len(names)} input(s) {names}: a batch must be a tuple of at "
+                             f"least {len(names)} tensor(s) (extra elements such as targets are ignored), a "
+                             f"dict with those keys, or for one input a tensor; got {type(batch).__name__}")
+    if not all(isinstance(a, torch.Tensor) for a in args):
+        raise SlimtorchError(f"the graph inputs {names} must be tensors, got {[type(a).__name__ for a in args]}")
+    return args
+
+
 def compare_with_onnx(model: nn.Module, path: str | os.PathLike[str], batches: Sequence[torch.Tensor] | Any,
                       threads: int = 1) -> dict[str, float]:
     """Run ``model`` (our simulation) and the ONNX file on the same inputs and compare.
@@ -493,7 +513,8 @@ def compare_with_onnx(model: nn.Module, path: str | os.PathLike[str], batches: S
     Args:
         model: the fake-quant model.
         path: its exported ONNX file.
-        batches: iterable of input tensors or ``(x, y)`` pairs.
+        batches: iterable of batches: a tensor, an ``(inputs..., targets)`` tuple (the first as many
+            elements as the graph has inputs are fed, in order), or a dict keyed by the graph's input names.
         threads: ONNX Runtime threads.
 
     Returns:
@@ -501,16 +522,14 @@ def compare_with_onnx(model: nn.Module, path: str | os.PathLike[str], batches: S
         of samples whose arg-max agrees; for non-classifier outputs it compares the last axis) and
         ``samples``.
     """
-    from slimtorch.quant.calibration import batch_inputs
-
     sess = onnx_session(path, threads)
-    name = sess.get_inputs()[0].name
+    names = [i.name for i in sess.get_inputs()]
     model.eval()
     max_diff, sum_diff, n_el, agree, n = 0.0, 0.0, 0, 0, 0
     for batch in batches:
-        x = batch_inputs(batch)
-        ours = model(x).float()
-        theirs = torch.from_numpy(sess.run(None, {name: x.numpy()})[0]).float()
+        args = _model_args(batch, names)
+        ours = _first_tensor(model(*args)).float()
+        theirs = torch.from_numpy(sess.run(None, {k: a.numpy() for k, a in zip(names, args)})[0]).float()
         d = (ours - theirs).abs()
         max_diff = max(max_diff, float(d.max()))
         sum_diff += float(d.sum())
