@@ -87,13 +87,23 @@ def apply_sets(d: dict[str, Any], items: list[str] | None) -> dict[str, Any]:
 
 
 def put_key(d: dict[str, Any], key: str, value: Any) -> None:
-    """``d[a][b] = value`` for ``key="a.b"``, creating nested dicts on the way."""
+    """``d[a][b] = value`` for ``key="a.b"``, creating nested dicts on the way; a number picks an item of a
+    list (``losses.0.temperature``)."""
     keys = key.split(".")
-    for k in keys[:-1]:
-        d = d.setdefault(k, {})
-        if not isinstance(d, dict):
-            raise ValueError(f"--set {key}: {k} is not a nested config")
-    d[keys[-1]] = value
+    node: Any = d
+    for depth, k in enumerate(keys):
+        at: Any = k
+        if isinstance(node, list):
+            if not (k.isdigit() and int(k) < len(node)):
+                raise ValueError(f"--set {key}: {k!r} is not an index of {'.'.join(keys[:depth])} "
+                                 f"(a list of {len(node)})")
+            at = int(k)
+        elif not isinstance(node, dict):
+            raise ValueError(f"--set {key}: {keys[depth - 1]} is not a nested config")
+        if depth == len(keys) - 1:
+            node[at] = value
+        else:
+            node = node.setdefault(at, {}) if isinstance(node, dict) else node[at]
 
 
 def model_kwargs_for_data(name: str, dataset: Any, overrides: dict[str, Any]) -> dict[str, Any]:
