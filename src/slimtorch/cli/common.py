@@ -50,6 +50,8 @@ def flag_dest(flag: str) -> str:
 def add_config_flags(group: Any, flags: list[ConfigFlag]) -> None:
     """Add each flag of ``flags`` to ``group`` (value None unless given, so only given flags count)."""
     for flag, _key, kw in flags:
+        if "action" not in kw and "choices" not in kw:  # help shows --bits BITS, not the internal dest
+            kw = {"metavar": flag[2:].upper().replace("-", "_"), **kw}
         group.add_argument(flag, dest=flag_dest(flag), default=None, **kw)
 
 
