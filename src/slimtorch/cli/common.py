@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import inspect
 import json
 import math
@@ -32,6 +34,78 @@ def add_set_argument(p: argparse.ArgumentParser, what: str) -> None:
     """``--set KEY=VALUE`` (repeatable): ``what`` (a config field), the value read as YAML; see :func:`parse_kv`."""
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                    help=f"{what}, value as YAML (repeatable; a dotted key reaches a nested config)")
+
+
+#: A config flag: ``(flag, config key(s), argparse keywords)``. The flag sets the first of its keys the chosen
+#: config has (``--bits`` -> ``bits`` or ``bits_w``); a dotted key reaches a nested config
+#: (``observer_kwargs.percentile``). A config with none of the keys refuses the flag, naming its keys.
+ConfigFlag = tuple[str, "str | tuple[str, ...]", dict[str, Any]]
+
+
+def flag_dest(flag: str) -> str:
+    """Where argparse keeps a config flag's value (``--group-size`` -> ``cfg_group_size``)."""
+    return f"cfg_{flag[2:].replace('-', '_')}"
+
+
+def add_config_flags(group: Any, flags: list[ConfigFlag]) -> None:
+    """Add each flag of ``flags`` to ``group`` (value None unless given, so only given flags count)."""
+    for flag, _key, kw in flags:
+        if "action" not in kw and "choices" not in kw:  # help shows --bits BITS, not the internal dest
+            kw = {"metavar": flag[2:].upper().replace("-", "_"), **kw}
+        group.add_argument(flag, dest=flag_dest(flag), default=None, **kw)
+
+
+def config_data(args: argparse.Namespace, flags: list[ConfigFlag], config_type: type,
+                base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The plain data ``config_type.from_dict`` takes: ``base`` (e.g. a scheme's defaults), then the given
+    ``flags``; ``--set`` comes last (:func:`apply_sets`). List values of one key from several flags add up.
+
+    Raises:
+        ValueError: a given flag whose keys ``config_type`` lacks (the message names the allowed keys).
+    """
+    fields = {f.name for f in dataclasses.fields(config_type)}
+    fields |= set(getattr(config_type, "aliases", {}))
+    d = copy.deepcopy(base or {})
+    for flag, keys, _ in flags:
+        value = getattr(args, flag_dest(flag))
+        if value is None:
+            continue
+        candidates = (keys,) if isinstance(keys, str) else keys
+        key = next((k for k in candidates if k.split(".")[0] in fields), None)
+        if key is None:
+            raise ValueError(f"{flag} sets {' or '.join(candidates)}, which {config_type.__name__} does not have; "
+                             f"allowed keys: {sorted(fields)} (--set KEY=VALUE)")
+        if isinstance(value, list):
+            value = list(d.get(key, [])) + value
+        put_key(d, key, value)
+    return d
+
+
+def apply_sets(d: dict[str, Any], items: list[str] | None) -> dict[str, Any]:
+    """Apply ``--set KEY=VALUE`` items (:func:`parse_kv`) to ``d`` in place, dotted keys reaching nested dicts."""
+    for key, value in parse_kv(items).items():
+        put_key(d, key, value)
+    return d
+
+
+def put_key(d: dict[str, Any], key: str, value: Any) -> None:
+    """``d[a][b] = value`` for ``key="a.b"``, creating nested dicts on the way; a number picks an item of a
+    list (``losses.0.temperature``)."""
+    keys = key.split(".")
+    node: Any = d
+    for depth, k in enumerate(keys):
+        at: Any = k
+        if isinstance(node, list):
+            if not (k.isdigit() and int(k) < len(node)):
+                raise ValueError(f"--set {key}: {k!r} is not an index of {'.'.join(keys[:depth])} "
+                                 f"(a list of {len(node)})")
+            at = int(k)
+        elif not isinstance(node, dict):
+            raise ValueError(f"--set {key}: {keys[depth - 1]} is not a nested config")
+        if depth == len(keys) - 1:
+            node[at] = value
+        else:
+            node = node.setdefault(at, {}) if isinstance(node, dict) else node[at]
 
 
 def model_kwargs_for_data(name: str, dataset: Any, overrides: dict[str, Any]) -> dict[str, Any]:

@@ -35,11 +35,14 @@ from typing import Any
 import slimtorch
 from slimtorch import data as sdata
 from slimtorch.cli.common import (
+    ConfigFlag,
+    add_config_flags,
     add_data_arguments,
     add_set_argument,
+    apply_sets,
     check_out_dir,
+    config_data,
     config_record,
-    parse_kv,
     write_json,
 )
 from slimtorch.prune import METHODS, make_permanent_, masked_layers, prune_, save_sparse
@@ -49,7 +52,7 @@ HELP = "Prune a trained model (magnitude, N:M, channels), fine-tune it and save 
 
 #: Method flags: ``(flag, config key, argparse keywords)``. Each sets one key of whichever method's config
 #: has it (a method whose config lacks it refuses the flag, naming its keys).
-FLAGS: list[tuple[str, str, dict[str, Any]]] = [
+FLAGS: list[ConfigFlag] = [
     ("--sparsity", "sparsity", {"type": float, "help": "magnitude: fraction of weights to zero, in [0, 1)"}),
     ("--scope", "scope", {"choices": ["global", "layer"], "help": "magnitude: one threshold or one per layer"}),
     ("--criterion", "criterion", {"help": "magnitude: magnitude or std"}),
@@ -93,8 +96,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_set_argument(p, "a field of the method's config")
     g = p.add_argument_group("method options (shorthands for --set KEY=VALUE)")
-    for flag, _key, kw in FLAGS:
-        g.add_argument(flag, dest=f"cfg_{flag[2:].replace('-', '_')}", default=None, **kw)
+    add_config_flags(g, FLAGS)
     g.add_argument("--calib-batches", type=int, default=16,
                    help=f"batches of --data used by gradient importance (taylor); sets {CALIB_KEY}")
     s = p.add_argument_group("schedule (methods with a schedule)")
@@ -116,30 +118,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def config_dict(args: argparse.Namespace, fields: set[str], fit_kwargs: dict[str, Any],
                 steps_per_epoch: int = 0) -> dict[str, Any]:
     """The plain data ``Config.from_dict`` builds the method's config from (flags, then ``--set``)."""
-    d: dict[str, Any] = {}
-    for flag, key, _ in FLAGS:
-        value = getattr(args, f"cfg_{flag[2:].replace('-', '_')}")
-        if value is not None:
-            d[key] = list(d.get(key, [])) + list(value) if key == "exclude" else value
+    d = config_data(args, FLAGS, METHODS.get(args.method))
     if CALIB_KEY in fields:
         d[CALIB_KEY] = args.calib_batches
     if "schedule" in fields:
         d["schedule"] = _schedule(args, fit_kwargs, steps_per_epoch)
-    sets = parse_kv(args.set)
-    for key, value in sets.items():
-        _put(d, key.split("."), value)
+    apply_sets(d, args.set)
     required = REQUIRED.get(args.method)
     if required and required[0] not in d:
         raise ValueError(f"--method {args.method} needs {required[1]} or --set {required[0]}=...")
     return d
-
-
-def _put(d: dict[str, Any], keys: list[str], value: Any) -> None:
-    for k in keys[:-1]:
-        d = d.setdefault(k, {})
-        if not isinstance(d, dict):
-            raise ValueError(f"--set {'.'.join(keys)}: {k} is not a nested config")
-    d[keys[-1]] = value
 
 
 def _schedule(args: argparse.Namespace, fit_kw: dict[str, Any], steps_per_epoch: int) -> dict[str, Any]:

@@ -1,14 +1,31 @@
 """``slimtorch quantize RUN --scheme NAME ...``: quantize a trained model, export it to int8 ONNX, report.
 
-Schemes come from :data:`slimtorch.quant.SCHEMES`: a ``build(options) -> Config`` function registered
-with ``@register_scheme("name", data="calib"|"train"|"none")`` appears here as ``--scheme name`` and
-receives every option of this command as a dict (``observer``, ``calib``, ``method``, ``bits``,
-``group_size``, ``qat_epochs``, ``lr``, ``per_tensor``, ``exclude``, ``percentile``). ``data`` says
-which batches ``quantize_`` gets: ``--calib`` training images, the whole training set (QAT), or none.
-Examples::
+Schemes come from :data:`slimtorch.quant.SCHEMES`: a scheme registered with
+``register_scheme("name", ConfigType, data="calib"|"train"|"none", defaults={...})`` appears here as
+``--scheme name``, with no CLI code. ``data`` says which batches ``quantize_`` gets: ``--calib`` training
+images, the whole training set, or none. The config is built by ``Config.from_dict``, the parser recipes
+use, from the scheme's ``defaults``, then
+
+* the option flags below, each a shorthand for one config key (:data:`FLAGS`), given only when used
+  (``--bits`` sets ``bits``, ``bits_w`` or ``weight_bits``, whichever the config has; ``--per-tensor``
+  sets ``per_channel=false``; ``--percentile`` sets ``observer_kwargs.percentile``); a flag whose key the
+  scheme's config lacks is an error naming the config's keys;
+* ``--set KEY=VALUE`` (repeatable, wins over the flags): any field of the config, the value read as YAML,
+  a dotted key reaching a nested config (``--set observer_kwargs.percentile=99.9``,
+  ``--set rounding.act_order=true`` with ``--scheme w4-gptq``).
+
+``--qat-epochs N`` (N > 0) builds the scheme's ``trained`` config instead (``w4a8``: ``QAT``) and
+fine-tunes it for N epochs. Examples::
 
     slimtorch quantize runs/r20 --scheme int8 --observer percentile --calib 512 --data cifar10 --out runs/q
+    slimtorch quantize runs/r20 --scheme int8 --set observer=percentile --set observer_kwargs.percentile=99.9 \
+        --data cifar10 --out runs/q
     slimtorch quantize runs/gpt --scheme int8-dynamic --out runs/gpt-q
+    slimtorch quantize runs/gpt --scheme w4-gptq --set group_size=32 --set rounding.act_order=true \
+        --data tinyshakespeare --out runs/gpt-w4
+
+A scheme registered in the former form (a ``build(options) -> Config`` function) receives the options as a
+dict; ``--set`` then changes the config it returns.
 
 The output folder holds ``model.safetensors`` (the fake-quant simulation, reload it with
 ``slimtorch.quant.load_quantized``), ``model.int8.onnx`` (QDQ model for ONNX Runtime, when the
@@ -26,8 +43,10 @@ import torch
 
 import slimtorch
 from slimtorch import data as sdata
-from slimtorch.cli.common import add_data_arguments, check_out_dir, config_record, write_json
+from slimtorch.cli import common
+from slimtorch.core.config import Config
 from slimtorch.quant import OBSERVERS, QAT, SCHEMES, convert_qat_, quantize_, save_quantized
+from slimtorch.quant.api import Scheme
 from slimtorch.quant.export.targets import DEFAULT_TARGET, TARGETS
 from slimtorch.quant.workflows.qat import QAT_GRAD_CLIP
 from slimtorch.train import fit
@@ -35,27 +54,37 @@ from slimtorch.train import fit
 NAME = "quantize"
 HELP = "Quantize a trained model (int8 PTQ and the registered low-bit schemes) and export int8 ONNX."
 
+#: Option flags: ``(flag, config key(s), argparse keywords)``; each sets the first of its keys the scheme's
+#: config has (a config with none of them refuses the flag, naming its keys).
+FLAGS: list[common.ConfigFlag] = [
+    ("--observer", "observer", {"choices": OBSERVERS.names(), "help": "activation range observer (default minmax)"}),
+    ("--percentile", "observer_kwargs.percentile", {"type": float, "help": "percentile for --observer percentile"}),
+    ("--per-tensor", "per_channel",
+     {"action": "store_const", "const": False, "help": "one weight scale per tensor, not per channel"}),
+    ("--exclude", "exclude", {"nargs": "*", "help": "layer name patterns to keep in float"}),
+    ("--target", "target", {"choices": TARGETS.names(), "help": f"int8 deployment target (default {DEFAULT_TARGET}): "
+                            + "; ".join(f"{n}: {TARGETS.get(n).description}" for n in TARGETS.names())}),
+    ("--method", "method", {"help": "low-bit weight method of the scheme (e.g. rtn, gptq, adaround)"}),
+    ("--bits", ("bits", "bits_w", "weight_bits"), {"type": int, "help": "weight bits"}),
+    ("--group-size", "group_size", {"type": int, "help": "weight group size of low-bit schemes"}),
+]
+#: Former-form schemes (``build(options)``) got these values for options not given.
+_LEGACY_DEFAULTS: dict[str, Any] = {"observer": "minmax", "per_tensor": False, "exclude": [],
+                                    "target": DEFAULT_TARGET}
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", help="run folder or .safetensors file of the model to quantize")
     p.add_argument("--scheme", required=True, choices=sorted(SCHEMES),
                    help="; ".join(f"{k}: {v.help}" for k, v in sorted(SCHEMES.items())))
-    p.add_argument("--observer", default="minmax", choices=OBSERVERS.names(), help="activation range observer")
-    p.add_argument("--percentile", type=float, default=None, help="percentile for --observer percentile")
     p.add_argument("--calib", type=int, default=512, help="calibration images from the training split")
-    p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor, not per channel")
-    p.add_argument("--exclude", nargs="*", default=[], help="layer name patterns to keep in float")
-    p.add_argument("--target", default=DEFAULT_TARGET, choices=TARGETS.names(),
-                   help="int8 deployment target: " + "; ".join(f"{n}: {TARGETS.get(n).description}"
-                                                                for n in TARGETS.names()))
-    p.add_argument("--method", default=None, help="low-bit weight method of the scheme (e.g. rtn, gptq, adaround)")
-    p.add_argument("--bits", type=int, default=None, help="weight bits of low-bit schemes")
-    p.add_argument("--group-size", type=int, default=None, help="weight group size of low-bit schemes")
+    common.add_set_argument(p, "a field of the scheme's config (wins over the option flags)")
+    common.add_config_flags(p.add_argument_group("config options (shorthands for --set KEY=VALUE)"), FLAGS)
     p.add_argument("--qat-epochs", type=int, default=0, help="quantization-aware training epochs (QAT schemes)")
     p.add_argument("--lr", type=float, default=None, help="learning rate for schemes that train")
     p.add_argument("--grad-clip", type=float, default=QAT_GRAD_CLIP,
                    help="clip the global gradient norm of the QAT fine-tune to this (inf: no clipping)")
-    add_data_arguments(p, required=False)
+    common.add_data_arguments(p, required=False)
     p.add_argument("--batch-size", type=int, default=64, help="calibration / evaluation batch size")
     p.add_argument("--eval-n", type=int, default=2000, help="test images for the accuracy report (0: none)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for the latency report")
@@ -75,13 +104,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.grad_clip > 0:  # also refuses nan
         raise ValueError(f"--grad-clip must be > 0 (inf: no clipping), got {args.grad_clip}")
     scheme = SCHEMES.get(args.scheme)
-    options = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-    config = scheme.build(options)
-    if any(f.name == "target" for f in dataclasses.fields(config)):  # every int8-deployable config has one
-        config = dataclasses.replace(config, target=args.target)
+    config = scheme_config(scheme, args)
     if scheme.data != "none" and not args.data:
         raise ValueError(f"--scheme {args.scheme} needs data: give --data (e.g. mnist, cifar10)")
-    out = check_out_dir(args.out, args.overwrite)
+    out = common.check_out_dir(args.out, args.overwrite)
     model = slimtorch.load(args.run).eval()
     train = sdata.load(args.data, "train", root=args.root) if args.data else None
     test = sdata.load(args.data, "test", root=args.root) if args.data else None
@@ -108,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     doc: dict[str, Any] = {
         "source": str(args.run),
         "scheme": args.scheme,
-        "config": config_record(config),
+        "config": common.config_record(config),
         "report": report.to_dict(),
         "accuracy": {"fp32": fp32_acc},
         "target": report.details.get("target"),
@@ -134,11 +160,36 @@ def run(args: argparse.Namespace) -> int:
             loader = sdata.make_loader(eval_set, batch_size=256)
             doc["onnxruntime_vs_simulation"] = compare_with_onnx(model, int8_onnx, loader, threads=args.threads)
             doc["accuracy"]["onnxruntime_int8"] = _ort_accuracy(int8_onnx, loader, args.threads)
-    write_json(out / "quant_report.json", doc)
+    common.write_json(out / "quant_report.json", doc)
     text = _text(doc, report.summary())
     (out / "quant_report.txt").write_text(text + "\n")
     print(text)
     return 0
+
+
+def scheme_config(scheme: Scheme, args: argparse.Namespace) -> Config:
+    """The config ``--scheme`` and the options build: ``from_dict`` of the scheme's defaults, the given
+    flags, then ``--set`` (a former-form scheme's ``build(options)`` result, changed by ``--set``)."""
+    if scheme.build is not None:
+        return _legacy_config(scheme, args)
+    config_type: Any = scheme.config_type(trains=args.qat_epochs > 0)  # set: the scheme has no build
+    data = common.config_data(args, FLAGS, config_type, scheme.defaults)
+    return config_type.from_dict(common.apply_sets(data, args.set))
+
+
+def _legacy_config(scheme: Scheme, args: argparse.Namespace) -> Config:
+    options = {k: v for k, v in vars(args).items() if not k.startswith(("_", "cfg_"))}
+    for flag, _key, _kw in FLAGS:
+        name = flag[2:].replace("-", "_")
+        value = getattr(args, common.flag_dest(flag))
+        options[name] = _LEGACY_DEFAULTS.get(name) if value is None else value
+    options["per_tensor"] = args.cfg_per_tensor is False
+    config = scheme.build(options)  # type: ignore[misc]
+    if any(f.name == "target" for f in dataclasses.fields(config)):  # type: ignore[arg-type]
+        config = dataclasses.replace(config, target=options["target"])  # type: ignore[type-var]
+    if args.set:
+        config = type(config).from_dict(common.apply_sets(config.to_dict(), args.set))
+    return config
 
 
 def _example_input(model: torch.nn.Module, dataset: Any, batch: int) -> torch.Tensor:

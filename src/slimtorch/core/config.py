@@ -15,13 +15,16 @@ import typing
 from collections.abc import Iterable
 from typing import Any, ClassVar, TypeVar
 
+from slimtorch.core.registry import Registry
+
 C = TypeVar("C", bound="Config")
 
 #: Schema version of ``Config.to_dict``; ``from_dict`` reads every version up to this one.
 CONFIG_VERSION = 1
 
-#: Every concrete Config subclass by class name, so ``Config.from_dict({"type": "Channel", ...})`` works.
-CONFIG_TYPES: dict[str, type[Config]] = {}
+#: Every Config subclass by class name (case-sensitive), so ``Config.from_dict({"type": "Channel", ...})`` works.
+#: A later class of the same name (a redefinition, a test's local class) replaces the earlier one.
+CONFIG_TYPES: Registry[type[Config]] = Registry("config type", case_sensitive=True)
 
 
 class Config:
@@ -35,7 +38,7 @@ class Config:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        CONFIG_TYPES[cls.__name__] = cls
+        CONFIG_TYPES.register(cls.__name__, cls, overwrite=True)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (nested configs become dicts with a ``type`` key; tuples become lists), with the
@@ -133,7 +136,7 @@ def parse_config(cls: type[Config], data: Any, path: str, problems: list[str], e
     data = dict(data)
     if "type" in data:
         name = data.pop("type")
-        sub = CONFIG_TYPES.get(name) if isinstance(name, str) else None
+        sub = CONFIG_TYPES.find(name)
         if sub is None or not issubclass(sub, cls):
             allowed = sorted(n for n, t in CONFIG_TYPES.items() if issubclass(t, cls) and t is not cls) or [
                 cls.__name__

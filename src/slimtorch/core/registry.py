@@ -22,17 +22,22 @@ class Registry(Generic[T]):
 
     Args:
         kind: what is registered ("model", "dataset", ...), used in error messages.
+        case_sensitive: keep names as given (class names: ``"AGP"``); by default names are lower-cased.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, case_sensitive: bool = False) -> None:
         self.kind = kind
+        self.case_sensitive = case_sensitive
         self._items: dict[str, T] = {}
+
+    def _key(self, name: str) -> str:
+        return name if self.case_sensitive else name.lower()
 
     def register(self, name: str, obj: T | None = None, *, overwrite: bool = False) -> Any:
         """Register ``obj`` under ``name``; without ``obj`` returns a decorator."""
 
         def deco(o: T) -> T:
-            key = name.lower()
+            key = self._key(name)
             if key in self._items and not overwrite:
                 raise ValueError(f"{self.kind} {name!r} is already registered; pass overwrite=True to replace it")
             self._items[key] = o
@@ -44,19 +49,23 @@ class Registry(Generic[T]):
         """Return the object registered under ``name`` (case-insensitive)."""
         if not isinstance(name, str):
             raise ValueError(f"{self.kind} name must be a string, got {type(name).__name__}")
-        key = name.lower()
+        key = self._key(name)
         if key not in self._items:
             close = difflib.get_close_matches(key, self._items, n=3)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise ValueError(f"unknown {self.kind} {name!r}; valid: {', '.join(sorted(self._items))}.{hint}")
         return self._items[key]
 
+    def find(self, name: object) -> T | None:
+        """The object registered under ``name``, else None (also for a name that is not a string)."""
+        return self._items.get(self._key(name)) if isinstance(name, str) else None
+
     def names(self) -> list[str]:
         """All registered names, sorted."""
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._items
+        return isinstance(name, str) and self._key(name) in self._items
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

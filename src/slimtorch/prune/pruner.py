@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from slimtorch.core.finetune import FitFn, resolve_fit
+from slimtorch.core.registry import TypeRegistry
 from slimtorch.prune.masks import apply_mask_
 from slimtorch.prune.report import LayerReport, PruneReport, count_model
 from slimtorch.prune.schedules import AGP, Iterative, OneShot, Schedule
@@ -185,13 +186,8 @@ def run_mask_pruning(
     fit_fn: FitFn | None = None,
 ) -> PruneReport:
     """What ``prune_`` does for a mask config: runs its schedule (see :data:`SCHEDULE_DRIVERS`)."""
-    schedule = config.active_schedule
-    for cls in type(schedule).__mro__:
-        if cls in SCHEDULE_DRIVERS:
-            return SCHEDULE_DRIVERS[cls](model, config, example_inputs, data, fit_fn)
-    raise ValueError(
-        f"no driver for schedule {type(schedule).__name__}; known: {[c.__name__ for c in SCHEDULE_DRIVERS]}"
-    )
+    driver = SCHEDULE_DRIVERS.get(type(config.active_schedule))  # an unknown schedule type names the known ones
+    return driver(model, config, example_inputs, data, fit_fn)
 
 
 def _drive_oneshot(
@@ -228,12 +224,12 @@ def _drive_agp(
     return pruner.report()
 
 
-#: Schedule type -> how ``prune_`` runs it.
-SCHEDULE_DRIVERS: dict[type, Callable[..., PruneReport]] = {
-    OneShot: _drive_oneshot,
-    Iterative: _drive_iterative,
-    AGP: _drive_agp,
-}
+#: Schedule type -> how ``prune_`` runs it (a subclass without its own driver uses its base's). A new schedule
+#: registers its driver with ``SCHEDULE_DRIVERS.register(MySchedule, drive)``.
+SCHEDULE_DRIVERS: TypeRegistry[Callable[..., PruneReport]] = TypeRegistry("schedule driver")
+SCHEDULE_DRIVERS.register(OneShot, _drive_oneshot)
+SCHEDULE_DRIVERS.register(Iterative, _drive_iterative)
+SCHEDULE_DRIVERS.register(AGP, _drive_agp)
 
 
 def _fit_fn(data: Any, schedule: Iterative, fit_fn: FitFn | None = None) -> Callable[[nn.Module, int], Any]:

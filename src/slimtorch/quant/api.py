@@ -77,35 +77,76 @@ class QuantReport:
 class Scheme:
     """A named quantization scheme for front ends (the ``slimtorch quantize --scheme NAME`` CLI, recipes).
 
+    A scheme is data, not code: a config type, its default keys and which data ``quantize_`` gets. The
+    front end builds the config with ``config.from_dict({**defaults, <its options>})``, so every field
+    of the config (and of its sub-configs) is reachable with no code of the scheme's.
+
     Attributes:
         name: the scheme name (``"int8"``, ``"w4a8"``, ...).
-        build: ``build(options) -> Config`` from a plain dict of options (the CLI passes ``vars(args)``:
-            ``observer``, ``calib``, ``method``, ``bits``, ``group_size``, ``qat_epochs``, ``lr``,
-            ``per_tensor``, ``exclude``, ...; unknown keys must be ignored).
+        config: the config type the scheme builds (``Int8Static``).
+        defaults: plain-data keys applied before the user's (``{"granularity": "tensor"}``; nested
+            sub-configs as dicts with a ``type`` key: ``{"rounding": {"type": "GPTQ"}}``).
         data: which batches ``quantize_`` receives: ``"calib"`` (``--calib`` training images),
-            ``"train"`` (the whole training set, e.g. for QAT) or ``"none"``.
+            ``"train"`` (the whole training set) or ``"none"``.
         help: one line for ``--help``.
+        trained: the config type used instead of ``config`` when the front end trains (``--qat-epochs N``),
+            e.g. ``QAT`` for ``w4a8``; the same ``defaults`` apply.
+        build: former form, kept for code that registers a ``build(options) -> Config`` function (the
+            options are the CLI's: ``observer``, ``calib``, ``method``, ``bits``, ``group_size``,
+            ``qat_epochs``, ``lr``, ``per_tensor``, ``exclude``, ``percentile``, ``target``); None for
+            data schemes.
     """
 
     name: str
-    build: Callable[[dict[str, Any]], Config]
+    config: type[Config] | None = None
+    defaults: dict[str, Any] = field(default_factory=dict)
     data: str = "calib"
     help: str = ""
+    trained: type[Config] | None = None
+    build: Callable[[dict[str, Any]], Config] | None = None
+
+    def config_type(self, trains: bool = False) -> type[Config] | None:
+        """The config type built (``trained`` when the front end trains and the scheme has one)."""
+        return self.trained if trains and self.trained is not None else self.config
 
 
 #: scheme name -> :class:`Scheme`.
 SCHEMES: Registry[Scheme] = Registry("quantization scheme")
 
 
-def register_scheme(name: str, data: str = "calib", help: str = "") -> Callable[[Callable], Callable]:
-    """Decorator: ``@register_scheme("w4a8", data="calib")`` on a ``build(options) -> Config`` function."""
+def register_scheme(name: str, config: type[Config] | str | None = None, *, data: str = "calib", help: str = "",
+                    defaults: dict[str, Any] | None = None, trained: type[Config] | None = None) -> Any:
+    """Register a scheme for front ends: a name -> config type, default keys and data kind.
+
+    ``register_scheme("w4-gptq", WeightOnly, defaults={"rounding": {"type": "GPTQ"}})`` registers it; the
+    CLI then offers ``--scheme w4-gptq`` with every ``WeightOnly`` field settable by ``--set``.
+
+    Former form, still accepted: without ``config`` it returns a decorator for a
+    ``build(options) -> Config`` function (``@register_scheme("w4a8", data="calib")``; ``data`` may also be
+    the second positional argument).
+
+    Raises:
+        ValueError: ``data`` is not ``calib``, ``train`` or ``none``, or ``config``/``trained`` is not a
+            Config subclass.
+    """
+    if isinstance(config, str):  # former signature register_scheme(name, data, help)
+        config, data = None, config
     if data not in ("calib", "train", "none"):
         raise ValueError(f"data must be 'calib', 'train' or 'none', got {data!r}")
+    for what, t in (("config", config), ("trained", trained)):
+        if t is not None and not (isinstance(t, type) and issubclass(t, Config)):
+            raise ValueError(f"register_scheme {name!r}: {what} must be a Config subclass, got {t!r}")
+    if config is not None:
+        scheme = Scheme(name, config, dict(defaults or {}), data, help, trained)
+        if name in SCHEMES and SCHEMES.get(name) == scheme:  # the same module imported again
+            return scheme
+        SCHEMES.register(name, scheme)
+        return scheme
 
     def deco(build: Callable[[dict[str, Any]], Config]) -> Callable[[dict[str, Any]], Config]:
         if name in SCHEMES and SCHEMES.get(name).build is build:  # the same module imported again
             return build
-        SCHEMES.register(name, Scheme(name, build, data, help))
+        SCHEMES.register(name, Scheme(name, data=data, help=help, build=build))
         return build
 
     return deco

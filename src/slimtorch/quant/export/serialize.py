@@ -57,7 +57,7 @@ def load_quantized(path: str | os.PathLike[str], model: nn.Module | None = None)
     quant = (spec.get("metadata") or {}).get("quant")
     if not quant:
         raise SlimtorchError(f"{path} holds no quantization config; load it with slimtorch.load()")
-    ctype = CONFIG_TYPES.get(quant["type"])
+    ctype = CONFIG_TYPES.find(quant["type"])
     if ctype is None or ctype not in PREPARERS:
         raise SlimtorchError(f"no preparer registered for quantization config {quant['type']!r}; "
                              f"known: {sorted(t.__name__ for t in PREPARERS)}")

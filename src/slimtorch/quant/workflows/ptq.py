@@ -469,19 +469,10 @@ def _int8_dynamic(model: nn.Module, config: Int8Dynamic, calib_data: Iterable[An
                                 "weight_bits": target.weight_bits(8)})
 
 
-@register_scheme("int8", data="calib", help="static int8 (Int8Static): --observer, --per-tensor, --exclude")
-def _int8_scheme(options: dict[str, Any]) -> Int8Static:
-    kw: dict[str, Any] = {"observer": options.get("observer") or "minmax",
-                          "per_channel": not options.get("per_tensor", False),
-                          "exclude": tuple(options.get("exclude") or ())}
-    if options.get("percentile") is not None:
-        kw["observer_kwargs"] = {"percentile": options["percentile"]}
-    return Int8Static(**kw)
-
-
-@register_scheme("int8-dynamic", data="none", help="dynamic int8 Linear layers (Int8Dynamic), per-tensor scales")
-def _int8_dynamic_scheme(options: dict[str, Any]) -> Int8Dynamic:
-    return Int8Dynamic(granularity="tensor", exclude=tuple(options.get("exclude") or ()))
+register_scheme("int8", Int8Static, data="calib",
+                help="static int8 (Int8Static): --observer, --percentile, --per-tensor, --exclude, --set KEY=VALUE")
+register_scheme("int8-dynamic", Int8Dynamic, data="none", defaults={"granularity": "tensor"},
+                help="dynamic int8 Linear layers (Int8Dynamic), per-tensor scales")
 
 
 # save_quantized / load_quantized rebuild these structures without calibration data
