@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from slimtorch.distill import (
+    DIST,
     KD,
     LOSSES,
     RKD,
@@ -23,6 +24,7 @@ CONFIGS = [
     AttentionTransfer(["a", "b"], ["c", "d"], weight=10.0),
     RKD(weight=1.0, student_layer="x", teacher_layer="y"),
     SimilarityPreserving("x", "y"),
+    DIST(temperature=4.0, intra_weight=2.0),
 ]
 
 
@@ -53,6 +55,7 @@ def test_temperature_must_be_positive(T):
         lambda: AttentionTransfer("a", "b", weight=-5),
         lambda: RKD(weight=-1),
         lambda: SimilarityPreserving("a", "b", weight=-3),
+        lambda: DIST(weight=-2),
     ],
 )
 def test_negative_weights_rejected(make):

@@ -16,6 +16,7 @@ from slimtorch.distill.cache import (
     data_hash,
     model_hash,
 )
+from slimtorch.distill.dist import DIST, dist_loss
 from slimtorch.distill.distiller import Distiller, freeze_, task_cross_entropy
 from slimtorch.distill.functional import (
     attention_map,
@@ -49,6 +50,8 @@ from slimtorch.distill.param_init import init_from_teacher
 from slimtorch.distill.self_distill import born_again
 
 __all__ = [
+    "DIST",
+    "dist_loss",
     "KD",
     "LOSSES",
     "RKD",
