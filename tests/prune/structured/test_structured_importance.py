@@ -128,3 +128,18 @@ def test_taylor_prefers_channels_that_matter_to_the_loss() -> None:
 def test_taylor_without_data_is_an_error() -> None:
     with pytest.raises(ValueError, match="taylor.*data="):
         prune_(create("mlp"), Channel(ratio=0.5, importance="taylor"), example_inputs=torch.randn(1, 784))
+
+
+def test_group_taylor_squares_the_summed_change_per_batch() -> None:
+    from slimtorch.prune.structured import group_taylor_scores
+
+    g1, g2 = torch.ones_like(W), -0.5 * W
+    expect = [sum(sum(float(W[u, j] * g[u, j]) for j in range(3)) ** 2 for g in (g1, g2)) / 2 for u in range(4)]
+    torch.testing.assert_close(group_taylor_scores(W, [g1, g2]), torch.tensor(expect, dtype=torch.float64))
+    # opposite contributions inside one unit cancel (the per-weight taylor criterion would count both)
+    w = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    assert float(group_taylor_scores(w, [torch.tensor([[1.0, -1.0]], dtype=torch.float64)])[0]) == 0.0
+    assert float(taylor_scores(w, [torch.tensor([[1.0, -1.0]], dtype=torch.float64)])[0]) == 2.0
+    with pytest.raises(ValueError, match="taylor_group importance needs gradients"):
+        group_taylor_scores(W, [])
+    assert "taylor_group" in NEEDS_GRADIENTS

@@ -16,6 +16,7 @@ from slimtorch.prune.structured.channel import (
     score_groups,
 )
 from slimtorch.prune.structured.graph import ChannelGroup, DependencyGraph, build_dependency_graph
+from slimtorch.prune.structured.group_taylor import group_taylor_scores
 from slimtorch.prune.structured.importance import (
     IMPORTANCE,
     NEEDS_GRADIENTS,
@@ -42,6 +43,7 @@ from slimtorch.prune.structured.surgery import (
 __all__ = [
     "IMPORTANCE",
     "NEEDS_GRADIENTS",
+    "group_taylor_scores",
     "Channel",
     "ChannelGroup",
     "CoupledTensor",

@@ -65,7 +65,8 @@ def group_reduce(per_tensor: Sequence[torch.Tensor], reduce: str = "mean") -> to
     return s.mean(0) if reduce == "mean" else s.sum(0)
 
 
-def _scored(tensors: Sequence[CoupledTensor]) -> list[CoupledTensor]:
+def scored(tensors: Sequence[CoupledTensor]) -> list[CoupledTensor]:
+    """The tensors a weight criterion scores: weights and norm scales (biases only if nothing else)."""
     return [t for t in tensors if t.role in SCORED_ROLES] or list(tensors)
 
 
@@ -112,13 +113,13 @@ def taylor_scores(w: torch.Tensor, grads: Sequence[torch.Tensor]) -> torch.Tenso
 @register_importance("l1")
 def l1_importance(tensors: Sequence[CoupledTensor], *, reduce: str = "mean", seed: int = 0) -> torch.Tensor:
     """Mean over coupled weight tensors of the L1 norm of each unit's entries."""
-    return group_reduce([l1_scores(t.values) for t in _scored(tensors)], reduce)
+    return group_reduce([l1_scores(t.values) for t in scored(tensors)], reduce)
 
 
 @register_importance("l2")
 def l2_importance(tensors: Sequence[CoupledTensor], *, reduce: str = "mean", seed: int = 0) -> torch.Tensor:
     """Mean over coupled weight tensors of the L2 norm of each unit's entries."""
-    return group_reduce([l2_scores(t.values) for t in _scored(tensors)], reduce)
+    return group_reduce([l2_scores(t.values) for t in scored(tensors)], reduce)
 
 
 @register_importance("bn_scale")
@@ -140,19 +141,19 @@ def taylor_importance(
     tensors: Sequence[CoupledTensor], *, reduce: str = "mean", seed: int = 0
 ) -> torch.Tensor:
     """Mean over coupled weight tensors of ``sum_b |w * dL_b/dw|`` summed over each unit's entries."""
-    return group_reduce([taylor_scores(t.values, t.grads) for t in _scored(tensors)], reduce)
+    return group_reduce([taylor_scores(t.values, t.grads) for t in scored(tensors)], reduce)
 
 
 @register_importance("fpgm")
 def fpgm_importance(tensors: Sequence[CoupledTensor], *, reduce: str = "mean", seed: int = 0) -> torch.Tensor:
     """Mean over coupled weight tensors of the FPGM distance sum."""
-    return group_reduce([fpgm_scores(t.values) for t in _scored(tensors)], reduce)
+    return group_reduce([fpgm_scores(t.values) for t in scored(tensors)], reduce)
 
 
 @register_importance("lamp")
 def lamp_importance(tensors: Sequence[CoupledTensor], *, reduce: str = "mean", seed: int = 0) -> torch.Tensor:
     """Mean over coupled weight tensors of the LAMP score of each unit's norm."""
-    return group_reduce([lamp_scores(t.values) for t in _scored(tensors)], reduce)
+    return group_reduce([lamp_scores(t.values) for t in scored(tensors)], reduce)
 
 
 @register_importance("random")
