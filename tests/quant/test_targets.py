@@ -188,8 +188,9 @@ def test_the_check_names_the_first_layer_that_diverges(tmp_path, monkeypatch):
     monkeypatch.setattr(E, "_run_onnx", faulty)
     with pytest.raises(E.ExportCheckError, match=r"differs from the simulation by .* first layer that diverges is '4'"):
         E.check_export(model, path, x)
-    with pytest.raises(E.ExportCheckError):
+    with pytest.raises(E.ExportCheckError, match=r"first layer that diverges is '4'.*\(the file was removed\)"):
         export_onnx(model, tmp_path / "again.onnx", x)
+    assert not (tmp_path / "again.onnx").exists()  # never left behind for deployment
 
 
 def test_export_restores_each_submodule_mode(tmp_path):

@@ -76,7 +76,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
             ``portable``. Stored in the file's metadata (``slimtorch.target``).
         check: when this host is a CPU of the target, run the file on ``example_inputs`` with ONNX Runtime
             and raise if it disagrees with the simulation (naming the first layer that diverges); on
-            another CPU, warn that the file cannot be checked here.
+            another CPU, warn that the file cannot be checked here. A file that fails the check is removed.
 
     Returns:
         The path written.
@@ -105,7 +105,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
                   metadata={"slimtorch.target": tgt.name})
     if check and _quantized_layers(model):
         if T.warn_if_host_cannot_check(tgt, f"the exported file {out}"):
-            check_export(model, out, inputs)
+            try:
+                check_export(model, out, inputs)
+            except ExportCheckError as e:
+                # a file that computes something other than the model must not be left for deployment
+                out.unlink(missing_ok=True)
+                raise ExportCheckError(f"{e} (the file was removed)") from None
     return out
 
 
