@@ -10,13 +10,13 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q torch==2.13.0 -e ".[test,hf]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
 $(BSTAMP): $(STAMP)
-	$(PY) -m pip install -q torch==2.13.0 -e ".[test,bench]" || $(PY) -m pip install -q torch==2.13.0 torch-pruning
+	$(PY) -m pip install -q torch==2.13.0 -e ".[test,hf,bench]" || $(PY) -m pip install -q torch==2.13.0 torch-pruning
 	touch $(BSTAMP)
 
 install-bench: $(BSTAMP)
