@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import slimtorch
-from slimtorch import data as sdata
 from slimtorch.cli import common
 from slimtorch.distill import Distiller, DistillLoss
 from slimtorch.metrics import count_params, evaluate, render_table
@@ -30,11 +28,15 @@ HELP = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--teacher", required=True, help="teacher run folder or .safetensors file (slimtorch.save)"
-    )
-    p.add_argument("--student", required=True, help="zoo model name for the student (e.g. mlp_800_800)")
+    p.add_argument("--teacher", required=True, help="the teacher: " + common.MODEL_HELP)
+    p.add_argument("--teacher-arg", action="append", metavar="KEY=VALUE", default=[],
+                   help="argument of a package.module:function teacher (repeatable; value as YAML)")
+    p.add_argument("--teacher-weights", default=None, metavar="PATH",
+                   help="weights for a package.module:function teacher (.safetensors or a state-dict .pt)")
+    p.add_argument("--student", required=True,
+                   help="the student: a zoo model name (e.g. mlp) or package.module:function (needs --allow-code)")
     p.add_argument("--student-arg", action="append", metavar="KEY=VALUE", help="student constructor argument")
+    common.add_consent_arguments(p)
     common.add_data_arguments(p)
     p.add_argument(
         "--T",
@@ -100,10 +102,17 @@ def _options(args: argparse.Namespace) -> DistillOptions:
 def run(args: argparse.Namespace) -> int:
     options = _options(args)  # validates T and the weights before anything is loaded
     losses: list[DistillLoss] = list(options.losses)
-    teacher = slimtorch.load(args.teacher)
-    train_set = sdata.load(args.data, "train", root=args.root, augment=args.augment)
-    test_set = sdata.load(args.data, "test", root=args.root)
-    student = common.build_model(args.student, train_set, common.parse_kv(args.student_arg))
+    teacher = common.open_model(args.teacher, model_args=args.teacher_arg, weights=args.teacher_weights,
+                                allow_code=args.allow_code, trust_pickle=args.trust_pickle, what="--teacher")
+    train_set = common.load_data(args, "train", augment=args.augment)
+    test_set = common.load_data(args, "test")
+    if common.is_code_ref(args.student):
+        from slimtorch.io.architectures import build_from_factory
+
+        student = build_from_factory(args.student, common.parse_kv(args.student_arg), allow_code=args.allow_code,
+                                     what=f"--student {args.student!r}")
+    else:
+        student = common.build_model(args.student, train_set, common.parse_kv(args.student_arg))
     distiller = Distiller(student, teacher, losses, task_weight=options.task_weight)
     out = common.check_out_dir(args.out, args.overwrite, args.resume)
     result = fit(

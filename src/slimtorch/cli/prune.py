@@ -33,16 +33,20 @@ import math
 from typing import Any
 
 import slimtorch
-from slimtorch import data as sdata
 from slimtorch.cli.common import (
     ConfigFlag,
     add_config_flags,
     add_data_arguments,
+    add_model_arguments,
     add_set_argument,
     apply_sets,
     check_out_dir,
     config_data,
     config_record,
+    example_input,
+    load_data,
+    model_ref,
+    open_model,
     write_json,
 )
 from slimtorch.prune import METHODS, make_permanent_, masked_layers, prune_, save_sparse
@@ -77,7 +81,7 @@ REQUIRED: dict[str, tuple[str, str]] = {"magnitude": ("sparsity", "--sparsity (a
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", metavar="RUN", help="run folder or .safetensors file of the model to prune")
+    add_model_arguments(p, positional="run")
     p.add_argument("--method", required=True, choices=METHODS.names(), help="pruning method")
     add_data_arguments(p, required=False)
     p.add_argument(
@@ -148,7 +152,7 @@ def _schedule(args: argparse.Namespace, fit_kw: dict[str, Any], steps_per_epoch:
 
 
 def run(args: argparse.Namespace) -> int:
-    from slimtorch.metrics import accuracy, example_inputs_for, file_size
+    from slimtorch.metrics import accuracy, file_size
     from slimtorch.train import fit
 
     if args.finetune_epochs < 0:
@@ -165,8 +169,8 @@ def run(args: argparse.Namespace) -> int:
     train_set = test_set = None
     steps_per_epoch = 0
     if args.data:
-        train_set = sdata.load(args.data, "train", root=args.root)
-        test_set = sdata.load(args.data, "test", root=args.root)
+        train_set = load_data(args, "train")
+        test_set = load_data(args, "test")
         steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
     fields = {f.name for f in dataclasses.fields(config_type)}  # type: ignore[arg-type]
     config = config_type.from_dict(config_dict(args, fields, fit_kwargs, steps_per_epoch))
@@ -175,11 +179,14 @@ def run(args: argparse.Namespace) -> int:
     trains = bool(getattr(config, "trains_during_pruning", False))
     if trains and train_set is None:
         raise ValueError(f"--method {args.method} with this schedule fine-tunes while pruning: give --data")
+    ref = model_ref(args, "run")
+    model = open_model(ref, model_args=args.model_arg, weights=args.weights, allow_code=args.allow_code,
+                       trust_pickle=args.trust_pickle)
+    example = example_input(model, train_set)
     out = check_out_dir(args.out, args.overwrite)
-    model = slimtorch.load(args.run)
 
     before = accuracy(model, test_set) if test_set is not None else None
-    report = prune_(model, config, example_inputs=example_inputs_for(model), data=train_set, fit_fn=fit)
+    report = prune_(model, config, example_inputs=example, data=train_set, fit_fn=fit)
     if not trains and args.finetune_epochs > 0:
         fit(model, train_set, args.finetune_epochs, **fit_kwargs)
     after = accuracy(model, test_set) if test_set is not None else None
@@ -190,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     if masked:
         files["sparse"] = str(save_sparse(model, out / "model.sparse.safetensors"))
     doc = {
-        "source": str(args.run),
+        "source": ref,
         "method": args.method,
         "config": config_record(config),
         "finetune_epochs": args.finetune_epochs,

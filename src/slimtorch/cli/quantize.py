@@ -41,7 +41,6 @@ from typing import Any
 
 import torch
 
-import slimtorch
 from slimtorch import data as sdata
 from slimtorch.cli import common
 from slimtorch.core.config import Config
@@ -74,7 +73,7 @@ _LEGACY_DEFAULTS: dict[str, Any] = {"observer": "minmax", "per_tensor": False, "
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", metavar="RUN", help="run folder or .safetensors file of the model to quantize")
+    common.add_model_arguments(p, positional="run")
     p.add_argument("--scheme", required=True, choices=sorted(SCHEMES),
                    help="; ".join(f"{k}: {v.help}" for k, v in sorted(SCHEMES.items())))
     p.add_argument("--calib", type=int, default=512, help="calibration images from the training split")
@@ -107,10 +106,12 @@ def run(args: argparse.Namespace) -> int:
     config = scheme_config(scheme, args)
     if scheme.data != "none" and not args.data:
         raise ValueError(f"--scheme {args.scheme} needs data: give --data (e.g. mnist, cifar10)")
+    ref = common.model_ref(args, "run")
+    train = common.load_data(args, "train") if args.data else None
+    test = common.load_data(args, "test") if args.data else None
+    model = common.open_model(ref, model_args=args.model_arg, weights=args.weights, allow_code=args.allow_code,
+                              trust_pickle=args.trust_pickle).eval()
     out = common.check_out_dir(args.out, args.overwrite)
-    model = slimtorch.load(args.run).eval()
-    train = sdata.load(args.data, "train", root=args.root) if args.data else None
-    test = sdata.load(args.data, "test", root=args.root) if args.data else None
     batches: Any = None
     if scheme.data == "calib":
         subset = sdata.calibration_subset(train, min(args.calib, len(train)), seed=args.seed)
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
             eval_data=eval_set, grad_clip=args.grad_clip)
         convert_qat_(model)
     doc: dict[str, Any] = {
-        "source": str(args.run),
+        "source": ref,
         "scheme": args.scheme,
         "config": common.config_record(config),
         "report": report.to_dict(),
@@ -179,6 +180,7 @@ def scheme_config(scheme: Scheme, args: argparse.Namespace) -> Config:
 
 def _legacy_config(scheme: Scheme, args: argparse.Namespace) -> Config:
     options = {k: v for k, v in vars(args).items() if not k.startswith(("_", "cfg_"))}
+    options.setdefault("run", None)
     for flag, _key, _kw in FLAGS:
         name = flag[2:].replace("-", "_")
         value = getattr(args, common.flag_dest(flag))

@@ -20,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--json", default=None, metavar="PATH", help="write the stage table here as JSON")
     p.add_argument("--no-progress", action="store_true", help="no training progress bars")
+    p.add_argument("--allow-code", action="store_true",
+                   help="allow the recipe to import and call the Python functions it names (model/student/teacher "
+                        "factory: 'package.module:function'); only for recipes and code you trust")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
         log=lambda msg: print(msg, file=sys.stderr, flush=True),
+        allow_code=args.allow_code,
     )
     table = [public_row(r) for r in rows]
     print(render_table(table, columns=ROW_KEYS))

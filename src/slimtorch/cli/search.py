@@ -63,7 +63,10 @@ def _model_source(args: argparse.Namespace, data: dict, out: Path) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    data = {"name": args.data, **({"root": str(Path(args.root).resolve())} if args.root else {})}
+    from slimtorch.data import resolve
+
+    name, root = resolve(args.data, args.root)
+    data = {"name": name, **({"root": str(Path(root).resolve())} if root else {})}
     base = {"model": _model_source(args, data, out), "data": data, "seed": args.seed}
     result = search(
         base,

@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import slimtorch
-from slimtorch import data as sdata
+from slimtorch.cli import common
 from slimtorch.cli.common import add_data_arguments, write_json
 from slimtorch.metrics import accuracy
 from slimtorch.share import (
@@ -17,7 +16,6 @@ from slimtorch.share import (
     cluster_,
     compression_report,
     format_report,
-    load,
     save,
 )
 from slimtorch.train import fit
@@ -49,7 +47,7 @@ def parse_bits(text: str) -> int | dict[str, int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="run folder or model file (e.g. a pruned model)")
+    common.add_model_arguments(p, positional="model")
     p.add_argument(
         "--bits",
         default="conv=8,fc=5",
@@ -84,8 +82,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--out must name a {SUFFIX} file, got {out}")
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    model = load(args.model) if Path(args.model).suffix == SUFFIX else slimtorch.load(args.model)
-    test_set = sdata.load(args.data, "test", root=args.root) if args.data else None
+    model = common.open_model(common.model_ref(args, "model"), model_args=args.model_arg, weights=args.weights,
+                              allow_code=args.allow_code, trust_pickle=args.trust_pickle)
+    test_set = common.load_data(args, "test") if args.data else None
     summary: dict[str, Any] = {}
     if test_set is not None:
         summary["accuracy_before"] = accuracy(model, test_set)
@@ -93,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if test_set is not None:
         summary["accuracy_clustered"] = accuracy(model, test_set)
     if args.finetune_epochs:
-        train_set = sdata.load(args.data, "train", root=args.root)
+        train_set = common.load_data(args, "train")
         fit(
             model,
             train_set,

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import argparse
 
-from slimtorch import data as sdata
+from slimtorch.cli import common
 from slimtorch.cli.common import add_data_arguments, build_model, check_out_dir, parse_kv, write_json
-from slimtorch.metrics import cpu_info, example_inputs_for, profile, render_table
+from slimtorch.metrics import cpu_info, profile, render_table
+from slimtorch.models import MODELS
 from slimtorch.train import fit
 from slimtorch.train.fit import PRECISION_CHOICES
 
 NAME = "train"
-HELP = "Train a zoo model on a dataset; writes model.safetensors, checkpoint.pt, metrics.jsonl, profile.json."
+HELP = ("Train a model (a zoo name, your package.module:function with --allow-code, or a model folder/file) on a "
+        "dataset; writes model.safetensors, checkpoint.pt, metrics.jsonl, profile.json.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="zoo model name (slimtorch.models.list_models())")
-    p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="constructor argument (repeatable)")
+    p.add_argument("--model", dest="model_ref", required=True, metavar="MODEL",
+                   help="a zoo model name (slimtorch.models.list_models()), or " + common.MODEL_HELP)
+    common.add_model_arguments(p, option=False)
     add_data_arguments(p)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=128)
@@ -39,17 +42,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = check_out_dir(args.out, args.overwrite, args.resume)
-    train_set = sdata.load(args.data, "train", root=args.root, augment=args.augment)
-    test_set = sdata.load(args.data, "test", root=args.root)
-    model = build_model(args.model, train_set, parse_kv(args.model_arg))
+    train_set = common.load_data(args, "train", augment=args.augment)
+    test_set = common.load_data(args, "test")
+    if MODELS.find(args.model_ref) is not None:  # a zoo name: sized for the data
+        model = build_model(args.model_ref, train_set, parse_kv(args.model_arg))
+    else:
+        model = common.open_model(args.model_ref, model_args=args.model_arg, weights=args.weights,
+                                  allow_code=args.allow_code, trust_pickle=args.trust_pickle).train()
     result = fit(model, train_set, args.epochs, eval_data=test_set, optimizer=args.optimizer, lr=args.lr,
                  weight_decay=args.weight_decay, schedule=args.schedule, batch_size=args.batch_size, out_dir=out,
                  resume=args.resume, overwrite=args.overwrite, seed=args.seed, progress=not args.no_progress,
                  precision=args.precision, channels_last=args.channels_last, warmup_epochs=args.warmup_epochs)
-    prof = profile(model, example_inputs_for(model))
+    prof = profile(model, common.example_input(model, test_set))
     prof.update({k: v for k, v in result.final.items() if k.startswith("val_")})
     write_json(out / "profile.json", {**prof, "cpu": cpu_info().to_dict()})  # latency depends on the CPU
-    print(render_table([{"model": args.model, **prof}]))
+    print(render_table([{"model": args.model_ref, **prof}]))
     print(f"trained in {result.precision} (--precision {args.precision})")
     print(f"saved run to {out}")
     return 0

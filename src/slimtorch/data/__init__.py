@@ -8,19 +8,37 @@
 Registered datasets: ``digits``, ``mnist``, ``cifar10``, ``tinyshakespeare``. Files are looked up in
 ``root=``, then ``$SLIMTORCH_DATA``, then ``~/.cache/slimtorch`` (``<base>/<name>/`` or ``<base>/``);
 decoded arrays are cached as ``.npy`` under ``$SLIMTORCH_CACHE`` (default ``~/.cache/slimtorch``).
+A ``root=`` that does not exist is an error.
+
+Your own data, read from ``root=`` only: ``image_folder`` (class subfolders of images), ``arrays``
+(a ``.npz`` with ``x``/``y`` or a ``.npy`` pair), ``text`` (a UTF-8 file, character-level LM) and
+``hf_disk`` (a Hugging Face ``datasets`` ``save_to_disk`` folder; needs ``datasets``).
+:func:`resolve` turns a path given as the dataset (``--data ./pets``) into one of these.
 """
 
-from slimtorch.data import cifar, digits, mnist, text  # noqa: F401  (registration)
+from slimtorch.data import (  # noqa: F401  (registration)
+    arrays,
+    cifar,
+    digits,
+    hf_disk,
+    mnist,
+    text,
+    text_file,
+    user_images,
+)
+from slimtorch.data.arrays import ArrayDataset
 from slimtorch.data.cache import cached_arrays, fingerprint
 from slimtorch.data.image_dataset import ImageTensorDataset
 from slimtorch.data.paths import ENV_CACHE, ENV_DATA, cache_dir, search_places
 from slimtorch.data.registry import DATASETS, list_datasets, load, register_dataset
+from slimtorch.data.resolve import detect_kind, resolve
 from slimtorch.data.subsets import calibration_subset, make_loader, stratified_split
 from slimtorch.data.text import CharDataset
 from slimtorch.data.transforms import RandomCropFlip, RandomShift
 
 __all__ = [
     "DATASETS",
+    "ArrayDataset",
     "ENV_CACHE",
     "ENV_DATA",
     "CharDataset",
@@ -29,12 +47,14 @@ __all__ = [
     "RandomShift",
     "cache_dir",
     "cached_arrays",
+    "detect_kind",
     "calibration_subset",
     "fingerprint",
     "list_datasets",
     "load",
     "make_loader",
     "register_dataset",
+    "resolve",
     "search_places",
     "stratified_split",
 ]

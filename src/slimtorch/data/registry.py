@@ -12,10 +12,12 @@ import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset
 
+from slimtorch.core.errors import SlimtorchError
 from slimtorch.core.registry import Registry
 
 Loader = Callable[..., Dataset]
@@ -64,9 +66,13 @@ def load(
 
     Raises:
         ValueError: unknown name, split or option (the message lists the valid ones).
-        SlimtorchError: files missing (every place searched is listed) or corrupt (the file is named).
+        SlimtorchError: ``root`` given but missing (never silently replaced by ``$SLIMTORCH_DATA``), files
+            missing (every place searched is listed) or corrupt (the file is named).
     """
     entry = DATASETS.get(name)
+    if root is not None and not Path(root).expanduser().exists():
+        raise SlimtorchError(f"dataset {name!r}: root {root} does not exist (it is not replaced by "
+                             "$SLIMTORCH_DATA; give a folder or file that exists, or no root)")
     if split not in entry.splits:
         raise ValueError(f"dataset {name!r}: split {split!r} is not one of {list(entry.splits)}")
     params = inspect.signature(entry.loader).parameters

@@ -48,6 +48,36 @@ def create(name: str, **kwargs: Any) -> nn.Module:
     return model
 
 
+def build_from_factory(factory: str, kwargs: dict[str, Any] | None = None, *, allow_code: bool,
+                       what: str = "") -> nn.Module:
+    """Build a user model by calling ``"package.module:function"`` with ``kwargs``, with consent.
+
+    Consent is checked before the module is imported (:func:`slimtorch.core.consent.import_callable`).
+    The model records ``{"factory": factory, "kwargs": kwargs}`` in ``model.slimtorch_spec``, so
+    :func:`slimtorch.save` stores the recipe for it and :func:`slimtorch.load` can rebuild the model with
+    ``allow_code=True`` (the weights and the layers' structural attributes come from the file).
+
+    Raises:
+        CodeConsentError: without ``allow_code``.
+        SlimtorchError: the spec cannot be imported, the call fails on its arguments, or the result is
+            not an ``nn.Module``.
+    """
+    from slimtorch.core.consent import import_callable
+    from slimtorch.core.errors import SlimtorchError
+
+    label = what or f"model factory {factory!r}"
+    fn = import_callable(factory, allow_code=allow_code, what=label)
+    kwargs = dict(kwargs or {})
+    try:
+        model = fn(**kwargs)
+    except TypeError as e:
+        raise SlimtorchError(f"{label}: bad arguments {sorted(kwargs)}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise SlimtorchError(f"{label} returned a {type(model).__name__}, not a torch nn.Module")
+    setattr(model, SPEC_ATTR, {"factory": factory, "kwargs": copy.deepcopy(_plain(kwargs))})
+    return model
+
+
 def list_models() -> list[str]:
     """Names accepted by :func:`create`."""
     return MODELS.names()

@@ -66,7 +66,10 @@ def _structure(model: nn.Module) -> dict[str, dict[str, Any]]:
 def _spec(model: nn.Module) -> dict[str, Any]:
     spec: dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION}
     zoo = getattr(model, SPEC_ATTR, None)
-    if zoo is not None:
+    if zoo is not None and "factory" in zoo:  # a user model: rebuilt by its factory, with consent only
+        spec["factory"] = zoo
+        spec["changed"] = _structure(model)
+    elif zoo is not None:
         spec["model"] = zoo
         fresh = _structure(create(zoo["name"], **zoo["kwargs"]))
         now = _structure(model)
@@ -136,17 +139,39 @@ def write_safetensors(path: str | os.PathLike[str], tensors: dict[str, torch.Ten
     return p
 
 
-def model_from_spec(spec: dict[str, Any], path: str | os.PathLike[str] = "") -> nn.Module:
-    """Rebuild the (possibly pruned) zoo model a spec describes, with uninitialised weights."""
+def model_from_spec(spec: dict[str, Any], path: str | os.PathLike[str] = "", *, allow_code: bool = False) -> nn.Module:
+    """Rebuild the (possibly pruned) model a spec describes, with uninitialised weights.
+
+    A zoo model is rebuilt by name. A user model built by ``"package.module:function"``
+    (:func:`slimtorch.io.architectures.build_from_factory`) is rebuilt by calling that function again,
+    which runs its code: only with ``allow_code=True`` (:class:`~slimtorch.core.consent.CodeConsentError`
+    otherwise, raised before anything is imported).
+    """
+    if "model" not in spec and "factory" in spec:
+        model = _model_from_factory(spec["factory"], path, allow_code)
+        _apply_structure(model, spec.get("changed", {}))
+        return model
     if "model" not in spec:
         raise SlimtorchError(
             f"{path or 'the file'} holds no architecture spec (it was not saved from a zoo model); pass the "
-            "skeleton: slimtorch.load(path, model=MyNet())"
+            "skeleton: slimtorch.load(path, model=MyNet()) (CLI: --model package.module:function --weights "
+            "PATH --allow-code)"
         )
     zoo = spec["model"]
     model = create(zoo["name"], **zoo["kwargs"])
     _apply_structure(model, spec.get("changed", {}))
     return model
+
+
+def _model_from_factory(entry: Any, path: str | os.PathLike[str], allow_code: bool) -> nn.Module:
+    from slimtorch.io.architectures import build_from_factory
+
+    where = str(path) or "the file"
+    if not (isinstance(entry, dict) and isinstance(entry.get("factory"), str)
+            and isinstance(entry.get("kwargs", {}), dict)):
+        raise SlimtorchError(f"{where}: malformed 'factory' entry in its spec: {entry!r}")
+    return build_from_factory(entry["factory"], entry.get("kwargs", {}), allow_code=allow_code,
+                              what=f"{where} (a model built by {entry['factory']!r})")
 
 
 def read_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -201,7 +226,7 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Modu
 
 
 def load(path: str | os.PathLike[str], model: nn.Module | None = None, *, trust_pickle: bool = False,
-         map_location: str = "cpu") -> nn.Module:
+         allow_code: bool = False, map_location: str = "cpu") -> nn.Module:
     """Load a model saved by :func:`save` (or a state dict / pickle, see below).
 
     Args:
@@ -209,7 +234,9 @@ def load(path: str | os.PathLike[str], model: nn.Module | None = None, *, trust_
             ``.pth`` file is read as a state dict with ``weights_only=True``.
         model: skeleton to load into; needed when the file holds no zoo spec or is a plain state dict.
         trust_pickle: allow unpickling a full pickled model. Pickles run arbitrary code: only set this
-            for files you trust.
+            for files you trust (CLI: ``--trust-pickle``).
+        allow_code: allow rebuilding a user model by calling the ``package.module:function`` its file
+            names (saved from a model built by a factory); that runs the function's code (CLI: ``--allow-code``).
         map_location: device to load onto.
     """
     p = resolve_model_file(path)
@@ -226,7 +253,7 @@ def load(path: str | os.PathLike[str], model: nn.Module | None = None, *, trust_
 
     state = load_file(str(p), device=map_location)
     if model is None:
-        model = model_from_spec(spec, p)
+        model = model_from_spec(spec, p, allow_code=allow_code)
     load_state_into(model, state)
     return model.eval()
 
@@ -238,8 +265,8 @@ def _load_torch_file(p: Path, model: nn.Module | None, trust_pickle: bool, map_l
         if not trust_pickle:
             raise SlimtorchError(
                 f"{p} is a pickle that holds more than tensors (e.g. a whole model). Unpickling runs "
-                "arbitrary code, so it is refused; if you trust the file pass trust_pickle=True, or "
-                "re-save it with slimtorch.save()"
+                "arbitrary code, so it is refused; if you trust the file pass trust_pickle=True (CLI: "
+                "--trust-pickle), or re-save it with slimtorch.save()"
             ) from e
         obj = torch.load(p, map_location=map_location, weights_only=False)
     if isinstance(obj, nn.Module):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -14,7 +13,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from slimtorch.core.errors import SlimtorchError
 from slimtorch.pipeline.options import FitOptions, ModelSource
 from slimtorch.pipeline.recipe import Recipe
 
@@ -66,6 +64,7 @@ class StageContext:
         stage_dir: the current stage's folder (``runs/x/03-prune``), set by the runner.
         progress: show training progress bars.
         log: where progress lines go (the CLI prints them; tests pass a no-op).
+        allow_code: the user consented to running the recipe's ``factory`` functions (``--allow-code``).
     """
 
     recipe: Recipe
@@ -73,6 +72,7 @@ class StageContext:
     stage_dir: Path = Path()
     progress: bool = True
     log: Callable[[str], None] = lambda msg: None
+    allow_code: bool = False
     _cache: dict[str, Any] = field(default_factory=dict)
 
     # ---- data ---------------------------------------------------------------------------------
@@ -136,26 +136,21 @@ class StageContext:
             load_model(ckpt, model=model)
         return model.train()
 
-    @staticmethod
-    def call_factory(source: ModelSource) -> nn.Module:
-        """Import ``package.module:function`` and call it with ``source.args``."""
-        mod_name, _, fn_name = str(source.factory).partition(":")
-        try:
-            fn = getattr(importlib.import_module(mod_name), fn_name)
-        except (ImportError, AttributeError) as e:
-            raise SlimtorchError(f"model factory {source.factory!r} cannot be imported: {e}") from None
-        model = fn(**source.args)
-        if not isinstance(model, nn.Module):
-            raise SlimtorchError(f"model factory {source.factory!r} returned {type(model).__name__}, not an nn.Module")
-        return model
+    def call_factory(self, source: ModelSource) -> nn.Module:
+        """Import ``package.module:function`` and call it with ``source.args`` (only with ``allow_code``)."""
+        from slimtorch.io.architectures import build_from_factory
+
+        return build_from_factory(str(source.factory), dict(source.args), allow_code=self.allow_code,
+                                  what=f"the recipe's model factory {source.factory!r}")
 
     def restore_model(self, path: Path, like: ModelSource | None = None) -> nn.Module:
-        """Reload a model the pipeline saved with ``slimtorch.save`` (custom models into a fresh skeleton)."""
+        """Reload a model the pipeline saved with ``slimtorch.save`` (user models by their recorded factory)."""
         from slimtorch.io.storage import load as load_model
         from slimtorch.io.storage import read_spec
 
-        if "model" in read_spec(path) or like is None or like.factory is None:
-            return load_model(path).train()
+        spec = read_spec(path)
+        if "model" in spec or "factory" in spec or like is None or like.factory is None:
+            return load_model(path, allow_code=self.allow_code).train()
         return load_model(path, model=self.call_factory(like)).train()
 
     # ---- training -----------------------------------------------------------------------------

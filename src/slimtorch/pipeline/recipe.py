@@ -165,13 +165,22 @@ def _same(a: Any, b: Any) -> bool:
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a YAML recipe file (relative paths in it are relative to its folder).
 
+    The file is read with :func:`slimtorch.core.safe_yaml.load_yaml`: at most 1 MiB, no anchors or aliases.
+    Parsing imports nothing: a ``factory`` is only checked to look like ``package.module:function``; it runs
+    in :func:`~slimtorch.pipeline.run_recipe` and only with ``allow_code=True`` (:func:`require_recipe_consent`).
+
     Raises:
         RecipeError: listing every problem (YAML syntax errors with line and column).
     """
+    from slimtorch.core.safe_yaml import MAX_YAML_BYTES
+
     p = Path(path)
     if not p.is_file():
         raise RecipeError([f"no recipe file at {p}"], str(p))
     try:
+        size = p.stat().st_size
+        if size > MAX_YAML_BYTES:  # refused before reading: a recipe is a few KB at most
+            raise RecipeError([f"the file is {size} bytes; a recipe is limited to {MAX_YAML_BYTES} bytes"], str(p))
         text = p.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise RecipeError([f"cannot read {p}: {e}"], str(p)) from None
@@ -180,18 +189,12 @@ def load_recipe(path: str | Path) -> Recipe:
 
 def parse_recipe_text(text: str, source: str = "recipe", base_dir: str | Path | None = None) -> Recipe:
     """Validate a recipe given as YAML text (see :func:`load_recipe`)."""
-    import yaml
+    from slimtorch.core.safe_yaml import YAMLRefused, load_yaml
 
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "unknown position"
-        what = getattr(e, "problem", None) or str(e).splitlines()[0]
-        ctx = getattr(e, "context", None)
-        raise RecipeError([f"malformed YAML at {where}: {what}" + (f" ({ctx})" if ctx else "")], source) from None
-    except Exception as e:  # yaml raises a few non-YAMLError types on odd input (e.g. RecursionError)
-        raise RecipeError([f"malformed YAML: {type(e).__name__}: {e}"], source) from None
+        data = load_yaml(text, source="the recipe")
+    except YAMLRefused as e:
+        raise RecipeError([str(e).removeprefix("the recipe: ")], source) from None
     return parse_recipe(data, source, base_dir)
 
 
@@ -332,4 +335,50 @@ def _check_checkpoint(src: ModelSource, path: str, base: Path, problems: list[st
         problems.append(
             f"{path}.checkpoint: no model at {src.checkpoint!r} (looked for {p}); give a run folder "
             "or a .safetensors file written by slimtorch.save"
+        )
+
+
+# ---- code consent ----------------------------------------------------------------------------------
+def code_references(recipe: Recipe) -> list[tuple[str, str]]:
+    """Every Python callable the recipe names, as ``(path in the recipe, "module:function")``.
+
+    Looks at the recipe's model and at every model source inside stage options (a distillation
+    ``student`` or ``teacher``, a joint stage's ``student``), however deeply nested.
+    """
+    refs: list[tuple[str, str]] = []
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, ModelSource):
+            if value.factory is not None:
+                refs.append((f"{path}.factory", value.factory))
+            return
+        if isinstance(value, Config):
+            for f in dataclasses.fields(value):  # type: ignore[arg-type]
+                walk(getattr(value, f.name), f"{path}.{f.name}")
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(item, f"{path}[{i}]")
+
+    walk(recipe.model, "model")
+    for spec in recipe.stages:
+        walk(spec.options, spec.path)
+    return refs
+
+
+def require_recipe_consent(recipe: Recipe, allow_code: bool, source: str = "the recipe") -> None:
+    """Refuse a recipe that names Python code unless ``allow_code`` (``--allow-code``) is given.
+
+    Called before anything of the recipe is built or imported, so without consent no code of it runs.
+
+    Raises:
+        CodeConsentError: naming every ``factory`` of the recipe and how to consent.
+    """
+    from slimtorch.core.consent import CodeConsentError
+
+    refs = code_references(recipe)
+    if refs and not allow_code:
+        named = ", ".join(f"{path} {ref!r}" for path, ref in refs)
+        raise CodeConsentError(
+            f"{source} runs code: {named} would be imported and called. slimtorch runs code only with your "
+            "consent: pass --allow-code (API: allow_code=True) if you trust this recipe and that code"
         )

@@ -31,7 +31,7 @@ import torch
 
 from slimtorch.pipeline.context import StageContext
 from slimtorch.pipeline.measure import measure, public_row
-from slimtorch.pipeline.recipe import Recipe
+from slimtorch.pipeline.recipe import Recipe, require_recipe_consent
 from slimtorch.pipeline.run_folder import (  # noqa: F401  (re-exported: the runner's public names)
     RECIPE_FILE,
     SOURCE_DIR,
@@ -111,6 +111,7 @@ def run_recipe(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     report: bool = True,
+    allow_code: bool = False,
 ) -> list[dict[str, Any]]:
     """Run every stage of ``recipe`` into the run folder ``out``.
 
@@ -122,16 +123,20 @@ def run_recipe(
         progress: training progress bars.
         log: receives one line per stage (``None``: silent).
         report: rewrite ``report.md`` / ``report.html`` after every stage.
+        allow_code: consent to import and call the ``factory`` functions the recipe names (CLI:
+            ``--allow-code``); without it such a recipe is refused before anything runs.
 
     Returns:
         One row per measured stage (public keys plus ``loss``, ``state``, ``artefact``, ``layers``).
 
     Raises:
         FileExistsError: ``out`` holds a run and neither ``resume`` nor ``overwrite`` is set.
+        CodeConsentError: the recipe names a ``factory`` and ``allow_code`` is false.
     """
+    require_recipe_consent(recipe, allow_code)  # first: without consent nothing of the recipe runs
     say = log or (lambda msg: None)
     run_dir = prepare_run_dir(out, recipe, resume, overwrite)
-    ctx = StageContext(recipe=recipe, run_dir=run_dir, progress=progress, log=say)
+    ctx = StageContext(recipe=recipe, run_dir=run_dir, progress=progress, log=say, allow_code=allow_code)
     torch.manual_seed(recipe.seed)  # the starting model's initialisation is part of the recipe
     product = Product(model=ctx.build_model(recipe.model), state=DENSE)
     rows: list[dict[str, Any]] = []

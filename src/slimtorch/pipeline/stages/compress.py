@@ -245,8 +245,13 @@ def _quantize_model(ctx: StageContext, spec: Any, model: Any, train: bool) -> An
     return report
 
 
-def write_quantized(ctx: StageContext, model: Any, stage_dir: Path, export: bool) -> tuple[Path, Path | None]:
+def write_quantized(ctx: StageContext, model: Any, stage_dir: Path, export: bool,
+                    config: Any = None) -> tuple[Path, Path | None]:
     """Save a quantized model's tensors and, when ``export`` and the scheme allows, its int8 ONNX file.
+
+    With ``config`` (the quantization config that produced ``model``) the tensors file records it as
+    :func:`slimtorch.quant.save_quantized` does, so ``slimtorch eval``/``profile`` reload the stage folder
+    with :func:`slimtorch.quant.load_quantized`.
 
     Returns:
         ``(artefact, onnx)``: the ONNX file twice when written, else the tensors file and ``None``.
@@ -254,7 +259,11 @@ def write_quantized(ctx: StageContext, model: Any, stage_dir: Path, export: bool
     from slimtorch.io.storage import model_spec, write_safetensors
 
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    state_path = write_safetensors(stage_dir / QUANT_STATE_FILE, state, model_spec(model))
+    spec = model_spec(model)
+    if config is not None:
+        record = {k: v for k, v in config.to_dict().items() if not callable(v)}
+        spec["metadata"] = {"quant": {"type": type(config).__name__, "config": record}}
+    state_path = write_safetensors(stage_dir / QUANT_STATE_FILE, state, spec)
     if not export:
         return state_path, None
     from slimtorch.core.errors import SlimtorchError
@@ -283,7 +292,7 @@ def run_quantize(ctx: StageContext, spec: Any, product: Product) -> Product:
         "macs": int(metrics.count_macs(model, example)),
     }
     report = _quantize_model(ctx, spec, model, train=True)
-    artefact, onnx = write_quantized(ctx, model, ctx.stage_dir, spec.options.export)
+    artefact, onnx = write_quantized(ctx, model, ctx.stage_dir, spec.options.export, config=spec.technique)
     info = {
         "scheme": report.scheme,
         "quantized_layers": len(report.quantized),

@@ -43,12 +43,14 @@ def save_quantized(model: nn.Module, path: str | os.PathLike[str], config: Confi
     return slimtorch.save(model, path, metadata=meta)
 
 
-def load_quantized(path: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Module:
+def load_quantized(path: str | os.PathLike[str], model: nn.Module | None = None, *,
+                   allow_code: bool = False) -> nn.Module:
     """Reload a model written by :func:`save_quantized`.
 
     Args:
         path: the ``.safetensors`` file or run directory.
-        model: float skeleton for models not from the zoo.
+        model: float skeleton for models neither from the zoo nor built by a recorded factory.
+        allow_code: rebuild a model built by ``package.module:function`` by calling it again (runs its code).
 
     Raises:
         SlimtorchError: the file holds no quantization config, or its type has no registered preparer.
@@ -67,7 +69,7 @@ def load_quantized(path: str | os.PathLike[str], model: nn.Module | None = None)
         cfg["target"] = "x86-vnni"
     config = ctype.from_dict(cfg)
     if model is None:
-        model = model_from_spec(spec, path)
+        model = model_from_spec(spec, path, allow_code=allow_code)
     model.eval()
     PREPARERS.get(ctype)(model, config)
     load_state_into(model, load_file(str(resolve_model_file(path))))
