@@ -75,12 +75,29 @@ def load(
                              "$SLIMTORCH_DATA; give a folder or file that exists, or no root)")
     if split not in entry.splits:
         raise ValueError(f"dataset {name!r}: split {split!r} is not one of {list(entry.splits)}")
-    params = inspect.signature(entry.loader).parameters
-    options = sorted(k for k in params if k not in ("split", "root", "augment"))
-    unknown = sorted(set(kwargs) - set(options))
-    if unknown:
-        raise ValueError(f"dataset {name!r}: unknown option(s) {unknown}; allowed: {options}")
+    check_options(name, kwargs)
     return entry.loader(split, root=root, augment=augment, **kwargs)
+
+
+def check_options(name: str, options: Any) -> None:
+    """Refuse dataset options (``load``'s ``**kwargs``, a recipe's ``data.options``) the loader does not take.
+
+    Raises:
+        ValueError: not a mapping, an unknown option (the allowed ones are listed), or a value that is not
+            plain data (number, string, boolean).
+    """
+    entry = DATASETS.get(name)
+    if not isinstance(options, dict):
+        raise ValueError(f"dataset {name!r}: options must be a mapping, got {type(options).__name__}")
+    params = inspect.signature(entry.loader).parameters
+    allowed = sorted(k for k in params if k not in ("split", "root", "augment"))
+    unknown = sorted(str(k) for k in options if k not in allowed)
+    if unknown:
+        raise ValueError(f"dataset {name!r}: unknown option(s) {unknown}; allowed: {allowed}")
+    for k, v in options.items():
+        if v is not None and not isinstance(v, (bool, int, float, str)):
+            raise ValueError(f"dataset {name!r}: option {k} must be a number, string or boolean, "
+                             f"got {type(v).__name__}")
 
 
 def list_datasets() -> list[str]:

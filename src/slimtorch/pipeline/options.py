@@ -32,6 +32,20 @@ def _check_str(name: str, value: Any, optional: bool = True) -> None:
         raise ValueError(f"{name} must be a non-empty string, got {value!r}")
 
 
+def _check_zoo_args(zoo: str, args: dict[str, Any]) -> None:
+    """Refuse constructor arguments zoo model ``zoo`` does not take (before anything is built)."""
+    import inspect
+
+    from slimtorch.models import MODELS
+
+    params = inspect.signature(MODELS.get(zoo)).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(str(k) for k in args if k not in params)
+    if unknown:
+        raise ValueError(f"args: unknown argument(s) {unknown} of zoo model {zoo!r}; allowed: {sorted(params)}")
+
+
 @dataclass
 class ModelSource(Config):
     """Where the starting model (or a distillation student) comes from.
@@ -59,6 +73,8 @@ class ModelSource(Config):
         if self.zoo is not None:
             _check_str("zoo", self.zoo)
             MODELS.get(self.zoo)  # unknown names list the valid ones
+            if isinstance(self.args, dict):
+                _check_zoo_args(self.zoo, self.args)
         if self.factory is not None and (not isinstance(self.factory, str) or not FACTORY_PATTERN.match(self.factory)):
             raise ValueError(f"factory: {self.factory!r} is not of the form 'package.module:function'")
         if not isinstance(self.args, dict) or not all(isinstance(k, str) for k in self.args):
@@ -90,6 +106,7 @@ class DataSpec(Config):
 
     def __post_init__(self) -> None:
         from slimtorch.data import DATASETS
+        from slimtorch.data.registry import check_options
 
         _check_str("name", self.name, optional=False)
         DATASETS.get(self.name)
@@ -98,6 +115,10 @@ class DataSpec(Config):
             raise ValueError(f"augment must be true or false, got {self.augment!r}")
         if not isinstance(self.options, dict):
             raise ValueError(f"options must be a mapping, got {self.options!r}")
+        try:  # before anything runs: a bad option would otherwise fail when the data is first loaded
+            check_options(self.name, self.options)
+        except ValueError as e:
+            raise ValueError(f"options: {e}") from None
         _check_int("calib_samples", self.calib_samples, 1)
         _check_int("calib_batch_size", self.calib_batch_size, 1)
         if self.eval_samples is not None:

@@ -43,6 +43,51 @@ def create_observer(name: str, **kwargs) -> Observer:
     return OBSERVERS.get(name)(**kwargs)
 
 
+#: Observer arguments a config sets itself (from its bit width and grid), never through ``observer_kwargs``.
+_SET_BY_CONFIG = ("bits", "symmetric", "signed", "axis", "group_size")
+
+
+def observer_options(name: str) -> list[str]:
+    """The keyword arguments observer ``name`` takes besides those a config sets (``percentile``, ``bins``...)."""
+    import inspect
+
+    keys: list[str] = []
+    for cls in OBSERVERS.get(name).__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters
+        keys += [k for k, p in params.items() if k != "self" and p.kind is p.POSITIONAL_OR_KEYWORD]
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            break
+    return sorted(set(keys) - set(_SET_BY_CONFIG))
+
+
+def check_observer_kwargs(name: str, kwargs: object, what: str = "observer_kwargs", **grid: object) -> None:
+    """Validate ``observer_kwargs`` for observer ``name`` before anything runs.
+
+    The value must be a mapping of the observer's own option names (:func:`observer_options`) to plain
+    numbers, booleans or strings; the observer is then built once with them (and ``grid``: ``bits``,
+    ``symmetric``, ...), so a bad value is refused with the observer's own message.
+
+    Raises:
+        ValueError: naming the key and what is allowed.
+    """
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"{what} must be a mapping of observer options, got {type(kwargs).__name__}")
+    allowed = observer_options(name)
+    unknown = sorted(str(k) for k in kwargs if k not in allowed)
+    if unknown:
+        raise ValueError(f"{what}: unknown option(s) {unknown} for observer {name!r}; allowed: {allowed}")
+    for k, v in kwargs.items():
+        if not isinstance(v, (bool, int, float, str)):
+            raise ValueError(f"{what}.{k} must be a number, a boolean or a string, got {type(v).__name__}")
+    try:
+        create_observer(name, **grid, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what}: {e}") from None
+
+
 class Observer(nn.Module):
     """Base class: records statistics of the tensors it sees and proposes a quantization range.
 
@@ -164,6 +209,10 @@ def rebin(counts: torch.Tensor, old_lo: float, old_hi: float, new_lo: float, new
     return (cdf_new[1:] - cdf_new[:-1]).to(counts.dtype)
 
 
+#: Largest histogram (each observer keeps ``bins`` float64 counts; 2048 is the usual choice).
+MAX_BINS = 1 << 16
+
+
 class HistogramObserver(Observer):
     """Base for observers that choose the range from a histogram of everything observed.
 
@@ -177,8 +226,8 @@ class HistogramObserver(Observer):
 
     def __init__(self, bins: int = 2048, **kwargs) -> None:
         super().__init__(**kwargs)
-        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 16:
-            raise ValueError(f"bins must be an integer >= 16, got {bins!r}")
+        if isinstance(bins, bool) or not isinstance(bins, int) or not 16 <= bins <= MAX_BINS:
+            raise ValueError(f"bins must be an integer in [16, {MAX_BINS}], got {bins!r}")
         self.bins = bins
         self.register_buffer("hist", torch.zeros(bins, dtype=torch.float64))
         self.register_buffer("hist_lo", torch.tensor(0.0, dtype=torch.float64))

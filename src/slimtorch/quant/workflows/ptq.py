@@ -39,7 +39,7 @@ from slimtorch.quant.calibration import iter_calibration
 from slimtorch.quant.export.serialize import register_preparer
 from slimtorch.quant.export.targets import DEFAULT_TARGET, check_target, get_target, mark_target
 from slimtorch.quant.modules.fake_quant import QUANT_MODULES, FakeQuantize, QuantConv2d, QuantLinear
-from slimtorch.quant.observers import OBSERVERS, create_observer
+from slimtorch.quant.observers import OBSERVERS, check_observer_kwargs, create_observer
 from slimtorch.quant.primitives import check_bits, dynamic_fake_quantize
 
 _RELU_FUNCS = {F.relu, torch.relu, torch.relu_}
@@ -101,6 +101,8 @@ class Int8Static(Config):
             raise ValueError("weight_observer 'mse' is per-tensor; set per_channel=False or use 'minmax'")
         check_bits(self.weight_bits, "weight_bits")
         check_bits(self.act_bits, "act_bits")
+        sym = self.symmetric_activations
+        check_observer_kwargs(self.observer, self.observer_kwargs, bits=self.act_bits, symmetric=sym, signed=sym)
         if self.num_batches is not None:
             check_positive("num_batches", self.num_batches)
         self.include, self.exclude = tuple(self.include), tuple(self.exclude)
