@@ -24,3 +24,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"{SHARED_DATA} not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def user_code():
+    """``tests/user_code.py``: a user's own model factory and data, written into a test's folder."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("slimtorch_tests_user_code", Path(__file__).with_name("user_code.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

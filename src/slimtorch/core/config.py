@@ -169,13 +169,20 @@ def parse_config(cls: type[Config], data: Any, path: str, problems: list[str], e
     try:
         return cls(**kwargs)
     except Exception as whole:  # noqa: BLE001 - any refusal of a config is a recipe problem
-        per_field = []
+        per_field, raw = [], set()
         for k, v in kwargs.items():
             try:
                 cls(**{k: v})
             except Exception as e:  # noqa: BLE001
                 per_field.append(_located(path, k, e))
-        problems.extend(per_field or [f"{path}: {_message(whole)}" if path else _message(whole)])
+                raw.add(_message(e))
+        if _message(whole) not in raw:
+            # a check across fields (observer_kwargs for the chosen observer): a field tried alone meets the
+            # other fields' defaults and would be blamed for the wrong reason, so report the real refusal
+            lead = next((k for k in kwargs if _message(whole).startswith(k)), None)
+            per_field = [_located(path, lead, whole) if lead else (f"{path}: {_message(whole)}" if path
+                                                                   else _message(whole))]
+        problems.extend(per_field)
         return None
 
 
