@@ -62,7 +62,7 @@ model: {{factory: "{mod}:build", args: {{width: 8}}}}
 data: {{name: arrays, root: d.npz}}
 measure: {{repeats: 2, warmup: 1}}
 stages:
-  - train: {{epochs: 4, lr: 0.05, batch_size: 16, precision: fp32}}
+  - train: {{epochs: 15, lr: 0.05, batch_size: 16, precision: fp32}}
   - prune: {{type: Channel, ratio: 0.5}}
   - quantize: {{type: Int8Static}}
 """)
