@@ -112,6 +112,7 @@ def test_user_errors_exit_2_with_message(tmp_path, capsys, args, message):
 def test_missing_data_files_list_every_place(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("SLIMTORCH_DATA", str(tmp_path / "nowhere"))
     monkeypatch.setenv("SLIMTORCH_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "empty").mkdir()  # exists, holds nothing (a missing --root is refused before any search)
     code = main(["train", "--model", "lenet5", "--data", "mnist", "--root", str(tmp_path / "empty"), "--epochs", "1",
                  "--out", str(tmp_path / "r"), "--no-progress"])
     err = capsys.readouterr().err

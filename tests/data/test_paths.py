@@ -28,6 +28,7 @@ def test_cache_dir_defaults_to_home(monkeypatch):
 @pytest.mark.parametrize("name", ["mnist", "cifar10", "tinyshakespeare"])
 def test_missing_files_error_lists_every_place_and_the_env_var(name, tmp_path):
     root = tmp_path / "nothing-here"
+    root.mkdir()  # an existing but empty root (a root that does not exist is refused before any search)
     with pytest.raises(SlimtorchError) as e:
         data.load(name, root=root)
     msg = str(e.value)

@@ -133,7 +133,8 @@ def test_a_missing_root_never_falls_back(tmp_path, monkeypatch):
 
 
 def test_resolve_refuses_unknown_names():
-    with pytest.raises(SlimtorchError, match="'no_such_data' is neither a dataset .* nor an existing file"):
+    msg = r"--data: unknown dataset 'no_such_data'; valid: arrays, .* \(and no file or folder no_such_data exists\)"
+    with pytest.raises(SlimtorchError, match=msg):
         data.resolve("no_such_data")
 
 
@@ -165,3 +166,22 @@ def test_hf_disk_round_trip(tmp_path):
     assert len(train) + len(test) == 10
     x, y = train[0]
     assert set(x) == {"input_ids", "attention_mask"} and x["input_ids"].dtype == torch.int64
+
+
+def test_hf_disk_image_column_and_dict_splits(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    def part(n, offset):
+        imgs = [Image.fromarray(np.full((4, 4, 3), 40 * (i % 2) + offset, dtype=np.uint8)) for i in range(n)]
+        return datasets.Dataset.from_dict({"img": imgs, "label": [i % 2 for i in range(n)]},
+                                          features=datasets.Features({"img": datasets.Image(),
+                                                                      "label": datasets.Value("int64")}))
+
+    datasets.DatasetDict({"train": part(6, 0), "test": part(2, 100)}).save_to_disk(str(tmp_path / "hf"))
+    assert data.detect_kind(tmp_path / "hf") == "hf_disk"
+    train = data.load("hf_disk", "train", root=tmp_path / "hf")
+    test = data.load("hf_disk", "test", root=tmp_path / "hf")
+    assert (len(train), len(test)) == (6, 2) and test.targets.tolist() == [0, 1]
+    assert train.images.shape == (6, 3, 4, 4) and int(test.images[1, 0, 0, 0]) == 140
+    assert float(train.data.mean()) == pytest.approx(0.0, abs=1e-5)  # normalized with the train split's pixels

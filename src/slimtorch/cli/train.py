@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from slimtorch.cli import common
 from slimtorch.cli.common import add_data_arguments, build_model, check_out_dir, parse_kv, write_json
@@ -44,6 +45,11 @@ def run(args: argparse.Namespace) -> int:
     out = check_out_dir(args.out, args.overwrite, args.resume)
     train_set = common.load_data(args, "train", augment=args.augment)
     test_set = common.load_data(args, "test")
+    if not common.is_code_ref(args.model_ref) and not Path(args.model_ref).exists():
+        try:
+            MODELS.get(args.model_ref)  # neither code nor a path: a zoo name, or an error listing them
+        except ValueError as e:
+            raise ValueError(f"{e} (or give a model folder or file, or package.module:function)") from None
     if MODELS.find(args.model_ref) is not None:  # a zoo name: sized for the data
         model = build_model(args.model_ref, train_set, parse_kv(args.model_arg))
     else:

@@ -95,7 +95,7 @@ def check_options(name: str, options: Any) -> None:
     if unknown:
         raise ValueError(f"dataset {name!r}: unknown option(s) {unknown}; allowed: {allowed}")
     for k, v in options.items():
-        if v is not None and not isinstance(v, (bool, int, float, str)):
+        if v is not None and not isinstance(v, (bool, int, float, str, os.PathLike)):
             raise ValueError(f"dataset {name!r}: option {k} must be a number, string or boolean, "
                              f"got {type(v).__name__}")
 

@@ -52,8 +52,10 @@ def resolve(data: str, root: str | os.PathLike[str] | None = None) -> tuple[str,
         return data, None if root is None else str(root)
     p = Path(data).expanduser()
     if not p.exists():
-        raise SlimtorchError(f"--data {data!r} is neither a dataset ({', '.join(DATASETS.names())}) nor an "
-                             "existing file or folder")
+        try:
+            DATASETS.get(data)  # the registry's error: the valid names and the closest match
+        except ValueError as e:
+            raise SlimtorchError(f"--data: {e} (and no file or folder {data} exists)") from None
     if root is not None:
         raise ValueError(f"--data {data} is already a path; leave out --root {root}")
     return detect_kind(p), str(p)
