@@ -185,3 +185,79 @@ def test_hf_disk_image_column_and_dict_splits(tmp_path):
     assert (len(train), len(test)) == (6, 2) and test.targets.tolist() == [0, 1]
     assert train.images.shape == (6, 3, 4, 4) and int(test.images[1, 0, 0, 0]) == 140
     assert float(train.data.mean()) == pytest.approx(0.0, abs=1e-5)  # normalized with the train split's pixels
+
+
+class _StandInDataset:
+    """The part of ``datasets.Dataset`` that ``hf_disk`` uses (column access, row access, column_names),
+    so the conversion is tested where the real package is not installed (it is an optional extra)."""
+
+    def __init__(self, columns):
+        self.columns = columns
+        self.column_names = list(columns)
+
+    def __len__(self):
+        return len(next(iter(self.columns.values())))
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return self.columns[key]
+        return {k: v[key] for k, v in self.columns.items()}
+
+
+def _stand_in(monkeypatch, tmp_path, obj):
+    import sys
+    import types
+
+    fake = types.ModuleType("datasets")
+    fake.load_from_disk = lambda path: obj
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    (tmp_path / "dataset_info.json").write_text("{}")
+
+
+def test_hf_disk_token_columns_become_dict_batches(tmp_path, monkeypatch):
+    ids = (np.arange(60).reshape(10, 6) % 7).tolist()
+    _stand_in(monkeypatch, tmp_path, _StandInDataset({"input_ids": ids, "attention_mask": [[1] * 6] * 10,
+                                                      "label": [0, 1] * 5}))
+    train = data.load("hf_disk", "train", root=tmp_path)
+    test = data.load("hf_disk", "test", root=tmp_path)
+    assert (len(train), len(test)) == (8, 2) and sorted(test.y.tolist()) == [0, 1]  # stratified 80/20
+    x, y = train[0]
+    assert set(x) == {"input_ids", "attention_mask"} and x["input_ids"].dtype == torch.int64
+    assert x["input_ids"].tolist() == ids[_train_rows()[0]]  # the first training row, unchanged
+    from torch.utils.data import DataLoader
+
+    from slimtorch.core.batches import split_batch
+
+    inputs, target = split_batch(next(iter(DataLoader(train, batch_size=4))))
+    assert set(inputs.kwargs) == {"input_ids", "attention_mask"} and target.shape == (4,)
+
+
+def _train_rows():
+    from slimtorch.data.user_split import split_indices
+
+    return split_indices(np.array([0, 1] * 5), "train")
+
+
+def test_hf_disk_image_column_with_its_own_splits(tmp_path, monkeypatch):
+    from PIL import Image
+
+    def part(n, offset):
+        return _StandInDataset({"image": [Image.fromarray(np.full((4, 4, 3), offset + 40 * (i % 2), np.uint8))
+                                          for i in range(n)], "label": [i % 2 for i in range(n)]})
+
+    _stand_in(monkeypatch, tmp_path, {"train": part(6, 0), "validation": part(2, 100)})
+    train = data.load("hf_disk", "train", root=tmp_path)
+    test = data.load("hf_disk", "test", root=tmp_path)  # the validation split serves as test
+    assert (len(train), len(test)) == (6, 2) and test.targets.tolist() == [0, 1]
+    assert int(test.images[1, 0, 0, 0]) == 140 and float(train.data.mean()) == pytest.approx(0.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("columns,msg", [
+    ({"text": ["a", "b"], "label": [0, 1]}, "column 'text' holds <U1 values; tokenize text columns first"),
+    ({"input_ids": [[1, 2], [3]], "label": [0, 1]}, "rows of different lengths"),
+    ({"input_ids": [[1], [2]]}, r"no label column among \['input_ids'\]"),
+])
+def test_hf_disk_bad_columns_are_named(tmp_path, monkeypatch, columns, msg):
+    _stand_in(monkeypatch, tmp_path, {"train": _StandInDataset(columns), "test": _StandInDataset(columns)})
+    with pytest.raises(SlimtorchError, match=msg):
+        data.load("hf_disk", "train", root=tmp_path)

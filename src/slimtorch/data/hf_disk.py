@@ -74,9 +74,10 @@ def _split(obj: Any, split: str, source: Path) -> tuple[Any, np.ndarray | None]:
     return obj, np.array([], dtype=np.int64)  # empty: cut by labels below
 
 
-def _tensor(values: Any, column: str, source: Path) -> Tensor:
+def _tensor(values: Any, column: str, source: Path, rows: np.ndarray | None = None) -> Tensor:
     try:
         a = np.asarray(values)
+        a = a if rows is None else a[rows]
     except ValueError as e:  # ragged rows (untruncated tokens)
         raise SlimtorchError(f"{source}: column {column!r} has rows of different lengths ({e}); "
                              "pad them first") from None
@@ -109,10 +110,10 @@ def load_hf_disk(split: str, root: str | os.PathLike[str] | None = None, augment
     label = next((c for c in LABEL_COLUMNS if c in ds.column_names), None)
     if label is None:
         raise SlimtorchError(f"{path}: no label column among {ds.column_names}; expected one of {list(LABEL_COLUMNS)}")
-    y_all = np.asarray(ds[label])
+    y_all = _tensor(ds[label], label, path).numpy()
     rows = split_indices(y_all, split) if cut is not None else np.arange(len(y_all))
     train_rows = split_indices(y_all, "train") if cut is not None else None
-    y = _tensor(y_all[rows], label, path)
+    y = torch.from_numpy(y_all[rows])
     inputs = [c for c in ds.column_names if c != label]
     image = next((c for c in IMAGE_COLUMNS if c in inputs), None)
     name = f"{path.name}/{split}"
@@ -129,5 +130,5 @@ def load_hf_disk(split: str, root: str | os.PathLike[str] | None = None, augment
         return ImageTensorDataset(torch.from_numpy(x), y, tuple(map(float, mean)), tuple(map(float, std)), name=name)
     if not inputs:
         raise SlimtorchError(f"{path}: only the label column {label!r}; no input columns")
-    columns = {c: _tensor(np.asarray(ds[c])[rows], c, path) for c in inputs}
+    columns = {c: _tensor(ds[c], c, path, rows) for c in inputs}
     return ColumnsDataset(columns, y, name=name)
