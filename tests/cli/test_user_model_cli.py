@@ -13,7 +13,7 @@ from slimtorch.cli.main import main
 @pytest.fixture
 def user(tmp_path, monkeypatch, user_code):
     mod = user_code.install(tmp_path, monkeypatch, user_code.FACTORY_SOURCE)
-    return mod, user_code.separable_npz(tmp_path / "d.npz")
+    return mod, user_code.separable_npz(tmp_path / "d.npz", n_per_class=40)
 
 
 def test_module_function_needs_allow_code_and_nothing_is_imported(tmp_path, monkeypatch, capsys, user_code):
@@ -30,10 +30,11 @@ def test_module_function_needs_allow_code_and_nothing_is_imported(tmp_path, monk
 def test_user_model_through_train_prune_quantize_and_eval(tmp_path, capsys, user):
     mod, data = user
     run, pruned, quant = tmp_path / "run", tmp_path / "pruned", tmp_path / "q"
-    assert main(["train", "--model", f"{mod}:build", "--model-arg", "width=8", "--data", str(data), "--epochs", "15",
-                 "--batch-size", "16", "--precision", "fp32", "--out", str(run), "--no-progress", "--allow-code"]) == 0
+    assert main(["train", "--model", f"{mod}:build", "--model-arg", "width=8", "--data", str(data), "--epochs", "5",
+                 "--lr", "0.1", "--batch-size", "16", "--precision", "fp32", "--out", str(run), "--no-progress",
+                 "--allow-code"]) == 0
     assert main(["prune", str(run), "--method", "channel", "--ratio", "0.5", "--data", str(data),
-                 "--finetune-epochs", "3", "--out", str(pruned), "--allow-code", "--no-progress"]) == 0
+                 "--finetune-epochs", "2", "--out", str(pruned), "--allow-code", "--no-progress"]) == 0
     assert main(["quantize", str(pruned), "--scheme", "int8", "--data", str(data), "--calib", "32",
                  "--out", str(quant), "--allow-code"]) == 0
     capsys.readouterr()

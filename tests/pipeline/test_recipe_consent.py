@@ -62,30 +62,38 @@ model: {{factory: "{mod}:build", args: {{width: 8}}}}
 data: {{name: arrays, root: d.npz}}
 measure: {{repeats: 2, warmup: 1}}
 stages:
-  - train: {{epochs: 15, lr: 0.05, batch_size: 16, precision: fp32}}
+  - train: {{epochs: 3, lr: 0.05, batch_size: 16, precision: fp32}}
+  - distill:
+      student: {{factory: "{mod}:build", args: {{width: 6}}}}
+      train: {{epochs: 1, batch_size: 16, precision: fp32}}
   - prune: {{type: Channel, ratio: 0.5}}
   - quantize: {{type: Int8Static}}
+  - export: {{}}
 """)
     out = tmp_path / "run"
     assert main(["run", str(recipe), "--out", str(out), "--no-progress", "--allow-code"]) == 0
     capsys.readouterr()
     stage_dirs = sorted(d for d in out.iterdir() if d.is_dir() and d.name[:2].isdigit())
-    assert [d.name for d in stage_dirs] == ["01-train", "02-prune", "03-quantize"]
-    for d in stage_dirs:
+    assert [d.name for d in stage_dirs] == ["01-train", "02-distill", "03-prune", "04-quantize", "05-export"]
+    for d in stage_dirs[:-1]:
         # a file of a factory model names its factory: reloading it runs code, so it needs consent
         assert main(["eval", str(d), "--data", str(data)]) == 2
         assert f"a model built by '{mod}:build'" in capsys.readouterr().err
         assert main(["eval", str(d), "--data", str(data), "--allow-code"]) == 0
         assert "test" in capsys.readouterr().out
         assert main(["profile", str(d), "--data", str(data), "--allow-code"]) == 0
-    # the ONNX file of the quantize stage needs no code at all
-    assert main(["eval", str(out / "03-quantize" / "model.onnx"), "--data", str(data)]) == 0
+    # the ONNX files of the quantize and export stages need no code at all
+    assert main(["eval", str(out / "04-quantize" / "model.onnx"), "--data", str(data)]) == 0
     assert "onnxruntime" in capsys.readouterr().out
-    # the pruned model reloads with its narrower convs
+    assert main(["eval", str(out / "05-export"), "--data", str(data)]) == 0
+    assert main(["profile", str(out / "05-export")]) == 0
+    assert "latency_ms_onnxruntime" in capsys.readouterr().out
+    # the distilled student is the factory's width-6 model; pruning halved it and it reloads narrower
     from slimtorch.io.storage import load
 
-    pruned = load(out / "02-prune", allow_code=True)
-    assert pruned.features[0].out_channels == 4 and pruned.fc.in_features == 4
+    assert load(out / "02-distill", allow_code=True).features[0].out_channels == 6
+    pruned = load(out / "03-prune", allow_code=True)
+    assert pruned.features[0].out_channels == 3 and pruned.fc.in_features == 3
     assert pruned(torch.zeros(1, 3, 8, 8)).shape == (1, 3)
 
 
