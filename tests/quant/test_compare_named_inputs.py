@@ -48,3 +48,19 @@ def test_dict_batches_reach_model_and_onnx_with_their_mask(tmp_path):
         assert (model(ids, mask) - model(ids)).abs().max() > 1e-2
     with pytest.raises(SlimtorchError, match=r"a batch dict lacks the ONNX graph inputs \['attention_mask'\]"):
         compare_with_onnx(model, path, [{"input_ids": ids}])
+
+
+def test_session_feed_takes_named_inputs(tmp_path):
+    from slimtorch.metrics import onnx_session, session_feed
+
+    model = MaskedMeanPool().eval()
+    ids, mask = torch.randint(0, 20, (2, 5)), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    _export(model, tmp_path / "pool.onnx", ids, mask)
+    sess = onnx_session(tmp_path / "pool.onnx")
+    feed = session_feed(sess, {"attention_mask": mask, "input_ids": ids, "labels": torch.zeros(2)})
+    assert sorted(feed) == ["attention_mask", "input_ids"]
+    (out,) = sess.run(None, feed)
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(out), model(ids, mask), atol=1e-5)
+    with pytest.raises(ValueError, match=r"\['attention_mask'\] are missing from the given \['input_ids'\]"):
+        session_feed(sess, {"input_ids": ids})
