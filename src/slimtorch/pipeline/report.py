@@ -198,11 +198,12 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
     name = ""
     recipe_file = run_dir / RECIPE_FILE
     if recipe_file.is_file():
-        import yaml
+        from slimtorch.core.safe_yaml import load_yaml
 
-        try:
-            name = (yaml.safe_load(recipe_file.read_text()) or {}).get("name", "")
-        except yaml.YAMLError:
+        try:  # a run folder from elsewhere is read as plain, bounded YAML too
+            doc = load_yaml(recipe_file.read_text(), source=str(recipe_file))
+            name = doc.get("name", "") if isinstance(doc, dict) else ""
+        except (SlimtorchError, OSError, UnicodeDecodeError):
             name = ""
     return {
         "name": name or run_dir.name,
