@@ -6,6 +6,7 @@ in :mod:`slimtorch.quant.observers`.
 """
 
 from slimtorch.quant.algorithms.adaround import AdaRound
+from slimtorch.quant.algorithms.awq import AWQ, InputScaled
 from slimtorch.quant.algorithms.equalization import CrossLayerEqualization, equalize_
 from slimtorch.quant.algorithms.fold import fold_bn_
 from slimtorch.quant.algorithms.gptq import GPTQ
@@ -32,6 +33,8 @@ from slimtorch.quant.workflows.weight_only import WeightOnly
 
 __all__ = [
     "AdaRound",
+    "AWQ",
+    "InputScaled",
     "GPTQ",
     "MSEClip",
     "ROUNDING",
