@@ -278,24 +278,39 @@ def awq_(model: nn.Module, layers: dict[str, nn.Module], config: Any, batches: l
     return out
 
 
+def fold_scale_(prev: tuple[str, nn.Module] | None, mods: list[nn.Module], s: torch.Tensor,
+                run: Callable[..., list[torch.Tensor]]) -> str | None:
+    """Multiply the columns of ``mods`` by ``s`` and divide ``prev``'s outputs by ``s``, if exact.
+
+    Applied only when ``prev`` is a Linear or a norm of the right width and the calibrated part's output
+    (``run(1)``, the first batch) is unchanged afterwards (a producer that also feeds a residual, for one,
+    fails the check). Returns the producer's name, or None with nothing changed.
+    """
+    if prev is None or not (isinstance(prev[1], nn.Linear) or _is_norm(prev[1], s.numel())):
+        return None
+    saved = [t.detach().clone() for t in _tensors([prev[1], *mods])]
+    ref = run(1)
+    _scale_columns(mods, s)
+    _fold_into(prev[1], s)
+    if _same(ref, run(1)):
+        return prev[0]
+    with torch.no_grad():  # the output changed: undo
+        for t, v in zip(_tensors([prev[1], *mods]), saved):
+            t.copy_(v)
+    return None
+
+
 def _apply_scale(prev: tuple[str, nn.Module] | None, mods: list[nn.Module], s: torch.Tensor,
                  run: Callable[..., list[torch.Tensor]], explicit: bool) -> str:
-    """Fold ``s`` into ``prev`` if that leaves the calibrated part's output unchanged; else explicit or none.
+    """Fold ``s`` (:func:`fold_scale_`); else scale the columns for an explicit input scale, or do nothing.
 
     Returns:
         ``"folded into <name>"``, ``"explicit"`` (the caller wraps the layers in :class:`InputScaled`) or
         ``"none"`` (nothing changed).
     """
-    if prev is not None and (isinstance(prev[1], nn.Linear) or _is_norm(prev[1], s.numel())):
-        saved = [t.detach().clone() for t in _tensors([prev[1], *mods])]
-        ref = run(1)
-        _scale_columns(mods, s)
-        _fold_into(prev[1], s)
-        if _same(ref, run(1)):
-            return "folded into " + prev[0]
-        with torch.no_grad():  # the output changed (the producer feeds something else too): undo
-            for t, v in zip(_tensors([prev[1], *mods]), saved):
-                t.copy_(v)
+    folded = fold_scale_(prev, mods, s, run)
+    if folded is not None:
+        return "folded into " + folded
     if explicit:
         _scale_columns(mods, s)
         return "explicit"
