@@ -148,9 +148,14 @@ def find_blocks(model: nn.Module) -> Blocks | None:
     return None if best is None else best[1]
 
 
+#: Keywords that carry a KV cache into a block (transformers 4: ``past_key_value(s)``, 5: ``cache``).
+_CACHE_KEYS = ("cache", "past_key_value", "past_key_values", "layer_past")
+
+
 def _no_cache(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Keywords of a captured block call with any KV cache dropped (a replay must not grow a cache)."""
-    out = {k: v for k, v in kwargs.items() if "past_key" not in k and k != "layer_past"}
+    out = {k: v for k, v in kwargs.items()
+           if k not in _CACHE_KEYS and not type(v).__name__.endswith("Cache")}
     if "use_cache" in out:
         out["use_cache"] = False
     return out
@@ -297,15 +302,39 @@ def calibrate_blockwise(model: nn.Module, layers: dict[str, nn.Module], batches:
         if sub:
             step(sub, _runner(block, inputs))
         with torch.no_grad():
-            outs = [next_inputs(inp, block_output(inp(block))) for inp in inputs]
+            raw = [inp(block) for inp in inputs]
+        outs = [next_inputs(inp, block_output(r)) for inp, r in zip(inputs, raw)]
         stats.activation_bytes = max(stats.activation_bytes, _bytes(inputs) + _bytes(outs))
         inputs = outs
         stats.seconds_per_block.append(time.perf_counter() - t0)
     del inputs
     rest = {n: m for n, m in layers.items() if n not in inside}
     if rest:
-        step(rest, run_model)
+        step(rest, _tail_runner(model, [b for _, b in found.blocks], batches, raw))
     return stats
+
+
+def _tail_runner(model: nn.Module, blocks: list[nn.Module], batches: list[ModelInputs], last: list[Any]) -> Runner:
+    """Whole-model passes in which every block returns the cached output of the last compressed block.
+
+    The layers after the blocks (final norm, LM head, pooler) see exactly what the compressed model gives
+    them, without running the blocks again.
+    """
+    def run(limit: int | None = None) -> list[torch.Tensor]:
+        current: list[Any] = [None]
+        for b in blocks:
+            b.forward = lambda *_a, **_k: current[0]  # instance attribute: shadows the class's forward
+        try:
+            outs = []
+            with torch.no_grad():
+                for inp, out in list(zip(batches, last))[:limit]:
+                    current[0] = out
+                    outs.append(output_tensor(inp(model)))
+            return outs
+        finally:
+            for b in blocks:
+                del b.forward
+    return run
 
 
 def _runner(block: nn.Module, inputs: list[ModelInputs]) -> Runner:

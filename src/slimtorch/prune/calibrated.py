@@ -92,7 +92,8 @@ class CalibratedPruning(Config):
         """The selected ``nn.Linear`` layers; a model with none, or an input size ``m`` does not divide, raise."""
         name = type(self).__name__
         if not any(isinstance(mod, nn.Linear) for mod in model.modules()):
-            kinds = sorted({type(mod).__name__ for mod in model.modules() if any(mod.parameters(recurse=False))})
+            kinds = sorted({type(mod).__name__ for mod in model.modules()
+                            if next(mod.parameters(recurse=False), None) is not None})
             raise SlimtorchError(f"{name} prunes nn.Linear layers; {type(model).__name__} has none "
                                  f"(its layers with weights: {kinds}). Use Magnitude or NM for other layer types")
         layers = select_layers(model, self.include, self.exclude, self.filter_fn, types=(nn.Linear,))

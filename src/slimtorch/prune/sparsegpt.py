@@ -30,6 +30,7 @@ from torch import nn
 
 from slimtorch.core.blockwise import observe_inputs, sample_matrix
 from slimtorch.core.config import check_positive, check_range
+from slimtorch.core.linalg import upper_cholesky_of_inverse
 from slimtorch.prune.api import register_pruner
 from slimtorch.prune.calibrated import CalibratedPruning, run_calibrated_pruning
 from slimtorch.prune.report import PruneReport
@@ -59,13 +60,6 @@ class SparseGPT(CalibratedPruning):
             raise ValueError(f"SparseGPT: block_size {self.block_size} must be a multiple of m={self.m}")
 
 
-def _upper_cholesky_of_inverse(h: torch.Tensor) -> torch.Tensor:
-    """``U`` upper triangular with ``U^T U = H^-1`` (float64), via a triangular solve."""
-    chol = torch.linalg.cholesky(h)
-    linv = torch.linalg.solve_triangular(chol, torch.eye(h.shape[0], dtype=h.dtype), upper=False)
-    return torch.linalg.cholesky(linv.T @ linv, upper=True)
-
-
 def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, *, sparsity: float | None = None,
                     nm: tuple[int, int] | None = None, block_size: int = 128, percdamp: float = 0.01
                     ) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -84,7 +78,7 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, *, sparsity: fl
     h[dead, dead] = 1.0
     wt[dead] = 0.0
     h += percdamp * torch.mean(torch.diag(h)) * torch.eye(cols, dtype=h.dtype)
-    u = _upper_cholesky_of_inverse(h).to(torch.float32)
+    u = upper_cholesky_of_inverse(h).to(torch.float32)
     keep_t = torch.ones_like(wt, dtype=torch.bool)  # (in, out)
     losses = torch.zeros(rows)
     n, m = nm if nm is not None else (0, 0)

@@ -43,6 +43,7 @@ from torch import nn
 from slimtorch.core.batches import ModelInputs
 from slimtorch.core.blockwise import calibrate_blockwise, input_groups, observe_inputs, run_inputs
 from slimtorch.core.config import check_positive, check_range
+from slimtorch.core.linalg import upper_cholesky_of_inverse
 from slimtorch.quant import primitives as P
 from slimtorch.quant.algorithms.rounding import (
     Rounding,
@@ -65,12 +66,16 @@ class GPTQ(Rounding):
         act_order: process columns by decreasing Hessian diagonal.
         sequential: calibrate one transformer block at a time on the quantized previous blocks' outputs
             (:mod:`slimtorch.core.blockwise`); False: every layer from passes of the whole model.
+        true_sequential: inside a block, take each layer group's Hessian after the earlier groups are
+            quantized (the reference's ``--true-sequential``; one more pass of the block per group);
+            default: one pass collects every Hessian of the block.
     """
 
     block_size: int = 128
     damp: float = 0.01
     act_order: bool = False
     sequential: bool = True
+    true_sequential: bool = False
 
     needs_data: ClassVar[bool] = True
     legacy_fields: ClassVar[dict[str, str]] = {
@@ -227,18 +232,6 @@ def gptq_quantize(
 _INNER = 16
 
 
-def upper_cholesky_of_inverse(h: torch.Tensor) -> torch.Tensor:
-    """``U`` upper triangular with ``U^T U = H^-1`` (float64; ``H`` symmetric positive definite).
-
-    ``H^-1 = L^-T L^-1`` from ``H = L L^T`` with a triangular solve (``torch.cholesky_inverse`` is
-    several times slower on CPU), then the upper Cholesky factor of ``H^-1``.
-    """
-    chol = torch.linalg.cholesky(h)
-    eye = torch.eye(h.shape[0], dtype=h.dtype)
-    linv = torch.linalg.solve_triangular(chol, eye, upper=False)  # L^-1
-    return torch.linalg.cholesky(linv.T @ linv, upper=True)
-
-
 class _Stop(Exception):
     """Raised from a forward hook to end a calibration pass early."""
 
@@ -372,10 +365,11 @@ def collect_hessians(layers: dict[str, nn.Module], run: Callable[..., Any]) -> d
 def gptq_(
     model: nn.Module, layers: dict[str, nn.Module], config: Any, batches: list[ModelInputs]
 ) -> dict[str, dict[str, Any]]:
-    """GPTQ on every layer: block by block (``config.rounding.sequential``), inside a block group by group.
+    """GPTQ on every layer, block by block (``config.rounding.sequential``).
 
-    Layers that read the same input (q, k, v) share one Hessian pass; a later group's Hessian is taken
-    after the earlier groups of the block are quantized (the reference's "true sequential" order).
+    By default one pass of the block collects the Hessians of all its layers; with ``true_sequential`` the
+    layers that read the same input (q, k, v) share one pass and a later group's Hessian is taken after
+    the earlier groups of the block are quantized.
     """
     opts: GPTQ = config.rounding
     out: dict[str, dict[str, Any]] = {}
@@ -386,7 +380,7 @@ def gptq_(
     todo = {n: m for n, m in layers.items() if n not in plain}
 
     def step(sub: dict[str, nn.Module], run: Callable[..., Any]) -> None:
-        for group in input_groups(sub, run):
+        for group in input_groups(sub, run) if opts.true_sequential else [list(sub)]:
             hess = collect_hessians({n: sub[n] for n in group}, run)
             for name in group:
                 m = sub[name]
