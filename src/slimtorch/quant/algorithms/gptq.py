@@ -367,9 +367,9 @@ def gptq_(
 ) -> dict[str, dict[str, Any]]:
     """GPTQ on every layer, block by block (``config.rounding.sequential``).
 
-    By default one pass of the block collects the Hessians of all its layers; with ``true_sequential`` the
-    layers that read the same input (q, k, v) share one pass and a later group's Hessian is taken after
-    the earlier groups of the block are quantized.
+    Layers that read the same input (q, k, v) share one Hessian. By default one pass of the block
+    collects the Hessians of all its groups; with ``true_sequential`` a later group's Hessian is taken
+    after the earlier groups of the block are quantized (one pass per group).
     """
     opts: GPTQ = config.rounding
     out: dict[str, dict[str, Any]] = {}
@@ -379,21 +379,30 @@ def gptq_(
             out[n] = {**d, "note": "grouped conv: GPTQ not applicable, rounded to nearest"}
     todo = {n: m for n, m in layers.items() if n not in plain}
 
+    def quantize_group(sub: dict[str, nn.Module], group: list[str], h: torch.Tensor, count: int) -> None:
+        for name in group:
+            m = sub[name]
+            w = flat_weight(m)
+            codes, stats = gptq_quantize(
+                w, h, bits=config.bits, group_size=layer_group_size(m, name, config.group_size),
+                symmetric=config.symmetric, block_size=opts.block_size, percdamp=opts.damp,
+                act_order=opts.act_order,
+            )
+            replace_with_codes(model, name, m, codes)
+            out[name] = {"gptq_loss": stats.loss, "samples": count, "dead_inputs": stats.dead,
+                         "weight_mse": (codes.dequantize() - w).pow(2).mean().item()}
+
     def step(sub: dict[str, nn.Module], run: Callable[..., Any]) -> None:
-        for group in input_groups(sub, run) if opts.true_sequential else [list(sub)]:
-            hess = collect_hessians({n: sub[n] for n in group}, run)
-            for name in group:
-                m = sub[name]
-                h, count = hess[name]
-                w = flat_weight(m)
-                codes, stats = gptq_quantize(
-                    w, h, bits=config.bits, group_size=layer_group_size(m, name, config.group_size),
-                    symmetric=config.symmetric, block_size=opts.block_size, percdamp=opts.damp,
-                    act_order=opts.act_order,
-                )
-                replace_with_codes(model, name, m, codes)
-                out[name] = {"gptq_loss": stats.loss, "samples": count, "dead_inputs": stats.dead,
-                             "weight_mse": (codes.dequantize() - w).pow(2).mean().item()}
+        # Layers reading the same input (q, k, v) share one Hessian, computed once for the group's first layer.
+        groups = input_groups(sub, run)
+        if opts.true_sequential:
+            for group in groups:
+                h, count = collect_hessians({group[0]: sub[group[0]]}, run)[group[0]]
+                quantize_group(sub, group, h, count)
+            return
+        hess = collect_hessians({g[0]: sub[g[0]] for g in groups}, run)
+        for group in groups:
+            quantize_group(sub, group, *hess[group[0]])
 
     if todo:
         mode = calibrate_blockwise(model, todo, batches, step, sequential=opts.sequential, desc="GPTQ").mode
