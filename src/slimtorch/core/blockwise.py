@@ -28,6 +28,7 @@ hooks those layers (:func:`observe_inputs`) and compresses them.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -53,7 +54,8 @@ class _Stop(Exception):
 
 
 def calibration_inputs(
-    calib_data: Iterable[Any] | torch.Tensor | Mapping[str, Any] | None, what: str, min_length: int | None = None
+    calib_data: Iterable[Any] | torch.Tensor | Mapping[str, Any] | None, what: str, min_length: int | None = None,
+    model: nn.Module | None = None,
 ) -> list[ModelInputs]:
     """Validated model inputs of every calibration batch (tensors, ``(x, y)`` pairs or dicts of inputs).
 
@@ -61,6 +63,8 @@ def calibration_inputs(
         calib_data: an iterable of batches (a ``DataLoader`` works), or one tensor / one dict batch.
         what: the method asking (for messages: ``"SparseGPT"``).
         min_length: if given, the sequence length (dimension 1 of the main input) every batch must reach.
+        model: if it declares ``input_shape`` (per-sample shape), the main input of every batch must hold as
+            many values per sample.
 
     Raises:
         SlimtorchError: no data, an empty batch, a batch shorter than ``min_length``, or a NaN/inf value;
@@ -83,6 +87,11 @@ def calibration_inputs(
                 raise SlimtorchError(f"{what}: calibration batch {i} contains {bad} NaN/inf value(s) in "
                                      f"input {name!r}; clean or drop that batch")
         first = inputs.first
+        expected = tuple(getattr(model, "input_shape", ()) or ())
+        sample = tuple(first.shape[1:])
+        if expected and sample != expected and math.prod(sample) != math.prod(expected):
+            raise SlimtorchError(f"calibration batch {i} has shape {tuple(first.shape)}: per-sample shape {sample} "
+                                 f"does not match the model's input_shape {expected}")
         if min_length is not None and (first.dim() < 2 or first.shape[1] < min_length):
             have = first.shape[1] if first.dim() >= 2 else 0
             raise SlimtorchError(f"{what}: calibration batch {i} has sequence length {have}, shorter than the "

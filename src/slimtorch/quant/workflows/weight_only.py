@@ -233,7 +233,7 @@ def weight_only_(
     batches: list[ModelInputs] = []
     if config.needs_data:
         what_needs = f"method {config.method!r}" if config.rounding.needs_data else "bias_correction"
-        batches = calibration_inputs(calib_data, f"WeightOnly {what_needs}")
+        batches = calibration_inputs(calib_data, f"WeightOnly {what_needs}", model=model)
     was_training = model.training
     model.eval()
     means = mean_layer_inputs(model, layers, batches) if config.bias_correction else {}
