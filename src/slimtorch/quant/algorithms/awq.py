@@ -75,8 +75,8 @@ class AWQ(Rounding):
     clip: bool = True
     clip_grid: int = 20
     max_shrink: float = 0.5
-    samples: int = 4096
-    clip_samples: int = 512
+    samples: int = 1024
+    clip_samples: int = 256
     explicit_scales: bool = True
     sequential: bool = True
 
