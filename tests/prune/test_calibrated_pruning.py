@@ -12,6 +12,7 @@ from torch import nn
 from slimtorch.prune import (
     METHODS,
     NM,
+    Magnitude,
     SparseGPT,
     Wanda,
     check_nm,
@@ -92,16 +93,9 @@ def test_char_gpt_pruning_beats_magnitude_and_masks_survive(config):
     assert all(get_mask(m) is None for m in pruned.modules())
     if isinstance(config, SparseGPT):  # reconstruction: closer to the dense model than magnitude
         mag = copy.deepcopy(model)
-        prune_(mag, NM(2, 4, include=("blocks.*", "head")) if config.nm else _per_row_magnitude())
-        assert (pruned(x) - ref).pow(2).mean() < (mag(x) - ref).pow(2).mean() or True  # see next line
-        err_p = (model.head.weight - pruned.head.weight).abs().sum()
-        assert err_p > 0
-
-
-def _per_row_magnitude():
-    from slimtorch.prune import Magnitude
-
-    return Magnitude(0.5, scope="layer")
+        prune_(mag, NM(2, 4) if config.nm else Magnitude(0.5, scope="layer"))
+        with torch.no_grad():
+            assert (pruned(x) - ref).pow(2).mean() < 0.9 * (mag(x) - ref).pow(2).mean()
 
 
 @pytest.mark.parametrize("cls", [SparseGPT, Wanda])

@@ -6,12 +6,12 @@ import copy
 
 import pytest
 import torch
+from tests.llm_models import dict_batches, logits, tiny_char_gpt, tiny_llama
 from torch import nn
 
 from slimtorch.quant import AWQ, InputScaled, WeightOnly, quantize_
 from slimtorch.quant.algorithms.awq import awq_clip_codes, awq_scale_search
 from slimtorch.quant.groupwise import GroupCodes
-from tests.llm_models import dict_batches, logits, tiny_char_gpt, tiny_llama
 
 
 def _outlier_inputs(n: int = 512, d: int = 64) -> torch.Tensor:

@@ -6,11 +6,11 @@ import copy
 
 import pytest
 import torch
+from tests.llm_models import dict_batches, logits, tiny_char_gpt, tiny_llama
 from torch import nn
 
 from slimtorch.quant import Int8Dynamic, SmoothQuant, quantize_
 from slimtorch.quant.algorithms.smoothquant import smooth_scales, w8a8_error
-from tests.llm_models import dict_batches, logits, tiny_char_gpt, tiny_llama
 
 
 def _outlier_char_gpt() -> nn.Module:
