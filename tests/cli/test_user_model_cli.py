@@ -125,3 +125,10 @@ def test_hf_folder_goes_through_slimtorch_load(tmp_path, capsys):
         raise
     out = model(torch.zeros(2, 8, dtype=torch.long))
     assert out.logits.shape == (2, 3)
+
+
+def test_set_values_are_plain_yaml_too(tmp_path, capsys):
+    assert main(["quantize", "nowhere", "--scheme", "int8", "--set", "observer_kwargs=&a {percentile: 99}",
+                 "--out", str(tmp_path / "q")]) == 2
+    assert "the value of observer_kwargs=: YAML anchor &a" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()
