@@ -4,7 +4,9 @@
 arguments and the structural attributes of every layer whose shape changed (e.g. a conv that channel
 pruning narrowed), so ``load(path)`` rebuilds a zoo model, pruned or not, without user code.
 
-Models that are not from the zoo load into a skeleton the caller passes (``load(path, model=net)``).
+Hugging Face models are saved with their config class, config and changed structure, and reload without
+code; ``load(folder)`` also reads a Hugging Face model folder (``config.json`` + safetensors), see
+:mod:`slimtorch.io.hf`. Other models that are not from the zoo load into a skeleton the caller passes (``load(path, model=net)``).
 Pickles are never unpickled implicitly: a ``.pt``/``.pth`` full-model file is refused unless the caller
 passes ``trust_pickle=True``; plain state dicts are read with ``torch.load(weights_only=True)``.
 """
@@ -23,6 +25,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from slimtorch.core.errors import SlimtorchError
+from slimtorch.io import hf
 from slimtorch.io.architectures import SPEC_ATTR, create
 
 FORMAT = "slimtorch"
@@ -36,6 +39,9 @@ STRUCTURAL_ATTRS: list[str] = [
     "in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
     "normalized_shape", "num_embeddings", "embedding_dim", "num_heads", "embed_dim", "head_dim",
     "num_groups", "num_channels", "use_res", "kdim", "vdim",
+    # Hugging Face layers (Conv1D, attention): what their forward reads besides the weights' shapes
+    "nf", "nx", "num_attention_heads", "attention_head_size", "all_head_size", "num_key_value_groups",
+    "split_size", "scaling",
 ]
 
 
@@ -47,7 +53,8 @@ def resolve_model_file(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-def _structure(model: nn.Module) -> dict[str, dict[str, Any]]:
+def structure_of(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """``{module fqn: {attr: value}}`` of every :data:`STRUCTURAL_ATTRS` entry the modules hold."""
     out: dict[str, dict[str, Any]] = {}
     for name, m in model.named_modules():
         attrs = {}
@@ -56,7 +63,7 @@ def _structure(model: nn.Module) -> dict[str, dict[str, Any]]:
             if isinstance(v, property):  # derived values (e.g. head_dim) are not stored
                 continue
             v = getattr(m, a, None)
-            if isinstance(v, (bool, int, tuple, list)) and not isinstance(v, torch.Tensor):
+            if isinstance(v, (bool, int, float, tuple, list)) and not isinstance(v, torch.Tensor):
                 attrs[a] = list(v) if isinstance(v, tuple) else v
         if attrs:
             out[name] = attrs
@@ -68,9 +75,11 @@ def _spec(model: nn.Module) -> dict[str, Any]:
     zoo = getattr(model, SPEC_ATTR, None)
     if zoo is not None:
         spec["model"] = zoo
-        fresh = _structure(create(zoo["name"], **zoo["kwargs"]))
-        now = _structure(model)
+        fresh = structure_of(create(zoo["name"], **zoo["kwargs"]))
+        now = structure_of(model)
         spec["changed"] = {k: v for k, v in now.items() if fresh.get(k) != v}
+    elif hf.is_hf_model(model):
+        spec.update(hf.hf_spec(model))
     return spec
 
 
@@ -138,6 +147,8 @@ def write_safetensors(path: str | os.PathLike[str], tensors: dict[str, torch.Ten
 
 def model_from_spec(spec: dict[str, Any], path: str | os.PathLike[str] = "") -> nn.Module:
     """Rebuild the (possibly pruned) zoo model a spec describes, with uninitialised weights."""
+    if "hf" in spec:
+        return hf.model_from_hf_spec(spec)
     if "model" not in spec:
         raise SlimtorchError(
             f"{path or 'the file'} holds no architecture spec (it was not saved from a zoo model); pass the "
@@ -145,7 +156,7 @@ def model_from_spec(spec: dict[str, Any], path: str | os.PathLike[str] = "") -> 
         )
     zoo = spec["model"]
     model = create(zoo["name"], **zoo["kwargs"])
-    _apply_structure(model, spec.get("changed", {}))
+    apply_structure(model, spec.get("changed", {}))
     return model
 
 
@@ -164,15 +175,37 @@ def read_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
     return json.loads(meta["slimtorch"])
 
 
-def _apply_structure(model: nn.Module, changed: dict[str, dict[str, Any]]) -> None:
+def apply_structure(model: nn.Module, changed: dict[str, dict[str, Any]]) -> None:
+    """Set the recorded structural attributes (``{fqn: {attr: value}}``) on ``model``'s modules."""
     for name, attrs in changed.items():
         m = model.get_submodule(name) if name else model
         for a, v in attrs.items():
             setattr(m, a, tuple(v) if isinstance(v, list) else v)
 
 
-def _resize_like(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Replace every parameter/buffer whose shape differs from ``state`` by an empty one of the new shape."""
+#: Layer type -> (attribute, weight dim) pairs that follow the weight's shape when a load resizes it.
+_SHAPE_ATTRS: dict[type, tuple[tuple[str, int], ...]] = {
+    nn.Linear: (("out_features", 0), ("in_features", 1)),
+    nn.Embedding: (("num_embeddings", 0), ("embedding_dim", 1)),
+}
+
+
+def _sync_shape_attrs(m: nn.Module) -> None:
+    """Make ``in_features``/``out_features`` (etc.) agree with a resized weight (a fresh skeleton had the
+    unpruned widths: a 1075-row weight in a Linear that still said ``out_features=1536``)."""
+    for t, pairs in _SHAPE_ATTRS.items():
+        if isinstance(m, t) and isinstance(getattr(m, "weight", None), torch.Tensor):
+            for attr, dim in pairs:
+                setattr(m, attr, int(m.weight.shape[dim]))
+    if isinstance(m, nn.modules.conv._ConvNd):
+        m.out_channels, m.in_channels = int(m.weight.shape[0]), int(m.weight.shape[1]) * m.groups
+    elif isinstance(m, nn.LayerNorm) and m.weight is not None:
+        m.normalized_shape = tuple(m.weight.shape)
+
+
+def resize_like(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Replace every parameter/buffer whose shape differs from ``state`` by an empty one of the new shape
+    (and update the layer's width attributes to match)."""
     for key, t in state.items():
         mod_name, _, attr = key.rpartition(".")
         try:
@@ -186,11 +219,12 @@ def _resize_like(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
                 setattr(m, attr, nn.Parameter(new, requires_grad=cur.requires_grad))
             else:
                 m._buffers[attr] = new
+            _sync_shape_attrs(m)
 
 
 def load_state_into(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     """Load ``state`` into ``model``, resizing layers whose shapes differ (pruned checkpoints)."""
-    _resize_like(model, state)
+    resize_like(model, state)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise SlimtorchError(
@@ -201,7 +235,7 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Modu
 
 
 def load(path: str | os.PathLike[str], model: nn.Module | None = None, *, trust_pickle: bool = False,
-         map_location: str = "cpu") -> nn.Module:
+         map_location: str = "cpu", allow_code: bool = False) -> nn.Module:
     """Load a model saved by :func:`save` (or a state dict / pickle, see below).
 
     Args:
@@ -211,7 +245,13 @@ def load(path: str | os.PathLike[str], model: nn.Module | None = None, *, trust_
         trust_pickle: allow unpickling a full pickled model. Pickles run arbitrary code: only set this
             for files you trust.
         map_location: device to load onto.
+        allow_code: for a Hugging Face folder (``config.json`` + safetensors, see :mod:`slimtorch.io.hf`),
+            consent to run code the folder ships (``auto_map``); refused without it.
     """
+    if model is None and hf.is_hf_folder(path):  # save_pretrained output: model.safetensors has no spec
+        own = Path(path) / MODEL_FILE
+        if not own.is_file() or not read_spec(own):
+            return hf.load_hf_folder(path, allow_code=allow_code).to(map_location)
     p = resolve_model_file(path)
     if not p.exists():
         raise SlimtorchError(f"no model file at {p} (expected a .safetensors file or a run directory)")
