@@ -78,7 +78,7 @@ def _config_dict(config: Any) -> dict[str, Any]:
 
 def hf_structure(model: nn.Module) -> dict[str, dict[str, Any]]:
     """``{module fqn: {attr: value}}`` of the structural attributes that differ from a fresh build."""
-    from slimtorch.io.storage import structure_of
+    from slimtorch.io.structure import structure_of
 
     fresh, now = structure_of(_fresh(model)), structure_of(model)
     return {k: v for k, v in now.items() if fresh.get(k) != v}
@@ -133,7 +133,7 @@ def build_from_config(config_dict: dict[str, Any], class_name: str | None,
     The weights are uninitialised (they are about to be loaded).
     """
     transformers = require_transformers()
-    from slimtorch.io.storage import apply_structure
+    from slimtorch.io.structure import apply_structure
 
     d = {k: v for k, v in config_dict.items() if k != STRUCTURE_KEY}
     model_type = d.pop("model_type", None)
@@ -178,10 +178,43 @@ def _folder_state(folder: Path) -> dict[str, torch.Tensor]:
     )
 
 
+def to_model_keys(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename checkpoint keys to ``model``'s names with transformers' own key mapping.
+
+    ``save_pretrained`` writes some families under their legacy names (ViT's ``vit.encoder.layer.0.
+    attention.attention.query`` for ``vit.layers.0.attention.q_proj``) and checkpoints may carry or lack the
+    base-model prefix; ``from_pretrained`` maps them back, and so does this. Keys that need a tensor
+    conversion (fused or split weights) are refused: load such models with ``from_pretrained``.
+    """
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, rename_source_key
+    except ImportError:  # transformers 4.x stores the model's own names
+        return state
+    transforms = get_model_conversion_mapping(model)
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    renamings = [t for t in transforms if not isinstance(t, WeightConverter)]
+    own = model.state_dict()
+    prefix = getattr(model, "base_model_prefix", None) or None
+    out: dict[str, torch.Tensor] = {}
+    for key, t in state.items():
+        if key in own:
+            out[key] = t
+            continue
+        new, pattern = rename_source_key(key, renamings, converters, prefix, own)
+        if pattern is not None:
+            raise SlimtorchError(
+                f"checkpoint key {key!r} needs transformers' weight conversion {pattern!r} (not a rename); "
+                "load this model with from_pretrained"
+            )
+        out[new] = t
+    return out
+
+
 def load_state_tied(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     """Load ``state`` (shapes may differ from ``model``'s); keys left out because tied weights share them are
     filled by ``tie_weights``, any other missing or unexpected key is an error."""
-    from slimtorch.io.storage import resize_like
+    from slimtorch.io.structure import resize_like
 
     resize_like(model, state)
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -220,4 +253,4 @@ def load_hf_folder(path: str | os.PathLike[str], *, allow_code: bool = False) ->
         return auto.from_pretrained(str(folder), trust_remote_code=True).eval()
     archs = config.get("architectures") or [None]
     model = build_from_config(config, archs[0], config.get(STRUCTURE_KEY, {}))
-    return load_state_tied(model, _folder_state(folder)).eval()
+    return load_state_tied(model, to_model_keys(model, _folder_state(folder))).eval()

@@ -6,7 +6,8 @@ pruning narrowed), so ``load(path)`` rebuilds a zoo model, pruned or not, withou
 
 Hugging Face models are saved with their config class, config and changed structure, and reload without
 code; ``load(folder)`` also reads a Hugging Face model folder (``config.json`` + safetensors), see
-:mod:`slimtorch.io.hf`. Other models that are not from the zoo load into a skeleton the caller passes (``load(path, model=net)``).
+:mod:`slimtorch.io.hf`. Other models that are not from the zoo load into a skeleton the caller passes
+(``load(path, model=net)``).
 Pickles are never unpickled implicitly: a ``.pt``/``.pth`` full-model file is refused unless the caller
 passes ``trust_pickle=True``; plain state dicts are read with ``torch.load(weights_only=True)``.
 """
@@ -27,23 +28,12 @@ from torch import nn
 from slimtorch.core.errors import SlimtorchError
 from slimtorch.io import hf
 from slimtorch.io.architectures import SPEC_ATTR, create
+from slimtorch.io.structure import apply_structure, resize_like, structure_of
 
 FORMAT = "slimtorch"
 FORMAT_VERSION = 1
 #: File name used when ``save``/``load`` are given a directory.
 MODEL_FILE = "model.safetensors"
-
-#: Attributes that describe a layer's structure. Recorded when they differ from a freshly created zoo
-#: model; extend it for custom layers whose forward reads such an attribute.
-STRUCTURAL_ATTRS: list[str] = [
-    "in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
-    "normalized_shape", "num_embeddings", "embedding_dim", "num_heads", "embed_dim", "head_dim",
-    "num_groups", "num_channels", "use_res", "kdim", "vdim",
-    # Hugging Face layers (Conv1D, attention): what their forward reads besides the weights' shapes
-    "nf", "nx", "num_attention_heads", "attention_head_size", "all_head_size", "num_key_value_groups",
-    "split_size", "scaling",
-]
-
 
 def resolve_model_file(path: str | os.PathLike[str]) -> Path:
     """``path`` itself if it is a file, ``path/model.safetensors`` if it is a run directory."""
@@ -51,23 +41,6 @@ def resolve_model_file(path: str | os.PathLike[str]) -> Path:
     if p.is_dir():
         p = p / MODEL_FILE
     return p
-
-
-def structure_of(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """``{module fqn: {attr: value}}`` of every :data:`STRUCTURAL_ATTRS` entry the modules hold."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, m in model.named_modules():
-        attrs = {}
-        for a in STRUCTURAL_ATTRS:
-            v = getattr(type(m), a, None)
-            if isinstance(v, property):  # derived values (e.g. head_dim) are not stored
-                continue
-            v = getattr(m, a, None)
-            if isinstance(v, (bool, int, float, tuple, list)) and not isinstance(v, torch.Tensor):
-                attrs[a] = list(v) if isinstance(v, tuple) else v
-        if attrs:
-            out[name] = attrs
-    return out
 
 
 def _spec(model: nn.Module) -> dict[str, Any]:
@@ -173,53 +146,6 @@ def read_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
     if "slimtorch" not in meta:
         return {}
     return json.loads(meta["slimtorch"])
-
-
-def apply_structure(model: nn.Module, changed: dict[str, dict[str, Any]]) -> None:
-    """Set the recorded structural attributes (``{fqn: {attr: value}}``) on ``model``'s modules."""
-    for name, attrs in changed.items():
-        m = model.get_submodule(name) if name else model
-        for a, v in attrs.items():
-            setattr(m, a, tuple(v) if isinstance(v, list) else v)
-
-
-#: Layer type -> (attribute, weight dim) pairs that follow the weight's shape when a load resizes it.
-_SHAPE_ATTRS: dict[type, tuple[tuple[str, int], ...]] = {
-    nn.Linear: (("out_features", 0), ("in_features", 1)),
-    nn.Embedding: (("num_embeddings", 0), ("embedding_dim", 1)),
-}
-
-
-def _sync_shape_attrs(m: nn.Module) -> None:
-    """Make ``in_features``/``out_features`` (etc.) agree with a resized weight (a fresh skeleton had the
-    unpruned widths: a 1075-row weight in a Linear that still said ``out_features=1536``)."""
-    for t, pairs in _SHAPE_ATTRS.items():
-        if isinstance(m, t) and isinstance(getattr(m, "weight", None), torch.Tensor):
-            for attr, dim in pairs:
-                setattr(m, attr, int(m.weight.shape[dim]))
-    if isinstance(m, nn.modules.conv._ConvNd):
-        m.out_channels, m.in_channels = int(m.weight.shape[0]), int(m.weight.shape[1]) * m.groups
-    elif isinstance(m, nn.LayerNorm) and m.weight is not None:
-        m.normalized_shape = tuple(m.weight.shape)
-
-
-def resize_like(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Replace every parameter/buffer whose shape differs from ``state`` by an empty one of the new shape
-    (and update the layer's width attributes to match)."""
-    for key, t in state.items():
-        mod_name, _, attr = key.rpartition(".")
-        try:
-            m = model.get_submodule(mod_name) if mod_name else model
-        except AttributeError:
-            continue
-        cur = getattr(m, attr, None)
-        if isinstance(cur, torch.Tensor) and cur.shape != t.shape:
-            new = torch.empty(t.shape, dtype=t.dtype)
-            if isinstance(cur, nn.Parameter):
-                setattr(m, attr, nn.Parameter(new, requires_grad=cur.requires_grad))
-            else:
-                m._buffers[attr] = new
-            _sync_shape_attrs(m)
 
 
 def load_state_into(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:

@@ -22,11 +22,13 @@ from slimtorch.core.config import Config, check_choice, check_positive, check_ra
 from slimtorch.core.selection import ROOT_NAME, FilterFn, as_patterns, check_overrides, override_for
 from slimtorch.prune.api import register_pruner
 from slimtorch.prune.report import LayerReport, PruneReport
+from slimtorch.prune.structured.adapters import adapter_for
 from slimtorch.prune.structured.graph import ChannelGroup, DependencyGraph, build_dependency_graph
 from slimtorch.prune.structured.importance import IMPORTANCE, NEEDS_GRADIENTS, CoupledTensor
 from slimtorch.prune.structured.surgery import WeightSlice, find_surgery, slice_tensor_
 
 ALLOCATIONS = ("uniform", "global")
+GQA_MODES = ("query", "kv")
 
 
 @dataclass
@@ -73,6 +75,11 @@ class Channel(Config):
             keeps its channels, as if excluded.
         ignore: the former name of ``exclude``, kept as an alias: its patterns are added to ``exclude``
             (``to_dict`` writes ``exclude``; recipes with ``ignore:`` still load).
+        heads: prune attention heads (groups whose units are heads); False keeps every head.
+        hidden: prune the model width (the residual stream). None: yes, except for Hugging Face models,
+            whose configs derive the head size from it (see :mod:`.hf_model`).
+        gqa: with grouped key-value heads, ``"query"`` removes the same number of query heads from every
+            key-value group, ``"kv"`` removes whole key-value groups (with their query heads).
     """
 
     #: Former field names still accepted by the constructor and ``from_dict``.
@@ -95,6 +102,9 @@ class Channel(Config):
     max_batches: int | None = None
     seed: int = 0
     filter_fn: FilterFn | None = field(default=None, repr=False)
+    heads: bool = True
+    hidden: bool | None = None
+    gqa: str = "query"
     ignore: InitVar[tuple[str, ...] | str | None] = None
 
     def __post_init__(self, ignore: tuple[str, ...] | str | None = None) -> None:
@@ -123,6 +133,7 @@ class Channel(Config):
         check_choice("tracer", self.tracer, ("auto", "fx", "concrete"))
         if self.max_batches is not None:
             check_positive("max_batches", self.max_batches)
+        check_choice("gqa", self.gqa, GQA_MODES)
 
 
 # ---- scores --------------------------------------------------------------------------------------
@@ -334,6 +345,9 @@ def apply_removal(model: nn.Module, graph: DependencyGraph, removed: list[np.nda
 def _example(model: nn.Module, example_inputs: Any) -> Any:
     if example_inputs is not None:
         return example_inputs
+    ex = adapter_for(model).example_inputs(model)
+    if ex is not None:
+        return ex
     from slimtorch.metrics.shapes import example_inputs_for
 
     return example_inputs_for(model)
@@ -502,7 +516,9 @@ def prune_channels_(
         the final ratio, notes on kept channels and warnings.
     """
     ex = _example(model, example_inputs)
+    adapter = adapter_for(model)
     graph = build_dependency_graph(model, ex, config.exclude, config.tracer, filter_fn=config.filter_fn)
+    graph = adapter.select(model, graph, config)  # family rules: heads=, hidden=, gqa= (see .adapters)
     scores = score_groups(model, graph, config, data)
     macs_before = _macs(model, ex)
     warn: list[str] = []
@@ -526,6 +542,7 @@ def prune_channels_(
     before = _shapes(model)
     params_before = sum(int(np.prod(s)) for s in before.values())
     apply_removal(model, graph, removed)
+    model_info = adapter.finish(model)  # e.g. a Hugging Face config follows the new widths
     after = _shapes(model)
     layers = []
     for name, shape in before.items():
@@ -573,5 +590,6 @@ def prune_channels_(
             "tracer": graph.tracer,
             "graph_build_s": graph.build_s,
             "measured_speedups": speedups,
+            "model": model_info,
         },
     )
