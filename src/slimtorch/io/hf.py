@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,16 @@ def _check_remote_code(config: dict[str, Any], where: str, allow_code: bool) -> 
     return True
 
 
+def _no_init() -> Any:
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # older transformers: initialise (slower, same result once loaded)
+        import contextlib
+
+        return contextlib.nullcontext()
+    return no_init_weights()
+
+
 def build_from_config(config_dict: dict[str, Any], class_name: str | None,
                       changed: dict[str, dict[str, Any]]) -> nn.Module:
     """A model of ``class_name`` built from ``config_dict`` with the recorded structure applied.
@@ -145,7 +156,8 @@ def build_from_config(config_dict: dict[str, Any], class_name: str | None,
         raise SlimtorchError(f"transformers {transformers.__version__} does not know model_type "
                              f"{model_type!r}: {e}") from None
     cls = _model_class(class_name, config)
-    model = cls(config)
+    with _no_init():  # the weights are loaded next: random initialisation would be wasted time
+        model = cls(config)
     apply_structure(model, changed)
     if changed:
         setattr(model.config, STRUCTURE_KEY, changed)
@@ -224,6 +236,10 @@ def load_state_tied(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Modu
     shared = {id(p) for k, p in params.items() if k in state}
     missing = [k for k in missing if not (k in params and id(params[k]) in shared)]
     missing = [k for k in missing if k in params]  # non-persistent buffers are rebuilt by the model
+    # old checkpoints store buffers the model now builds itself (BERT's embeddings.position_ids)
+    buffers = dict(model.named_buffers())
+    ignore = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or []]
+    unexpected = [k for k in unexpected if k not in buffers and not any(p.search(k) for p in ignore)]
     if missing or unexpected:
         raise SlimtorchError(
             f"the weights do not fit {type(model).__name__}: missing {missing[:8]}, unexpected {unexpected[:8]}"
