@@ -176,12 +176,45 @@ def test_gqa_kv_mode_removes_whole_key_value_groups():
     torch.testing.assert_close(out(model, x), ref, atol=1e-5, rtol=1e-5)
 
 
+def test_round_to_rounds_channels_not_heads():
+    model = tiny("bert")
+    prune_(model, Channel(ratio=0.5, round_to=8))
+    assert model.config.num_attention_heads == 2  # heads are not rounded up to 8
+    assert model.config.intermediate_size % 8 == 0
+
+
 def test_heads_false_prunes_only_ffn():
     model = tiny("bert")
     report = prune_(model, Channel(ratio=0.5, heads=False))
     assert model.config.num_attention_heads == N_HEADS
     assert model.config.intermediate_size == FFN // 2
     assert "attention heads kept (heads=False)" in report.extra["notes"]
+
+
+def test_taylor_heads_from_dict_batches_with_the_attention_mask():
+    """Gradients for Taylor importance come from dict batches (input_ids, attention_mask, labels); the mask
+    reaches the model: masking out half the tokens changes the scores."""
+    from slimtorch.prune.structured import build_dependency_graph, score_groups
+
+    model = tiny("llama")
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, 100, (4, 8), generator=g)
+    full = [{"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}]
+    half = [{"input_ids": ids, "attention_mask": (torch.arange(8) < 4).long().expand(4, 8), "labels": ids}]
+    graph = build_dependency_graph(model, torch.zeros(1, 8, dtype=torch.long))
+    cfg = Channel(ratio=0.5, importance="taylor")
+    s_full, s_half = score_groups(model, graph, cfg, full), score_groups(model, graph, cfg, half)
+    assert all(torch.isfinite(s).all() and (s > 0).any() for s in s_full)
+    assert any(not torch.allclose(a, b) for a, b in zip(s_full, s_half))
+    report = prune_(model, Channel(ratio=0.5, importance="taylor"), data=full)
+    assert report.extra["model"]["num_attention_heads"] == [2, 2]
+    assert out(model, inputs("llama")).shape == (2, 8, 100)
+
+
+def test_taylor_without_targets_says_what_it_needs():
+    model = tiny("bert", layers=1)
+    with pytest.raises(ValueError, match="taylor importance needs targets"):
+        prune_(model, Channel(ratio=0.5, importance="taylor"), data=[{"input_ids": torch.zeros(1, 8).long()}])
 
 
 # ---- reload ----------------------------------------------------------------------------------------

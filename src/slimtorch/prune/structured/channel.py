@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimtorch.core.batches import ModelInputs, output_tensor, split_batch
 from slimtorch.core.config import Config, check_choice, check_positive, check_range
 from slimtorch.core.selection import ROOT_NAME, FilterFn, as_patterns, check_overrides, override_for
 from slimtorch.prune.api import register_pruner
 from slimtorch.prune.report import LayerReport, PruneReport
-from slimtorch.prune.structured.adapters import adapter_for
+from slimtorch.prune.structured.adapters import adapter_for, head_space
 from slimtorch.prune.structured.graph import ChannelGroup, DependencyGraph, build_dependency_graph
 from slimtorch.prune.structured.importance import IMPORTANCE, NEEDS_GRADIENTS, CoupledTensor
 from slimtorch.prune.structured.surgery import WeightSlice, find_surgery, slice_tensor_
@@ -177,7 +178,7 @@ def coupled_tensors(
     return out
 
 
-def _batches(data: Any, max_batches: int | None, seed: int = 0) -> Iterable[tuple[torch.Tensor, ...]]:
+def _batches(data: Any, max_batches: int | None, seed: int = 0) -> Iterable[tuple[ModelInputs, torch.Tensor]]:
     from torch.utils.data import DataLoader, Dataset
 
     if isinstance(data, Dataset):  # shuffled (reproducibly): datasets are often sorted by class
@@ -186,9 +187,11 @@ def _batches(data: Any, max_batches: int | None, seed: int = 0) -> Iterable[tupl
     for i, b in enumerate(source):
         if max_batches is not None and i >= max_batches:
             return
-        if not isinstance(b, (tuple, list)) or len(b) != 2:
-            raise ValueError("taylor importance needs (inputs, targets) batches in data=")
-        yield b[0], b[1]
+        inputs, y = split_batch(b)  # (x, y), ((ids, mask), y) or a dict with labels (core.batches)
+        if y is None:
+            raise ValueError("taylor importance needs targets: (inputs, targets) batches or dicts with 'labels' "
+                             "in data=")
+        yield inputs, y
 
 
 def collect_gradients(
@@ -216,7 +219,7 @@ def collect_gradients(
         n = 0
         for x, y in _batches(data, max_batches, seed):
             model.zero_grad(set_to_none=True)
-            logits, targets = flatten_logits(model(x), y)
+            logits, targets = flatten_logits(output_tensor(x(model)), y)
             F.cross_entropy(logits, targets).backward()
             for p in params:
                 if p.grad is not None:
@@ -256,17 +259,22 @@ def _unit_width(group: ChannelGroup) -> int:
     return max(ks) if ks else 1
 
 
+def _rounded(group: ChannelGroup) -> bool:
+    """Whether ``round_to`` applies: groups of plain channels, not of heads."""
+    return _unit_width(group) == 1 and head_space(group) is None
+
+
 def _group_ratio(group: ChannelGroup, config: Channel, ratio: float) -> tuple[float, bool]:
     r = override_for(group.producers or group.modules, config.overrides)
     return (ratio, False) if r is None else (r, True)
 
 
 def _min_keep(group: ChannelGroup, config: Channel) -> int:
-    return min(group.n_units, config.round_to if _unit_width(group) == 1 else 1)
+    return min(group.n_units, config.round_to if _rounded(group) else 1)
 
 
 def _round_keep(group: ChannelGroup, keep: int, config: Channel) -> int:
-    if _unit_width(group) == 1 and config.round_to > 1:
+    if _rounded(group) and config.round_to > 1:
         keep = math.floor(keep / config.round_to + 0.5) * config.round_to
     return max(_min_keep(group, config), min(group.n_units, keep))
 
