@@ -352,3 +352,18 @@ def test_missing_transformers_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(SlimtorchError, match=r"pip install 'slimtorch\[hf\]'"):
         require_transformers()
+
+
+def test_macs_count_gpt2_conv1d_layers():
+    """Conv1D MACs are out.numel() * nx (a Linear's formula); the pruned model's count follows the cut."""
+    from slimtorch.metrics import count_macs
+
+    model = tiny("gpt2", layers=1)
+    x = torch.zeros(1, 8, dtype=torch.long)
+    a, mlp = model.transformer.h[0].attn, model.transformer.h[0].mlp
+    expect = 8 * (3 * H * H + H * H + 4 * H * H + 4 * H * H) + 8 * H * 100  # c_attn, c_proj, c_fc, c_proj, lm_head
+    assert count_macs(model, x) == expect
+    prune_(model, Channel(ratio=0.5))
+    expect = 8 * (H * 3 * H // 2 + H // 2 * H + H * 2 * H + 2 * H * H) + 8 * H * 100
+    assert (a.c_attn.nf, mlp.c_fc.nf) == (3 * H // 2, 2 * H)
+    assert count_macs(model, x) == expect
