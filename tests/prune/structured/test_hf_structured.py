@@ -367,3 +367,9 @@ def test_macs_count_gpt2_conv1d_layers():
     expect = 8 * (H * 3 * H // 2 + H // 2 * H + H * 2 * H + 2 * H * H) + 8 * H * 100
     assert (a.c_attn.nf, mlp.c_fc.nf) == (3 * H // 2, 2 * H)
     assert count_macs(model, x) == expect
+
+
+def test_channel_transformer_options_round_trip():
+    cfg = Channel(ratio=0.3, heads=False, hidden=True, gqa="kv")
+    again = Channel.from_dict(cfg.to_dict())
+    assert (again.heads, again.hidden, again.gqa) == (False, True, "kv")
