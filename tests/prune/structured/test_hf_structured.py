@@ -154,6 +154,50 @@ def test_gqa_query_mode_keeps_kv_heads_and_prunes_within_groups():
     torch.testing.assert_close(out(model, x), ref, atol=1e-5, rtol=1e-5)
 
 
+def test_gqa_query_mode_lets_each_group_drop_its_own_weakest_heads():
+    """Group 0's weakest is its first query head (head 0), group 1's its second (head 3): different slots.
+    Sorting each group's heads by importance first (function-preserving) makes both go."""
+    model = tiny("llama")
+    zero_units(model, "llama", heads=[0, 3], ffn=list(range(0, FFN, 2)))
+    x = inputs("llama")
+    ref = out(model, x)
+    prune_(model, Channel(ratio=0.5, gqa="query"))
+    assert model.model.layers[0].self_attn.q_proj.out_features == 2 * (H // N_HEADS)
+    torch.testing.assert_close(out(model, x), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_sorting_query_heads_keeps_the_function():
+    """After sorting, each group's heads are in decreasing l2 score (mean over q rows and o columns of the
+    head's L2 norms), every head is still in its own key-value group, and the outputs are unchanged."""
+    from slimtorch.prune.structured.hf_model import sort_query_heads
+
+    model = tiny("llama", layers=1)
+    x = inputs("llama")
+    ref = out(model, x)
+    attn = model.model.layers[0].self_attn
+    r, d = N_HEADS // N_KV, H // N_HEADS
+
+    def head_scores():
+        q = attn.q_proj.weight.detach().double().reshape(N_HEADS, -1).norm(dim=1)
+        o = attn.o_proj.weight.detach().double().T.reshape(N_HEADS, -1).norm(dim=1)
+        return ((q + o) / 2).reshape(N_KV, r)
+
+    def group_heads():  # the set of heads of each group, by their q rows
+        w = attn.q_proj.weight.detach().reshape(N_KV, r, d * H)
+        return [sorted(tuple(h.tolist()) for h in g) for g in w]
+
+    with torch.no_grad():  # make group 0's first head its weakest, so sorting must move it
+        attn.q_proj.weight[:d] *= 0.01
+    before_scores, before_heads = head_scores(), group_heads()
+    ref = out(model, x)
+    sort_query_heads(attn, Channel(importance="l2"))
+    after = head_scores()
+    assert (after[:, :-1] >= after[:, 1:]).all()
+    assert torch.allclose(after.sort(dim=1, descending=True).values, before_scores.sort(dim=1, descending=True).values)
+    assert group_heads() == before_heads
+    torch.testing.assert_close(out(model, x), ref, atol=1e-5, rtol=1e-5)
+
+
 def test_gqa_kv_mode_removes_whole_key_value_groups():
     model = tiny("llama")
     d = H // N_HEADS

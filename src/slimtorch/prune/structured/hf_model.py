@@ -27,6 +27,7 @@ from slimtorch.io import hf
 from slimtorch.prune.structured.adapters import ModelAdapter, register_adapter
 from slimtorch.prune.structured.graph import ChannelGroup, DependencyGraph
 from slimtorch.prune.structured.hf_rules import HFAttentionSurgery
+from slimtorch.prune.structured.importance import IMPORTANCE, NEEDS_GRADIENTS, CoupledTensor
 from slimtorch.prune.structured.surgery import find_surgery
 
 #: Name patterns of the first layer of each block's FFN (its output width is the FFN width).
@@ -101,6 +102,27 @@ def from_pretrained_compatible(model: nn.Module) -> tuple[bool, str]:
     return True, ""
 
 
+def sort_query_heads(m: nn.Module, config: Any) -> None:
+    """Sort each key-value group's query heads by ``config.importance`` (most important first), so that the
+    GQA slot units (``query_heads``) hold every group's s-th best head; the block's function is unchanged.
+
+    Slot scores are sums over the groups of sorted scores, so they decrease with the slot and pruning the
+    lowest slots removes each group's own least important heads. Gradient criteria are not sorted here
+    (their gradients are taken after this step); their slots are the heads' original positions.
+    """
+    rule = find_surgery(type(m))
+    nq, nkv, _, _ = rule.dims(m)
+    # each slice views the head's rows first, head_dim consecutive rows per head: (n_q, -1) per head
+    units = [CoupledTensor(ws.view(ws.param.detach().double()).reshape(nq, -1), ws.role)
+             for ws in rule.query_head_units(m)]
+    scores = IMPORTANCE.get(config.importance)(units, reduce=config.group_reduce, seed=config.seed)
+    r = nq // nkv
+    by_group = torch.as_tensor(scores, dtype=torch.float64).reshape(nkv, r)
+    order = (torch.argsort(-by_group, dim=1, stable=True) + torch.arange(nkv)[:, None] * r).reshape(-1)
+    if not torch.equal(order, torch.arange(nq)):
+        rule.permute_query_heads(m, order)
+
+
 class HFAdapter(ModelAdapter):
     """Adapter of Hugging Face ``PreTrainedModel``s (see the module docstring)."""
 
@@ -110,6 +132,15 @@ class HFAdapter(ModelAdapter):
             size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
             return torch.zeros(1, getattr(config, "num_channels", 3), size, size)
         return torch.zeros(1, 8, dtype=torch.long)
+
+    def select(self, model: nn.Module, graph: DependencyGraph, config: Any) -> DependencyGraph:
+        graph = super().select(model, graph, config)
+        slots = {k[1] for g in graph.groups for k in g.members if k[0] == "module" and k[2] == "query_heads"}
+        removes = config.ratio > 0 or config.target_macs is not None or config.target_speedup is not None
+        if slots and removes and config.importance.lower() not in NEEDS_GRADIENTS:
+            for name in slots:
+                sort_query_heads(model.get_submodule(name), config)
+        return graph
 
     def keep_reason(self, model: nn.Module, graph: DependencyGraph, group: ChannelGroup, config: Any) -> str | None:
         why = super().keep_reason(model, graph, group, config)

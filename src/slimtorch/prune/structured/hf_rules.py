@@ -15,7 +15,10 @@ channel dim), so the whole attention block is one layer with these index spaces:
 * ``"query_heads"`` (GQA only): one unit per *slot* ``s`` in ``[0, r)``: query head ``s`` of every group
   (heads ``g*r + s``). Removing slots keeps the key-value heads and removes the same number of query
   heads from each group, so every group still serves the same number of query heads (``repeat_kv``
-  stays valid). Its score is summed over the groups.
+  stays valid). Its score is summed over the groups. Before scoring, the Hugging Face adapter sorts each
+  group's query heads by importance (:meth:`HFAttentionSurgery.permute_query_heads`, which leaves the
+  function unchanged), so slot ``s`` holds every group's ``s``-th most important head and removing the
+  last slots removes each group's own weakest heads.
 * ``"in"`` / ``"out"`` (input columns of q, k, v / rows of o), or one ``"hidden"`` space when the block adds
   its residual and normalises inside (BERT's ``BertAttention``: output = LayerNorm(dense(ctx) + x)).
 
@@ -306,6 +309,26 @@ class HFAttentionSurgery(LayerSurgery):
             for name, value in _HEAD_ATTRS.items():
                 if isinstance(getattr(holder, name, None), int):
                     setattr(holder, name, value(n_q, n_kv, d))
+
+
+    def query_head_units(self, m: nn.Module) -> list[WeightSlice]:
+        """One unit per query head: its ``head_dim`` rows of q and columns of o (for ranking within groups)."""
+        nq, _, d, _ = self.dims(m)
+        (q, q0, qn), _, _ = self._qkv(m)
+        o = _attr(m, self.layout.o)
+        o_cols = lambda t: t.movedim(1 - _out_dim(o), 0).reshape(nq * d, -1)  # noqa: E731
+        return [WeightSlice("weight", q.weight, 0, d, _rows(q, "weight", q0, qn)),
+                WeightSlice("weight", o.weight, 0, d, o_cols)]
+
+    def permute_query_heads(self, m: nn.Module, order: torch.Tensor) -> None:
+        """Reorder the query heads (q rows, o columns) to ``order``, a permutation that keeps every head in
+        its key-value group: the block computes exactly the same function."""
+        if self.layout.packed:
+            raise ValueError("packed q/k/v layers have no grouped key-value heads to reorder")
+        _, _, d, _ = self.dims(m)
+        idx = _blocks(order, d)
+        _keep_out(_attr(m, self.layout.q), idx)
+        _keep_in(_attr(m, self.layout.o), idx)
 
 
 def is_attention_rule(rule: LayerSurgery | None) -> bool:
