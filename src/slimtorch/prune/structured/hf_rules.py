@@ -305,11 +305,12 @@ class HFAttentionSurgery(LayerSurgery):
             _keep_out(v, kv_idx)
         _keep_in(_attr(m, lay.o), q_idx)
         n_q, n_kv = len(q_heads), len(kv)
-        for holder in (m, *(_attr(m, p.rpartition(".")[0]) for p in (lay.q,) if "." in p)):
+        # the forward reads them from the block, and for BERT from its q/k/v owner (``self``)
+        owner = _attr(m, lay.q.rpartition(".")[0]) if "." in lay.q else m
+        for holder in dict.fromkeys((m, owner)):
             for name, value in _HEAD_ATTRS.items():
                 if isinstance(getattr(holder, name, None), int):
                     setattr(holder, name, value(n_q, n_kv, d))
-
 
     def query_head_units(self, m: nn.Module) -> list[WeightSlice]:
         """One unit per query head: its ``head_dim`` rows of q and columns of o (for ranking within groups)."""
