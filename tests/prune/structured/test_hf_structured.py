@@ -257,7 +257,7 @@ def test_taylor_heads_from_dict_batches_with_the_attention_mask():
 
 def test_taylor_without_targets_says_what_it_needs():
     model = tiny("bert", layers=1)
-    with pytest.raises(ValueError, match="taylor importance needs targets"):
+    with pytest.raises(ValueError, match="taylor importance needs batches with targets"):
         prune_(model, Channel(ratio=0.5, importance="taylor"), data=[{"input_ids": torch.zeros(1, 8).long()}])
 
 
