@@ -6,13 +6,13 @@ import argparse
 import copy
 import dataclasses
 import inspect
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from slimtorch.io.atomic import atomic_write_json, atomic_write_text
 from slimtorch.io.storage import MODEL_FILE
 from slimtorch.models import MODELS, create
 
@@ -177,7 +177,11 @@ def config_record(config: Any) -> dict[str, Any]:
     return {"type": type(config).__name__, **{k: v for k, v in d.items() if not callable(v)}}
 
 
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` atomically (:mod:`slimtorch.io.atomic`)."""
+    atomic_write_text(path, text, what="report")
+
+
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(obj, indent=2, default=float) + "\n")
+    """Write ``obj`` as indented JSON, atomically (:mod:`slimtorch.io.atomic`)."""
+    atomic_write_json(path, obj, default=float, what="report")

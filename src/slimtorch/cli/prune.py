@@ -44,6 +44,7 @@ from slimtorch.cli.common import (
     config_data,
     config_record,
     write_json,
+    write_text,
 )
 from slimtorch.prune import METHODS, make_permanent_, masked_layers, prune_, save_sparse
 
@@ -204,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
     if before is not None:
         text += f"\ntest accuracy: {before:.4f} -> {after:.4f}"
     text += "\n" + "\n".join(f"{k} file: {v} ({doc['file_bytes'][k]} bytes)" for k, v in files.items())
-    (out / "prune_report.txt").write_text(text + "\n")
+    write_text(out / "prune_report.txt", text + "\n")
     print(text)
     return 0
 

@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
             doc["accuracy"]["onnxruntime_int8"] = _ort_accuracy(int8_onnx, loader, args.threads)
     common.write_json(out / "quant_report.json", doc)
     text = _text(doc, report.summary())
-    (out / "quant_report.txt").write_text(text + "\n")
+    common.write_text(out / "quant_report.txt", text + "\n")
     print(text)
     return 0
 

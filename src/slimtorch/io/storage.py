@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from torch import nn
 
 from slimtorch.core.errors import SlimtorchError
 from slimtorch.io.architectures import SPEC_ATTR, create
+from slimtorch.io.atomic import atomic_write, default_file_mode, ensure_dir  # noqa: F401  (default_file_mode re-exported)
 
 FORMAT = "slimtorch"
 FORMAT_VERSION = 1
@@ -87,9 +87,7 @@ def save(model: nn.Module, path: str | os.PathLike[str], metadata: dict[str, Any
     """
     p = Path(path)
     if p.suffix != ".safetensors":
-        p.mkdir(parents=True, exist_ok=True)
-        p = p / MODEL_FILE
-    p.parent.mkdir(parents=True, exist_ok=True)
+        p = ensure_dir(p) / MODEL_FILE
     if any(hasattr(m, "parametrizations") for m in model.modules()):
         raise SlimtorchError(
             "the model still carries parametrizations (e.g. pruning masks); call "
@@ -108,32 +106,11 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
     return _spec(model)
 
 
-def default_file_mode() -> int:
-    """The mode ``open()`` would give a new file under the current umask (usually 0o644).
-
-    ``tempfile.mkstemp`` creates 0o600 files; an atomically renamed temp file keeps that mode, so files we
-    publish that way get this mode first, as a plain ``open(path, "w")`` would have given them.
-    """
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def write_safetensors(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor],
                       spec: dict[str, Any]) -> Path:
-    """Write ``tensors`` with ``spec`` as the ``slimtorch`` metadata entry, atomically."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"slimtorch": json.dumps(spec)})
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, p)  # atomic: a crash leaves either the old file or the new one
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return p
+    """Write ``tensors`` with ``spec`` as the ``slimtorch`` metadata entry, atomically (:mod:`slimtorch.io.atomic`)."""
+    meta = {"slimtorch": json.dumps(spec)}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta), what="model file")
 
 
 def model_from_spec(spec: dict[str, Any], path: str | os.PathLike[str] = "") -> nn.Module:

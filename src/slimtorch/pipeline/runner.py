@@ -18,10 +18,7 @@ epoch checkpoint), and every stage after it runs again.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +26,7 @@ from typing import Any
 
 import torch
 
+from slimtorch.io.atomic import atomic_write_json, atomic_write_text
 from slimtorch.pipeline.context import StageContext
 from slimtorch.pipeline.measure import measure, public_row
 from slimtorch.pipeline.recipe import Recipe
@@ -47,17 +45,8 @@ _RUN_FILES = (RECIPE_FILE, TABLE_FILE, "report.md", "report.html")
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON through a temporary file and a rename (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=_json_default)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write ``obj`` as JSON through :func:`slimtorch.io.atomic.atomic_write_json` (never a half-written file)."""
+    atomic_write_json(path, obj, default=_json_default)
 
 
 def _json_default(v: Any) -> Any:
@@ -96,9 +85,7 @@ def prepare_run_dir(out: str | Path, recipe: Recipe, resume: bool, overwrite: bo
                 f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it"
             )
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".tmp-{RECIPE_FILE}"
-    tmp.write_text(recipe.to_yaml())
-    os.replace(tmp, out / RECIPE_FILE)
+    atomic_write_text(out / RECIPE_FILE, recipe.to_yaml(), what="recipe")
     return out
 
 
