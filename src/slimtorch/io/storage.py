@@ -23,21 +23,13 @@ from torch import nn
 
 from slimtorch.core.errors import SlimtorchError
 from slimtorch.io.architectures import SPEC_ATTR, create
-from slimtorch.io.atomic import atomic_write, default_file_mode, ensure_dir  # noqa: F401  (default_file_mode re-exported)
+from slimtorch.io.atomic import atomic_write, default_file_mode, ensure_dir, storage_error  # noqa: F401
+from slimtorch.io.spec import STRUCTURAL_ATTRS, SpecError, build_from_spec
 
 FORMAT = "slimtorch"
 FORMAT_VERSION = 1
 #: File name used when ``save``/``load`` are given a directory.
 MODEL_FILE = "model.safetensors"
-
-#: Attributes that describe a layer's structure. Recorded when they differ from a freshly created zoo
-#: model; extend it for custom layers whose forward reads such an attribute.
-STRUCTURAL_ATTRS: list[str] = [
-    "in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
-    "normalized_shape", "num_embeddings", "embedding_dim", "num_heads", "embed_dim", "head_dim",
-    "num_groups", "num_channels", "use_res", "kdim", "vdim",
-]
-
 
 def resolve_model_file(path: str | os.PathLike[str]) -> Path:
     """``path`` itself if it is a file, ``path/model.safetensors`` if it is a run directory."""
@@ -113,17 +105,42 @@ def write_safetensors(path: str | os.PathLike[str], tensors: dict[str, torch.Ten
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta), what="model file")
 
 
-def model_from_spec(spec: dict[str, Any], path: str | os.PathLike[str] = "") -> nn.Module:
-    """Rebuild the (possibly pruned) zoo model a spec describes, with uninitialised weights."""
-    if "model" not in spec:
+def model_from_spec(spec: dict[str, Any], path: str | os.PathLike[str] = "",
+                    shapes: dict[str, Any] | None = None, *, extra_ok: bool = False) -> nn.Module:
+    """Rebuild the (possibly pruned) zoo model a spec describes, with uninitialised weights.
+
+    The spec is untrusted data: :func:`slimtorch.io.spec.build_from_spec` checks every field against the
+    file's tensor ``shapes`` before any tensor is allocated.
+
+    Args:
+        spec: the file's parsed spec (:func:`read_spec`).
+        path: the file (for messages; its header gives ``shapes`` when they are not passed).
+        shapes: tensor name -> shape of the tensors the model will be loaded with.
+        extra_ok: the file may hold tensors the model lacks (loaded into modules added afterwards).
+
+    Raises:
+        SpecError: the spec is not plain structural data that fits the tensors (names the file and field).
+    """
+    if not isinstance(spec, dict) or "model" not in spec:
         raise SlimtorchError(
             f"{path or 'the file'} holds no architecture spec (it was not saved from a zoo model); pass the "
             "skeleton: slimtorch.load(path, model=MyNet())"
         )
-    zoo = spec["model"]
-    model = create(zoo["name"], **zoo["kwargs"])
-    _apply_structure(model, spec.get("changed", {}))
-    return model
+    if shapes is None:
+        shapes = header_shapes(path)
+    return build_from_spec(spec, path, shapes, extra_ok=extra_ok)
+
+
+def header_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a safetensors file's header (no tensor data is read)."""
+    p = resolve_model_file(path)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except OSError as e:
+        raise storage_error(e, p, "read") from None
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise SlimtorchError(f"{p} is not a readable safetensors file: {e}") from None
 
 
 def read_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -138,14 +155,13 @@ def read_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise SlimtorchError(f"{p} is not a readable safetensors file: {e}") from None
     if "slimtorch" not in meta:
         return {}
-    return json.loads(meta["slimtorch"])
-
-
-def _apply_structure(model: nn.Module, changed: dict[str, dict[str, Any]]) -> None:
-    for name, attrs in changed.items():
-        m = model.get_submodule(name) if name else model
-        for a, v in attrs.items():
-            setattr(m, a, tuple(v) if isinstance(v, list) else v)
+    try:
+        spec = json.loads(meta["slimtorch"])
+    except (ValueError, RecursionError) as e:
+        raise SpecError(str(p), "", f"not valid JSON ({e})") from None
+    if not isinstance(spec, dict):
+        raise SpecError(str(p), "", f"a {type(spec).__name__}; expected a mapping")
+    return spec
 
 
 def _resize_like(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -201,9 +217,9 @@ def load(path: str | os.PathLike[str], model: nn.Module | None = None, *, trust_
         )
     from safetensors.torch import load_file
 
+    if model is None:  # checked against the header before anything is allocated or read
+        model = model_from_spec(spec, p, header_shapes(p))
     state = load_file(str(p), device=map_location)
-    if model is None:
-        model = model_from_spec(spec, p)
     load_state_into(model, state)
     return model.eval()
 

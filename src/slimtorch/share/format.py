@@ -554,10 +554,7 @@ def loads(data: bytes, model: nn.Module | None = None, path: str = "<bytes>") ->
                 f"{p} holds no architecture spec (it was not saved from a zoo model); pass the "
                 "skeleton: slimtorch.share.load(path, model=MyNet())"
             )
-        try:
-            model = storage.model_from_spec(spec, p)
-        except (KeyError, TypeError, AttributeError) as e:
-            raise _err(p, "header", f"invalid architecture spec: {e}") from None
+        model = storage.model_from_spec(spec, p, {k: tuple(v.shape) for k, v in state.items()})
     _match_dtypes(model, state)
     storage.load_state_into(model, state)
     return model.eval()
