@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from slimtorch.core.errors import SlimtorchError
+from slimtorch.core.numerics import check_finite_weights
 from slimtorch.io.architectures import SPEC_ATTR, create
 from slimtorch.io.atomic import atomic_write, default_file_mode, ensure_dir, storage_error  # noqa: F401
 from slimtorch.io.spec import STRUCTURAL_ATTRS, SpecError, build_from_spec
@@ -85,6 +86,7 @@ def save(model: nn.Module, path: str | os.PathLike[str], metadata: dict[str, Any
             "the model still carries parametrizations (e.g. pruning masks); call "
             "slimtorch.prune.make_permanent_(model) before saving"
         )
+    check_finite_weights(model, "slimtorch.save")
     # safetensors refuses shared storage; clone so tied weights (e.g. embeddings) are saved twice.
     tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     spec = _spec(model)

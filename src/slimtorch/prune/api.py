@@ -23,6 +23,7 @@ from torch import nn
 
 from slimtorch.core.config import Config
 from slimtorch.core.finetune import FitFn
+from slimtorch.core.numerics import check_finite_weights
 from slimtorch.core.registry import Registry, TypeRegistry
 from slimtorch.prune.report import PruneReport
 
@@ -80,6 +81,7 @@ def prune_(
         A :class:`PruneReport` (per-layer shapes or sparsity, params, nonzeros, MACs).
     """
     handler = _handler_for(config)
+    check_finite_weights(model, "prune_")
     # handlers that train take fit_fn; the others (e.g. structured surgery) never see it
     params = inspect.signature(handler).parameters
     takes_fit = "fit_fn" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
