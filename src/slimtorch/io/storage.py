@@ -226,10 +226,27 @@ def load(path: str | os.PathLike[str], model: nn.Module | None = None, *, trust_
     return model.eval()
 
 
+def _holds_objects(e: Exception) -> bool:
+    """Whether ``torch.load(weights_only=True)`` failed because the file pickles objects (not because it is broken)."""
+    import pickle
+
+    text = str(e)
+    return isinstance(e, pickle.UnpicklingError) and ("Unsupported global" in text or "Weights only load failed"
+                                                       in text and "GLOBAL" in text)
+
+
 def _load_torch_file(p: Path, model: nn.Module | None, trust_pickle: bool, map_location: str) -> nn.Module:
     try:
         obj = torch.load(p, map_location=map_location, weights_only=True)
+    except OSError as e:
+        raise storage_error(e, p, "read") from None
     except Exception as e:
+        if not _holds_objects(e):  # truncated, corrupt or not a torch file at all: unpickling would not help
+            raise SlimtorchError(
+                f"{p} is not a readable PyTorch file (truncated, corrupt, or not written by torch.save: "
+                f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else 'no detail'}); give a "
+                ".safetensors file, a run folder, or a state dict saved with torch.save"
+            ) from None
         if not trust_pickle:
             raise SlimtorchError(
                 f"{p} is a pickle that holds more than tensors (e.g. a whole model). Unpickling runs "

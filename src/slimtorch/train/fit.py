@@ -289,8 +289,8 @@ def _train_one_epoch(net, model, loader, sampler, epoch, seed, opt, sched, loss_
         with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             loss, logits, out = _forward(net, model, batch, x, y, loss_fn, is_loss_module, extras)
         if not torch.isfinite(loss):
-            raise NonFiniteError(f"loss became {float(loss.detach())} at epoch {epoch + 1}, step {state.step}; lower the "
-                                 "learning rate or check the data")
+            raise NonFiniteError(f"loss became {float(loss.detach())} at epoch {epoch + 1}, step {state.step}; "
+                                 "lower the learning rate or check the data")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip is not None:
