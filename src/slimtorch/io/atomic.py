@@ -40,6 +40,7 @@ _HINTS = {
     errno.EEXIST: "a part of the path exists and is not a folder; choose another path",
     errno.EISDIR: "the path is a folder, not a file; choose a file name",
     errno.ENAMETOOLONG: "the path is too long; choose a shorter one",
+    errno.EIO: "the write came up short; is the disk full?",
 }
 
 

@@ -338,7 +338,9 @@ def _forward(net, model, batch, x, y, loss_fn, is_loss_module, extras):
 def _prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
     holds_run = any((out / name).exists() for name in (CHECKPOINT_FILE, MODEL_FILE, METRICS_FILE))
     if holds_run and overwrite:
-        for name in (CHECKPOINT_FILE, MODEL_FILE, METRICS_FILE):
+        # model.safetensors stays until the new run replaces it (atomically): a run that fails or diverges
+        # does not cost the good model that was there
+        for name in (CHECKPOINT_FILE, METRICS_FILE):
             (out / name).unlink(missing_ok=True)
     elif holds_run and not resume:
         raise FileExistsError(f"{out} already holds a run; pass resume=True (--resume) to continue it or "
