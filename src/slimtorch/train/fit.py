@@ -231,7 +231,7 @@ def fit(
             # Legitimate (e.g. 'auto' resumed on another CPU), but the remaining epochs round differently.
             warnings.warn(f"resuming a run trained in {ck['precision']} with precision {precision!r}",
                           UserWarning, stacklevel=2)
-    if out is not None and is_main:
+    if out is not None and is_main and (out / METRICS_FILE).exists():
         write_metrics(out, history)  # lines of epochs the checkpoint does not hold (a kill) are dropped
     _call(callbacks, "on_train_begin", state)
 
