@@ -160,7 +160,8 @@ def test_quantize_bad_arguments(run_dir, tmp_path, capsys, extra, message):
 
 
 def test_prune_exclude_matching_nothing(run_dir, tmp_path, capsys):
-    rc = main(["prune", str(run_dir), "--method", "magnitude", "--sparsity", "0.5", "--exclude", "fc9", "--out", str(tmp_path / "p")])
+    rc = main(["prune", str(run_dir), "--method", "magnitude", "--sparsity", "0.5", "--exclude", "fc9",
+               "--out", str(tmp_path / "p")])
     assert rc == 2
     assert "--exclude fc9: matches no module of the model" in capsys.readouterr().err
 
