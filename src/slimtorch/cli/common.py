@@ -200,7 +200,7 @@ def config_record(config: Any) -> dict[str, Any]:
 
 
 def check_model_fits_data(model: nn.Module, dataset: Any, model_label: str, data_label: str) -> None:
-    """Refuse a model whose declared input shape or class count does not fit ``dataset`` (built for other data)."""
+    """Refuse a model whose declared input shape does not fit ``dataset`` (built for other data)."""
     from slimtorch.core.errors import SlimtorchError
     from slimtorch.metrics import check_input_shape
 
@@ -208,10 +208,6 @@ def check_model_fits_data(model: nn.Module, dataset: Any, model_label: str, data
         check_input_shape(model, dataset[0])
     except SlimtorchError as e:
         raise SlimtorchError(f"{model_label} was built for other data than {data_label}: {e}") from None
-    want, have = getattr(dataset, "num_classes", None), getattr(model, "num_classes", None)
-    if isinstance(want, int) and isinstance(have, int) and want != have:
-        raise SlimtorchError(f"{model_label} predicts {have} classes but {data_label} has {want}; it was built "
-                             "for other data")
 
 
 def check_patterns_match(model: nn.Module, patterns: list[str] | None, flag: str) -> None:

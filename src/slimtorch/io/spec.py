@@ -219,7 +219,7 @@ def build_from_spec(spec: Any, path: str | os.PathLike[str], shapes: Mapping[str
         extra_ok: the file may hold tensors the model lacks (e.g. quantization state loaded afterwards).
 
     Returns:
-        The model on the CPU, its tensors allocated (uninitialised) at the shapes the file holds.
+        The model on the CPU, its tensors allocated (zero-filled) at the shapes the file holds.
 
     Raises:
         SpecError: anything in the spec that is not plain structural data consistent with the tensors.
@@ -368,7 +368,7 @@ def _meta_forward(model: nn.Module, path: str) -> None:
 
 
 def _materialize(model: nn.Module, shapes: dict[str, Shape], device: str) -> None:
-    """Replace every tensor by an uninitialised one of its checked shape on ``device`` (ties kept)."""
+    """Replace every tensor by a zero-filled one of its checked shape on ``device`` (ties kept)."""
     new: dict[int, torch.Tensor] = {}
     for mod_name, m in model.named_modules(remove_duplicate=False):
         for store in (m._parameters, m._buffers):
@@ -378,7 +378,9 @@ def _materialize(model: nn.Module, shapes: dict[str, Shape], device: str) -> Non
                 if id(t) not in new:
                     key = f"{mod_name}.{t_name}" if mod_name else t_name
                     shape = shapes.get(key, tuple(t.shape))
-                    data = torch.empty(shape, dtype=t.dtype, device=device)
+                    # zeros, not empty: preparers (e.g. load_quantized's) read the weights before the file's
+                    # values are loaded, and uninitialised memory may hold NaN
+                    data = torch.zeros(shape, dtype=t.dtype, device=device)
                     new[id(t)] = nn.Parameter(data, requires_grad=t.requires_grad) if isinstance(
                         t, nn.Parameter) else data
                 store[t_name] = new[id(t)]

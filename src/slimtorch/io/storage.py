@@ -109,7 +109,7 @@ def write_safetensors(path: str | os.PathLike[str], tensors: dict[str, torch.Ten
 
 def model_from_spec(spec: dict[str, Any], path: str | os.PathLike[str] = "",
                     shapes: dict[str, Any] | None = None, *, extra_ok: bool = False) -> nn.Module:
-    """Rebuild the (possibly pruned) zoo model a spec describes, with uninitialised weights.
+    """Rebuild the (possibly pruned) zoo model a spec describes, with zero-filled weights.
 
     The spec is untrusted data: :func:`slimtorch.io.spec.build_from_spec` checks every field against the
     file's tensor ``shapes`` before any tensor is allocated.
