@@ -85,8 +85,16 @@ def test_unknown_kwarg_and_unknown_architecture(mlp_file, tmp_path):
 
 
 def test_non_plain_kwarg_is_refused(mlp_file, tmp_path):
-    bad = _tamper(mlp_file[0], tmp_path / "d.safetensors", _set(["model", "kwargs", "hidden"], {"a": 1}))
-    with pytest.raises(SpecError, match=r"'model\.kwargs\.hidden': a dict; allowed: numbers, bools, strings"):
+    # a mapping is plain data (a constructor may take a config), but what it holds is checked the same way
+    bad = _tamper(mlp_file[0], tmp_path / "d.safetensors", _set(["model", "kwargs", "hidden"], {"a": -1}))
+    with pytest.raises(SpecError, match=r"'model\.kwargs\.hidden\.a': -1 is negative"):
+        slimtorch.load(bad)
+    bad = _tamper(mlp_file[0], tmp_path / "e.safetensors", _set(["model", "kwargs", "hidden"], {"a": 1}))
+    with pytest.raises(SpecError, match=r"'model\.kwargs': 'mlp' cannot be built from"):
+        slimtorch.load(bad)
+    bad = _tamper(mlp_file[0], tmp_path / "f.safetensors", _set(["changed", "net.1"], {"out_features": {"a": 1}}))
+    with pytest.raises(SpecError, match=r"'changed\.net\.1\.out_features': a dict; allowed: numbers, bools, "
+                       r"strings and lists of them$"):
         slimtorch.load(bad)
 
 

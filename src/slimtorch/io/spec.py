@@ -4,7 +4,7 @@ A slimtorch model file stores ``{"model": {"name": ..., "kwargs": {...}}, "chang
 next to its tensors. The spec is data somebody else may have written, so :func:`build_from_spec`:
 
 1. accepts only plain values: ``name`` a registered architecture, ``kwargs`` arguments its constructor
-   declares, each a non-negative number, a bool, a short string or a list of those;
+   declares, each a non-negative number, a bool, a short string or a list or mapping of those;
 2. builds the model on the ``meta`` device (no memory is allocated, whatever the widths say), with a cap on
    how many parameters and modules the constructor may create (a spec cannot make it loop for hours);
 3. lets ``changed`` set only the structural attributes of :data:`STRUCTURAL_ATTRS` (layer widths, head
@@ -141,7 +141,9 @@ def _rule(m: nn.Module) -> Callable[[nn.Module], dict[str, Shape]] | None:
 
 
 # ---- validation of plain values ----------------------------------------------------------------------------
-def _check_value(v: Any, field: str, path: str, depth: int = 0) -> Any:
+def _check_value(v: Any, field: str, path: str, depth: int = 0, nested_ok: bool = True) -> Any:
+    """``v`` if it is plain JSON data within the limits: non-negative numbers, bools, short strings, lists and
+    (when ``nested_ok``: constructor arguments such as a config) mappings of those."""
     if depth > MAX_DEPTH:
         raise SpecError(path, field, f"nested more than {MAX_DEPTH} levels")
     if v is None or isinstance(v, bool):
@@ -161,8 +163,16 @@ def _check_value(v: Any, field: str, path: str, depth: int = 0) -> Any:
     if isinstance(v, list):
         if len(v) > MAX_LIST:
             raise SpecError(path, field, f"a list of {len(v)} items (at most {MAX_LIST})")
-        return [_check_value(x, f"{field}[{i}]", path, depth + 1) for i, x in enumerate(v)]
-    raise SpecError(path, field, f"a {type(v).__name__}; allowed: numbers, bools, strings and lists of them")
+        return [_check_value(x, f"{field}[{i}]", path, depth + 1, nested_ok) for i, x in enumerate(v)]
+    if isinstance(v, dict) and nested_ok:
+        if len(v) > MAX_LIST:
+            raise SpecError(path, field, f"a mapping of {len(v)} entries (at most {MAX_LIST})")
+        for k in v:
+            if not isinstance(k, str) or len(k) > MAX_STRING:
+                raise SpecError(path, field, f"mapping key {_short(k)} is not a short string")
+        return {k: _check_value(x, f"{field}.{k}", path, depth + 1, nested_ok) for k, x in v.items()}
+    raise SpecError(path, field, f"a {type(v).__name__}; allowed: numbers, bools, strings and lists of them"
+                    + (" (or mappings of those)" if nested_ok else ""))
 
 
 def _check_kwargs(name: str, ctor: Callable[..., nn.Module], kwargs: Any, path: str) -> dict[str, Any]:
@@ -284,7 +294,7 @@ def _apply_changed(model: nn.Module, layer: Any, attrs: dict[str, Any], path: st
         if isinstance(getattr(type(m), attr, None), property) or attr not in vars(m):
             raise SpecError(path, f, f"{type(m).__name__} {layer!r} has no stored attribute {attr!r}")
         cur = vars(m)[attr]
-        _check_value(value, f, path)
+        _check_value(value, f, path, nested_ok=False)
         if isinstance(cur, bool):
             ok = isinstance(value, bool)
         elif isinstance(cur, int):
