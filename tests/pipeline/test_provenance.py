@@ -127,3 +127,44 @@ def test_temp_files_are_swept_at_start(tmp_path):
     (tmp_path / "01-evaluate" / ".tmp-def.safetensors").write_bytes(b"x")
     run_recipe(recipe, tmp_path, resume=True, progress=False, report=False)
     assert not list(tmp_path.rglob(".tmp-*"))
+
+
+def test_sigkill_of_slimtorch_run_then_resume_with_an_edited_recipe(tmp_path, capsys):
+    """The real thing: ``slimtorch run`` killed with SIGKILL mid-training, the recipe edited, ``--resume``."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    recipe = tmp_path / "r.yaml"
+    body = "model: {{zoo: mlp, args: {{hidden: [16]}}}}\nmeasure: {{repeats: 3, warmup: 1}}\n" \
+           "stages: [{{train: {{epochs: {e}, lr: {lr}, batch_size: {b}, precision: fp32}}}}]\n"
+    recipe.write_text(body.format(e=200, lr=0.1, b=32))
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path),
+           "OMP_NUM_THREADS": str(torch.get_num_threads())}  # same threads as here: bit-identical weights
+    cmd = [sys.executable, "-m", "slimtorch.cli.main", "run", str(recipe), "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = out / "01-train" / "checkpoint.pt"
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists() and not (out / "01-train" / "stage.json").exists()
+
+    recipe.write_text(body.format(e=1, lr=0.05, b=256))  # edited: epochs 200 -> 1, lr 0.1 -> 0.05, batch 256
+    from slimtorch.cli.main import main
+
+    assert main(["run", str(recipe), "--out", str(out), "--no-progress", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "[1/1] 01-train: its options changed since the interrupted attempt; starting it over" in err
+    assert not list(out.rglob(".tmp-*"))
+    lines = (out / "01-train" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1]
+    edited = {"model": {"zoo": "mlp", "args": {"hidden": [16]}}, "measure": {"repeats": 3, "warmup": 1},
+              "stages": [{"train": {"epochs": 1, "lr": 0.05, "batch_size": 256, "precision": "fp32"}}]}
+    run_recipe(parse_recipe(edited), tmp_path / "fresh", progress=False, report=False)
+    a, b = _weights(out / "01-train"), _weights(tmp_path / "fresh" / "01-train")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the edited recipe's result, not the killed run's
