@@ -129,6 +129,7 @@ def test_temp_files_are_swept_at_start(tmp_path):
     assert not list(tmp_path.rglob(".tmp-*"))
 
 
+@pytest.mark.slow  # a subprocess start and a SIGKILL: ~15 s on an idle 2-core machine
 def test_sigkill_of_slimtorch_run_then_resume_with_an_edited_recipe(tmp_path, capsys):
     """The real thing: ``slimtorch run`` killed with SIGKILL mid-training, the recipe edited, ``--resume``."""
     import os
