@@ -158,7 +158,7 @@ def build_from_config(config_dict: dict[str, Any], class_name: str | None,
     cls = _model_class(class_name, config)
     with _no_init():  # the weights are loaded next: random initialisation would be wasted time
         model = cls(config)
-    apply_structure(model, changed)
+    apply_structure(model, changed, "the slimtorch_structure of the config")
     if changed:
         setattr(model.config, STRUCTURE_KEY, changed)
     return model

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +25,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from slimtorch.core.errors import SlimtorchError
+from slimtorch.core.numerics import check_finite_weights
 from slimtorch.io import hf
 from slimtorch.io.architectures import SPEC_ATTR, create
-from slimtorch.io.structure import apply_structure, resize_like, structure_of
+from slimtorch.io.atomic import atomic_write, default_file_mode, ensure_dir, storage_error  # noqa: F401
+from slimtorch.io.spec import STRUCTURAL_ATTRS, SpecError, build_from_spec  # noqa: F401  (re-exported)
+from slimtorch.io.structure import resize_like, structure_of
 
 FORMAT = "slimtorch"
 FORMAT_VERSION = 1
@@ -69,14 +71,13 @@ def save(model: nn.Module, path: str | os.PathLike[str], metadata: dict[str, Any
     """
     p = Path(path)
     if p.suffix != ".safetensors":
-        p.mkdir(parents=True, exist_ok=True)
-        p = p / MODEL_FILE
-    p.parent.mkdir(parents=True, exist_ok=True)
+        p = ensure_dir(p) / MODEL_FILE
     if any(hasattr(m, "parametrizations") for m in model.modules()):
         raise SlimtorchError(
             "the model still carries parametrizations (e.g. pruning masks); call "
             "slimtorch.prune.make_permanent_(model) before saving"
         )
+    check_finite_weights(model, "slimtorch.save")
     # safetensors refuses shared storage; clone so tied weights (e.g. embeddings) are saved twice.
     tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     spec = _spec(model)
@@ -90,47 +91,51 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
     return _spec(model)
 
 
-def default_file_mode() -> int:
-    """The mode ``open()`` would give a new file under the current umask (usually 0o644).
-
-    ``tempfile.mkstemp`` creates 0o600 files; an atomically renamed temp file keeps that mode, so files we
-    publish that way get this mode first, as a plain ``open(path, "w")`` would have given them.
-    """
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def write_safetensors(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor],
                       spec: dict[str, Any]) -> Path:
-    """Write ``tensors`` with ``spec`` as the ``slimtorch`` metadata entry, atomically."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"slimtorch": json.dumps(spec)})
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, p)  # atomic: a crash leaves either the old file or the new one
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return p
+    """Write ``tensors`` with ``spec`` as the ``slimtorch`` metadata entry, atomically (:mod:`slimtorch.io.atomic`)."""
+    meta = {"slimtorch": json.dumps(spec)}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta), what="model file")
 
 
-def model_from_spec(spec: dict[str, Any], path: str | os.PathLike[str] = "") -> nn.Module:
-    """Rebuild the (possibly pruned) zoo model a spec describes, with uninitialised weights."""
-    if "hf" in spec:
+def model_from_spec(spec: dict[str, Any], path: str | os.PathLike[str] = "",
+                    shapes: dict[str, Any] | None = None, *, extra_ok: bool = False) -> nn.Module:
+    """Rebuild the (possibly pruned) zoo model a spec describes, with zero-filled weights.
+
+    The spec is untrusted data: :func:`slimtorch.io.spec.build_from_spec` checks every field against the
+    file's tensor ``shapes`` before any tensor is allocated.
+
+    Args:
+        spec: the file's parsed spec (:func:`read_spec`).
+        path: the file (for messages; its header gives ``shapes`` when they are not passed).
+        shapes: tensor name -> shape of the tensors the model will be loaded with.
+        extra_ok: the file may hold tensors the model lacks (loaded into modules added afterwards).
+
+    Raises:
+        SpecError: the spec is not plain structural data that fits the tensors (names the file and field).
+    """
+    if isinstance(spec, dict) and "hf" in spec:
         return hf.model_from_hf_spec(spec)
-    if "model" not in spec:
+    if not isinstance(spec, dict) or "model" not in spec:
         raise SlimtorchError(
             f"{path or 'the file'} holds no architecture spec (it was not saved from a zoo model); pass the "
             "skeleton: slimtorch.load(path, model=MyNet())"
         )
-    zoo = spec["model"]
-    model = create(zoo["name"], **zoo["kwargs"])
-    apply_structure(model, spec.get("changed", {}))
-    return model
+    if shapes is None:
+        shapes = header_shapes(path)
+    return build_from_spec(spec, path, shapes, extra_ok=extra_ok)
+
+
+def header_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a safetensors file's header (no tensor data is read)."""
+    p = resolve_model_file(path)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except OSError as e:
+        raise storage_error(e, p, "read") from None
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise SlimtorchError(f"{p} is not a readable safetensors file: {e}") from None
 
 
 def read_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -145,7 +150,13 @@ def read_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise SlimtorchError(f"{p} is not a readable safetensors file: {e}") from None
     if "slimtorch" not in meta:
         return {}
-    return json.loads(meta["slimtorch"])
+    try:
+        spec = json.loads(meta["slimtorch"])
+    except (ValueError, RecursionError) as e:
+        raise SpecError(str(p), "", f"not valid JSON ({e})") from None
+    if not isinstance(spec, dict):
+        raise SpecError(str(p), "", f"a {type(spec).__name__}; expected a mapping")
+    return spec
 
 
 def load_state_into(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
@@ -190,17 +201,34 @@ def load(path: str | os.PathLike[str], model: nn.Module | None = None, *, trust_
         )
     from safetensors.torch import load_file
 
+    if model is None:  # checked against the header before anything is allocated or read
+        model = model_from_spec(spec, p, header_shapes(p))
     state = load_file(str(p), device=map_location)
-    if model is None:
-        model = model_from_spec(spec, p)
     load_state_into(model, state)
     return model.eval()
+
+
+def _holds_objects(e: Exception) -> bool:
+    """Whether ``torch.load(weights_only=True)`` failed because the file pickles objects (not because it is broken)."""
+    import pickle
+
+    text = str(e)
+    return isinstance(e, pickle.UnpicklingError) and ("Unsupported global" in text or "Weights only load failed"
+                                                       in text and "GLOBAL" in text)
 
 
 def _load_torch_file(p: Path, model: nn.Module | None, trust_pickle: bool, map_location: str) -> nn.Module:
     try:
         obj = torch.load(p, map_location=map_location, weights_only=True)
+    except OSError as e:
+        raise storage_error(e, p, "read") from None
     except Exception as e:
+        if not _holds_objects(e):  # truncated, corrupt or not a torch file at all: unpickling would not help
+            raise SlimtorchError(
+                f"{p} is not a readable PyTorch file (truncated, corrupt, or not written by torch.save: "
+                f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else 'no detail'}); give a "
+                ".safetensors file, a run folder, or a state dict saved with torch.save"
+            ) from None
         if not trust_pickle:
             raise SlimtorchError(
                 f"{p} is a pickle that holds more than tensors (e.g. a whole model). Unpickling runs "

@@ -13,16 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-#: Attributes that describe a layer's structure. Recorded when they differ from a freshly created zoo
-#: model; extend it for custom layers whose forward reads such an attribute.
-STRUCTURAL_ATTRS: list[str] = [
-    "in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
-    "normalized_shape", "num_embeddings", "embedding_dim", "num_heads", "embed_dim", "head_dim",
-    "num_groups", "num_channels", "use_res", "kdim", "vdim",
-    # Hugging Face layers (Conv1D, attention): what their forward reads besides the weights' shapes
-    "nf", "nx", "num_attention_heads", "attention_head_size", "all_head_size", "num_key_value_groups",
-    "split_size", "scaling",
-]
+from slimtorch.core.errors import SlimtorchError
+from slimtorch.io.spec import STRUCTURAL_ATTRS
 
 
 def structure_of(model: nn.Module) -> dict[str, dict[str, Any]]:
@@ -42,12 +34,41 @@ def structure_of(model: nn.Module) -> dict[str, dict[str, Any]]:
     return out
 
 
-def apply_structure(model: nn.Module, changed: dict[str, dict[str, Any]]) -> None:
-    """Set the recorded structural attributes (``{fqn: {attr: value}}``) on ``model``'s modules."""
+def _plain_like(v: Any, cur: Any) -> bool:
+    """``v`` is plain data of the type the attribute holds now (a number for a number, ints for a tuple)."""
+    if isinstance(cur, bool) or isinstance(v, bool):
+        return isinstance(cur, bool) and isinstance(v, bool)
+    if isinstance(cur, (int, float)):
+        return isinstance(v, (int, float)) and type(cur) is type(v) or (isinstance(cur, float) and isinstance(v, int))
+    if isinstance(cur, (tuple, list)):
+        return isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+    return False
+
+
+def apply_structure(model: nn.Module, changed: Any, where: str = "the structure") -> None:
+    """Set recorded structural attributes (``{fqn: {attr: value}}``) on ``model``'s modules.
+
+    The record is untrusted data (it comes from a file): only :data:`STRUCTURAL_ATTRS` that the module
+    already carries may be set, with a plain value of the same type; anything else is a
+    :class:`~slimtorch.core.errors.SlimtorchError` naming the entry.
+    """
+    if not isinstance(changed, dict):
+        raise SlimtorchError(f"{where}: expected a mapping of layer names to attributes, got {type(changed).__name__}")
     for name, attrs in changed.items():
-        m = model.get_submodule(name) if name else model
+        try:
+            m = model.get_submodule(name) if name else model
+        except AttributeError:
+            raise SlimtorchError(f"{where}: layer {name!r} does not exist in {type(model).__name__}") from None
+        if not isinstance(attrs, dict):
+            raise SlimtorchError(f"{where}: entry {name!r} is not a mapping of attributes")
         for a, v in attrs.items():
-            setattr(m, a, tuple(v) if isinstance(v, list) else v)
+            cur = getattr(m, a, None)
+            if a not in STRUCTURAL_ATTRS or cur is None or not _plain_like(v, cur):
+                raise SlimtorchError(
+                    f"{where}: {name or '<root>'}.{a} = {str(v)[:40]} is refused (only structural attributes the "
+                    "layer already has, with a value of the same type, may be set)"
+                )
+            setattr(m, a, tuple(v) if isinstance(v, list) and isinstance(cur, tuple) else v)
 
 
 #: Layer type -> (attribute, weight dim) pairs that follow the weight's shape when a load resizes it.

@@ -417,3 +417,18 @@ def test_channel_transformer_options_round_trip():
     cfg = Channel(ratio=0.3, heads=False, hidden=True, gqa="kv")
     again = Channel.from_dict(cfg.to_dict())
     assert (again.heads, again.hidden, again.gqa) == (False, True, "kv")
+
+
+@pytest.mark.parametrize("entry,why", [({"encoder.layer.0.attention.self": {"forward": 1}}, "forward"),
+                                       ({"no.such.layer": {"out_features": 1}}, "does not exist"),
+                                       ({"pooler.dense": {"out_features": "8"}}, "out_features")])
+def test_recorded_structure_is_checked_as_data(entry, why, tmp_path):
+    """config.json's slimtorch_structure may only set structural attributes of existing layers."""
+    import json
+
+    tiny("bert", layers=1).save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["slimtorch_structure"] = entry
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SlimtorchError, match=why):
+        slimtorch.load(tmp_path)
