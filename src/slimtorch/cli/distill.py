@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
                                 allow_code=args.allow_code, trust_pickle=args.trust_pickle, what="--teacher")
     train_set = common.load_data(args, "train", augment=args.augment)
     test_set = common.load_data(args, "test")
+    common.check_model_fits_data(teacher, train_set, f"--teacher {args.teacher}", f"--data {args.data}")
     if common.is_code_ref(args.student):
         from slimtorch.io.architectures import build_from_factory
 

@@ -41,13 +41,17 @@ from slimtorch.cli.common import (
     add_set_argument,
     apply_sets,
     check_out_dir,
+    check_patterns_match,
     config_data,
     config_record,
     example_input,
+    finish_out_dir,
+    flag_dest,
     load_data,
     model_ref,
     open_model,
     write_json,
+    write_text,
 )
 from slimtorch.prune import METHODS, make_permanent_, masked_layers, prune_, save_sparse
 
@@ -182,8 +186,10 @@ def run(args: argparse.Namespace) -> int:
     ref = model_ref(args, "run")
     model = open_model(ref, model_args=args.model_arg, weights=args.weights, allow_code=args.allow_code,
                        trust_pickle=args.trust_pickle)
+    for flag in ("--exclude", "--ignore"):
+        check_patterns_match(model, getattr(args, flag_dest(flag)), flag)
     example = example_input(model, train_set)
-    out = check_out_dir(args.out, args.overwrite)
+    out = check_out_dir(args.out, args.overwrite, command="prune")
 
     before = accuracy(model, test_set) if test_set is not None else None
     report = prune_(model, config, example_inputs=example, data=train_set, fit_fn=fit)
@@ -211,7 +217,8 @@ def run(args: argparse.Namespace) -> int:
     if before is not None:
         text += f"\ntest accuracy: {before:.4f} -> {after:.4f}"
     text += "\n" + "\n".join(f"{k} file: {v} ({doc['file_bytes'][k]} bytes)" for k, v in files.items())
-    (out / "prune_report.txt").write_text(text + "\n")
+    write_text(out / "prune_report.txt", text + "\n")
     print(text)
+    finish_out_dir(out)
     return 0
 

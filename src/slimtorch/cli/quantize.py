@@ -111,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     test = common.load_data(args, "test") if args.data else None
     model = common.open_model(ref, model_args=args.model_arg, weights=args.weights, allow_code=args.allow_code,
                               trust_pickle=args.trust_pickle).eval()
-    out = common.check_out_dir(args.out, args.overwrite)
+    common.check_patterns_match(model, getattr(args, common.flag_dest("--exclude")), "--exclude")
+    out = common.check_out_dir(args.out, args.overwrite, command="quantize")
     batches: Any = None
     if scheme.data == "calib":
         subset = sdata.calibration_subset(train, min(args.calib, len(train)), seed=args.seed)
@@ -163,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
             doc["accuracy"]["onnxruntime_int8"] = _ort_accuracy(int8_onnx, loader, args.threads)
     common.write_json(out / "quant_report.json", doc)
     text = _text(doc, report.summary())
-    (out / "quant_report.txt").write_text(text + "\n")
+    common.write_text(out / "quant_report.txt", text + "\n")
+    common.finish_out_dir(out)
     print(text)
     return 0
 

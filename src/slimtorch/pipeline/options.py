@@ -115,6 +115,11 @@ class DataSpec(Config):
             raise ValueError(f"augment must be true or false, got {self.augment!r}")
         if not isinstance(self.options, dict):
             raise ValueError(f"options must be a mapping, got {self.options!r}")
+        reserved = sorted(k for k in self.options if k in ("name", "split", "root", "augment"))
+        if reserved:
+            raise ValueError(f"options.{reserved[0]}: {reserved[0]} is a field of data itself (data: "
+                             f"{{{reserved[0]}: ...}}), not a dataset option; options holds only the dataset's own "
+                             "keyword arguments (e.g. {block_size: 128})")
         try:  # before anything runs: a bad option would otherwise fail when the data is first loaded
             check_options(self.name, self.options)
         except ValueError as e:

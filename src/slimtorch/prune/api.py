@@ -23,6 +23,7 @@ from torch import nn
 
 from slimtorch.core.config import Config
 from slimtorch.core.finetune import FitFn
+from slimtorch.core.numerics import check_finite_weights
 from slimtorch.core.registry import Registry, TypeRegistry
 from slimtorch.prune.report import PruneReport
 
@@ -87,6 +88,7 @@ def prune_(
             raise ValueError("prune_ got both data= and calib_data=; they are the same argument, give one")
         data = calib_data
     handler = _handler_for(config)
+    check_finite_weights(model, "prune_")
     # handlers that train take fit_fn; the others (e.g. structured surgery) never see it
     params = inspect.signature(handler).parameters
     takes_fit = "fit_fn" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())

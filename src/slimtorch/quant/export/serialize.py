@@ -69,7 +69,8 @@ def load_quantized(path: str | os.PathLike[str], model: nn.Module | None = None,
         cfg["target"] = "x86-vnni"
     config = ctype.from_dict(cfg)
     if model is None:
-        model = model_from_spec(spec, path, allow_code=allow_code)
+        # the quantizer state is loaded after the preparer
+        model = model_from_spec(spec, path, extra_ok=True, allow_code=allow_code)
     model.eval()
     PREPARERS.get(ctype)(model, config)
     load_state_into(model, load_file(str(resolve_model_file(path))))
