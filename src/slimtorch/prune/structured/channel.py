@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from slimtorch.core.config import Config, check_choice, check_positive, check_range
+from slimtorch.core.registry import Registry
 from slimtorch.core.selection import ROOT_NAME, FilterFn, as_patterns, check_overrides, override_for
 from slimtorch.prune.api import register_pruner
 from slimtorch.prune.report import LayerReport, PruneReport
@@ -27,6 +28,11 @@ from slimtorch.prune.structured.importance import IMPORTANCE, NEEDS_GRADIENTS, C
 from slimtorch.prune.structured.surgery import WeightSlice, find_surgery, slice_tensor_
 
 ALLOCATIONS = ("uniform", "global", "latency")
+
+#: Allocations implemented outside this module: ``name -> fn(model, graph, scores, config, constraints,
+#: macs_before, warnings) -> (removed per group, LatencyPlan)``. ``latency`` is registered by
+#: :mod:`.latency_search` (imported by the package), which builds on this module.
+ALLOCATORS: Registry[Any] = Registry("allocation")
 
 
 @dataclass
@@ -583,11 +589,10 @@ def prune_channels_(
         warn.append(_nothing_removable(model, graph))
     speedups: dict[str, float] = {}
     latency_plan = None
-    if config.allocation == "latency" and graph.groups:
-        from slimtorch.prune.structured.latency_search import latency_allocation
-
+    if config.allocation in ALLOCATORS and graph.groups:
         meets = _Constraints(model, graph, config, ex, None)
-        removed, latency_plan = latency_allocation(model, graph, scores, config, meets, macs_before, warn)
+        removed, latency_plan = ALLOCATORS.get(config.allocation)(model, graph, scores, config, meets, macs_before,
+                                                                  warn)
         speedups = latency_plan.measured_speedup
         ratio = sum(len(r) for r in removed) / max(1, sum(g.n_units for g in graph.groups))
     elif config.target_macs is not None or config.target_speedup is not None:

@@ -25,6 +25,7 @@ from torch import nn
 
 from slimtorch.prune.report import LatencyPlan
 from slimtorch.prune.structured.channel import (
+    ALLOCATORS,
     Channel,
     _batch_of,
     _Constraints,
@@ -132,6 +133,7 @@ def next_log_scale(history: list[tuple[float, float]], log_scale: float, log_mar
     return log_scale + FIRST_STEP_EXPONENT * (log_margin - aim)
 
 
+@ALLOCATORS.register("latency")
 def latency_allocation(model: nn.Module, graph: DependencyGraph, scores: list[torch.Tensor], config: Channel,
                        meets: _Constraints, macs_before: int, warn: list[str]) -> tuple[list[np.ndarray], LatencyPlan]:
     """Removal per group and the :class:`~slimtorch.prune.report.LatencyPlan` (module docstring)."""
