@@ -225,3 +225,14 @@ def test_real_measurement_smoke() -> None:
     assert len(lat.groups) == 2 and all(1 <= g["kept"] <= g["units"] for g in lat.groups)
     assert lat.measured_ms["torch"] > 0 and lat.predicted_ms["torch"] > 0
     assert model(x).shape == (1, 10)
+
+
+def test_vit_heads_and_ffn_widths_are_allocated() -> None:
+    model = create("vit_tiny").eval()
+    x = torch.randn(1, *model.input_shape)
+    config = _config(target_speedup=1.3, latency_points=3)
+    report = prune_(model, config, example_inputs=x)
+    _check_plan(model, report, config, x, 1.3)
+    heads = [g for g in report.latency.groups if g["unit_width"] > 1]
+    assert heads and any(g["kept"] < g["units"] for g in heads)  # whole heads were removed
+    assert model(x).shape == (1, 10)
