@@ -90,8 +90,8 @@ def int8_file(model: torch.nn.Module, calib: list[torch.Tensor], path: Path) -> 
 def main() -> None:  # noqa: C901
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--test-n", type=int, default=10000)
-    ap.add_argument("--finetune-n", type=int, default=10000)
-    ap.add_argument("--finetune-epochs", type=int, default=3)
+    ap.add_argument("--finetune-n", type=int, default=5000)
+    ap.add_argument("--finetune-epochs", type=int, default=2)
     ap.add_argument("--finetune-lr", type=float, default=0.01)
     ap.add_argument("--latency-batch", type=int, default=32)
     ap.add_argument("--latency-repeats", type=int, default=30)
@@ -141,7 +141,8 @@ def main() -> None:  # noqa: C901
                 info.update({"plan": lat.widths(), "predicted_speedup": lat.predicted_speedup[rt],
                              "prediction_error": lat.prediction_error[rt], "predicted_ms": lat.predicted_ms[rt],
                              "solves": len(lat.attempts), "table_s": round(lat.table_s, 1),
-                             "attempts": [{"keeps": x["keeps"], "predicted_speedup": x["predicted_speedup"][rt],
+                             "attempts": [{"keeps": x["keeps"],
+                                           "predicted_speedup": lat.base_ms[rt] / x["predicted_ms"][rt],
                                            "measured_speedup": x["measured_dense_ms"][rt] / x["measured_ms"][rt]}
                                           for x in lat.attempts]})
             models[method] = (m.eval(), info)

@@ -233,6 +233,11 @@ def test_vit_heads_and_ffn_widths_are_allocated() -> None:
     config = _config(target_speedup=1.3, latency_points=3)
     report = prune_(model, config, example_inputs=x)
     _check_plan(model, report, config, x, 1.3)
-    heads = [g for g in report.latency.groups if g["unit_width"] > 1]
-    assert heads and any(g["kept"] < g["units"] for g in heads)  # whole heads were removed
+    kept = {g["name"]: g["kept"] for g in report.latency.groups}
+    heads = [name for name in kept if name.endswith(".attn")]  # head groups: a unit is a whole head
+    assert heads and any(f"{name}.fc1" in kept for name in (h.rsplit(".", 1)[0] for h in heads))  # FFN groups too
+    for i, block in enumerate(model.blocks):
+        assert block.attn.num_heads == kept[f"blocks.{i}.attn"]
+        assert block.fc1.out_features == kept.get(f"blocks.{i}.fc1", block.fc1.out_features)
+    assert any(block.attn.num_heads < 3 for block in model.blocks)
     assert model(x).shape == (1, 10)

@@ -160,7 +160,6 @@ class Channel(Config):
         if self.max_batches is not None:
             check_positive("max_batches", self.max_batches)
 
-
     def _check_latency_allocation(self) -> None:
         from slimtorch.prune.structured.latency_alloc import SOLVERS
 
