@@ -200,6 +200,8 @@ def main() -> None:  # noqa: C901
         if target == 2.0 and rt == "onnxruntime":
             checks.append(check(f"[{tag}] (goal) latency-aware accuracy drop (pt)", lat_row["drop_pt"], "<= 1.0",
                                 lat_row["drop_pt"] <= 1.0))
+        write_result("prune_latency" + ("_quick" if a.quick else ""), rows, checks, seeds=[SEED],  # partial
+                     wall_s=t_all.elapsed, extra={"partial": f"written after {tag}", "log": log})
     extra = {"budget": {
         "finetune": f"distillation from the dense checkpoint (KD T=4 + 0.5 CE), {a.finetune_n} CIFAR-10 train "
                     f"images (fixed subset), crop+flip, x {a.finetune_epochs} epochs, SGD lr {a.finetune_lr} "

@@ -68,7 +68,8 @@ class Channel(Config):
         latency_solver: ``"knapsack"`` (exact dynamic programming on the predicted latency) or
             ``"greedy"`` (least importance lost per millisecond saved), see :mod:`.latency_alloc`.
         latency_corrections: re-solves after the first plan when its measured speedup misses the target
-            (the budget is tightened by the miss) or exceeds it by more than 3% (loosened).
+            (the budget is tightened) or exceeds it by more than 3% (loosened); secant steps, then bisection
+            between a budget that met the target and one that missed it.
         latency_cache: read and write latency tables in ``$SLIMTORCH_CACHE/latency``.
         latency_measurer: ``measurer(models, inputs, runtime, threads, repeats) -> [ms]`` used instead of
             real timing for the latency table and the verification (tests, simulators); see
@@ -115,7 +116,7 @@ class Channel(Config):
     latency_points: int = 5
     latency_combine: str = "product"
     latency_solver: str = "knapsack"
-    latency_corrections: int = 4
+    latency_corrections: int = 6
     latency_cache: bool = True
     latency_measurer: Any = field(default=None, repr=False, compare=False)
     importance: str = "l1"

@@ -9,8 +9,9 @@
 3. The plan is built and *measured* against the unpruned model (the code ``target_speedup`` uses). If a
    runtime misses its target, its budget is tightened and the problem solved again; if every runtime beats
    it by more than 3%, the budgets are loosened (:func:`next_log_scale`: a secant on log budget scale vs log
-   measured margin). Of the measured plans that meet the target, the one keeping the most importance is
-   returned; if none does, the closest, with a warning.
+   measured margin), and once a budget that meets the target and one that misses it are known, the budget
+   is bisected between them (in log scale, to 1%). Of the measured plans that meet the target, the one
+   keeping the most importance is returned; if none does, the closest, with a warning.
 """
 
 from __future__ import annotations
@@ -198,9 +199,20 @@ def latency_allocation(model: nn.Module, graph: DependencyGraph, scores: list[to
                 history[r].append((math.log(scale[r]), math.log(margins[r])))
         if rec["meets_target"] and max(margins.values()) <= CLOSE_ENOUGH:
             break
+        done = True
         for r in runtimes:
-            if rec["meets_target"] or margins[r] < 1.0:
+            ok_r = [x for x, y in history[r] if y >= 0.0]  # log scales whose plan met the target on r
+            bad_r = [x for x, y in history[r] if y < 0.0]
+            if ok_r and bad_r and max(ok_r) < min(bad_r):  # bracketed: bisect in log scale
+                lo, hi = max(ok_r), min(bad_r)
+                if hi - lo > math.log(1.01):
+                    done = False
+                scale[r] = math.exp((lo + hi) / 2)
+            elif rec["meets_target"] or margins[r] < 1.0:
+                done = False
                 scale[r] = math.exp(next_log_scale(history[r], math.log(scale[r]), math.log(margins[r])))
+        if done:
+            break
     ok = [a for a in attempts if a["meets_target"]]
     if ok:
         final = min(ok, key=lambda a: a["importance_lost"])
