@@ -214,3 +214,20 @@ def test_cache_key_changes_with_every_input_and_files_round_trip(tmp_path) -> No
     assert load_table(path) is None
     assert load_table(tmp_path / "missing.json") is None
     assert json.loads(json.dumps(t.to_dict()))["curves"][0]["name"] == "a"
+
+
+def test_budget_correction_steps_secant_then_first_step() -> None:
+    import math
+
+    from slimtorch.prune.structured.latency_search import FIRST_STEP_EXPONENT, next_log_scale
+
+    aim = math.log(1.01)
+    # one measurement, 5% short: tighten by twice the miss (in log)
+    y = math.log(0.95)
+    assert next_log_scale([(0.0, y)], 0.0, y) == pytest.approx(FIRST_STEP_EXPONENT * (y - aim))
+    # two points on the line y = -2 x: the secant lands where y = aim
+    pts = [(0.0, 0.0), (-0.1, 0.2)]
+    assert next_log_scale(pts, -0.1, 0.2) == pytest.approx(-aim / 2)
+    # a slope of the wrong sign (noise) falls back to the first step
+    bad = [(0.0, 0.0), (-0.1, -0.05)]
+    assert next_log_scale(bad, -0.1, -0.05) == pytest.approx(-0.1 + FIRST_STEP_EXPONENT * (-0.05 - aim))
