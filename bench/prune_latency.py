@@ -181,6 +181,8 @@ def main() -> None:  # noqa: C901
             accs[method] = row["acc"]
             rows.append(row)
             print(row, flush=True)
+            write_result("prune_latency" + ("_quick" if a.quick else ""), rows, checks, seeds=[SEED],  # partial
+                         wall_s=t_all.elapsed, extra={"partial": f"written after {row['row']}", "log": log})
         lat_row = next(r for r in rows if r["row"] == f"latency @ {tag}")
         tp_row = next(r for r in rows if r["row"] == f"torch-pruning @ {tag}")
         match = tp_row["measured_speedup"] / lat_row["measured_speedup"] - 1

@@ -241,3 +241,19 @@ def test_vit_heads_and_ffn_widths_are_allocated() -> None:
         assert block.fc1.out_features == kept.get(f"blocks.{i}.fc1", block.fc1.out_features)
     assert any(block.attn.num_heads < 3 for block in model.blocks)
     assert model(x).shape == (1, 10)
+
+
+def test_a_residual_stream_unit_weighs_as_many_layers_as_it_is_cut_from() -> None:
+    from slimtorch.prune.structured import build_dependency_graph
+    from slimtorch.prune.structured.latency_search import coupled_layers
+
+    model = create("resnet20").eval()
+    graph = build_dependency_graph(model, torch.zeros(1, 3, 32, 32))
+    by_name = {g.name: coupled_layers(model, g) for g in graph.groups}
+    assert by_name["layer1.0.conv1"] == 2  # a block's inner channel: conv1's output, conv2's input
+    # the stage-3 stream (shortcut B): layer3.0's projection and conv2 write it; three blocks' conv1 and
+    # layer3.1/3.2's conv2 read or write it, and the classifier reads it
+    stream = by_name["layer3.0.conv2"]
+    assert stream == sum(1 for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+                         and (n.startswith("layer3.") and (n.endswith("conv2") or n.endswith("shortcut.0"))
+                              or n in ("layer3.1.conv1", "layer3.2.conv1", "fc")))

@@ -10,7 +10,9 @@ fixed by a per-layer override, ...), always its ``w_g`` most important units:
 
 equivalently: minimise the importance *lost*, ``L_g(w) = sum_{j > w} s_g,(j)``, subject to the predicted
 saving ``S_g(w) = -d_g(w)`` summing to at least ``need = T(dense) - B``. Scores are normalised by their
-group's mean (as the ``global`` allocation does) so groups scored on differently sized tensors compare.
+group's mean (as the ``global`` allocation does) so groups scored on differently sized tensors compare,
+and weighted by the number of weight tensors a unit is cut from
+(:func:`~slimtorch.prune.structured.latency_search.coupled_layers`).
 
 Two solvers:
 
