@@ -95,7 +95,7 @@ def test_compare_latency_across_runtimes():
 def test_bad_arguments(tmp_path):
     model = nn.Linear(2, 2)
     x = torch.zeros(1, 2)
-    with pytest.raises(ValueError, match="unknown runtime 'tensorrt'; valid: onnxruntime, torch"):
+    with pytest.raises(ValueError, match="unknown runtime 'tensorrt'; valid: onnxruntime, onnxruntime-int8, torch"):
         measure_latency(model, x, runtime="tensorrt")
     with pytest.raises(ValueError, match="repeats must be >= 1"):
         measure_latency(model, x, repeats=0)

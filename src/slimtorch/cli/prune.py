@@ -71,10 +71,15 @@ FLAGS: list[ConfigFlag] = [
     ("--target-speedup", "target_speedup",
      {"type": float, "help": "channel: prune until the measured speedup is >= this on every --latency-runtime"}),
     ("--latency-runtime", "latency_runtimes",
-     {"action": "append", "choices": ["torch", "onnxruntime"], "help": "runtime of --target-speedup (repeatable)"}),
+     {"action": "append", "choices": ["torch", "onnxruntime", "onnxruntime-int8"],
+      "help": "runtime of --target-speedup / --latency-budget-ms (repeatable)"}),
+    ("--latency-budget-ms", "latency_budget_ms",
+     {"type": float, "help": "channel, --allocation latency: latency budget (ms) on every --latency-runtime"}),
     ("--importance", "importance", {"help": "channel: importance criterion (l1, l2, bn_scale, taylor, ...)"}),
     ("--round-to", "round_to", {"type": int, "help": "channel: kept channel counts are multiples of this"}),
-    ("--allocation", "allocation", {"choices": ["uniform", "global"], "help": "channel: ratio allocation"}),
+    ("--allocation", "allocation", {"choices": ["uniform", "global", "latency"],
+                                    "help": "channel: ratio allocation (latency: per-group widths from measured "
+                                            "latency tables, with --target-speedup or --latency-budget-ms)"}),
     ("--exclude", "exclude", {"nargs": "*", "help": "module-name patterns left alone (dense / channels kept)"}),
     ("--ignore", "exclude", {"nargs": "*", "help": "former name of --exclude (channel)"}),
 ]

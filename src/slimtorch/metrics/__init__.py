@@ -23,7 +23,14 @@ from slimtorch.metrics.counting import (
     sparsity,
 )
 from slimtorch.metrics.cpu import CpuInfo, cpu_info
-from slimtorch.metrics.latency import RUNTIMES, compare_latency, measure_latency, time_calls, torch_threads
+from slimtorch.metrics.latency import (
+    RUNTIMES,
+    compare_latency,
+    measure_latencies,
+    measure_latency,
+    time_calls,
+    torch_threads,
+)
 from slimtorch.metrics.macs import (
     MAC_RULES,
     attention_matmul_macs,
@@ -34,6 +41,7 @@ from slimtorch.metrics.macs import (
     register_mac_rule_kind,
 )
 from slimtorch.metrics.ort import export_onnx_fp32, onnx_session, session_feed
+from slimtorch.metrics.ort_int8 import quantize_qdq_int8  # also registers the onnxruntime-int8 runtime
 from slimtorch.metrics.profile import compare, compare_models, profile
 from slimtorch.metrics.shapes import check_input_shape, example_inputs_for
 from slimtorch.metrics.table import format_value, human_bytes, human_count, human_macs, render_table
@@ -64,12 +72,14 @@ __all__ = [
     "human_count",
     "human_macs",
     "linear_macs",
+    "measure_latencies",
     "measure_latency",
     "model_size_bytes",
     "onnx_session",
     "permanent_copy",
     "perplexity",
     "profile",
+    "quantize_qdq_int8",
     "register_mac_rule",
     "register_mac_rule_kind",
     "render_table",

@@ -211,3 +211,33 @@ def compare_latency(model_a: ModelLike, model_b: ModelLike, example_inputs: Inpu
         "clock": clock,
         "block": block,
     }
+
+
+def measure_latencies(models: list[ModelLike], example_inputs: Inputs, runtime: str = "torch", threads: int = 1,
+                      warmup: int = 3, repeats: int = 15, clock: str = "wall", block: int = 5) -> list[float]:
+    """Median latency (ms) of each of ``models``, timed round-robin in one run (:func:`compare_latency` for
+    more than two models): each round runs a block of ``block`` calls of every model (the first untimed when
+    ``block > 1``), the order rotating every round, until each model has ``repeats`` timed calls.
+
+    Differences between the returned medians are what a latency table needs (all models saw the same load).
+    """
+    _check_counts(threads, warmup, repeats, clock)
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
+    if not models:
+        return []
+    factory = RUNTIMES.get(runtime)
+    args = as_tuple(example_inputs)
+    times: list[list[float]] = [[] for _ in models]
+    with contextlib.ExitStack() as stack:
+        runs = [factory(m, args, threads, stack) for m in models]
+        for _ in range(warmup):
+            for run in runs:
+                run()
+        timed = max(block - 1, 1)
+        n = len(runs)
+        for i in range(-(-repeats // timed)):
+            for j in range(n):
+                k = (i + j) % n
+                times[k].extend(time_calls(runs[k], block - timed, timed, clock))
+    return [statistics.median(t) for t in times]

@@ -28,7 +28,7 @@ from slimtorch.prune.masks import (
 )
 from slimtorch.prune.nm import NM, check_nm, nm_mask
 from slimtorch.prune.pruner import MaskPruner, iterative_prune_
-from slimtorch.prune.report import LayerReport, PruneReport
+from slimtorch.prune.report import LatencyPlan, LayerReport, PruneReport
 from slimtorch.prune.schedules import AGP, Iterative, OneShot, Schedule, agp_sparsity, iterative_sparsity
 from slimtorch.prune.sparse import from_csr, load_sparse, save_sparse, to_csr
 from slimtorch.prune.sparsegpt import SparseGPT, sparsegpt_prune
@@ -55,6 +55,7 @@ __all__ = [
     "MaskPruner",
     "OneShot",
     "PruneReport",
+    "LatencyPlan",
     "Schedule",
     "WeightMask",
     "agp_sparsity",

@@ -59,6 +59,72 @@ class LayerReport:
 
 
 @dataclass
+class LatencyPlan:
+    """What a latency-aware allocation chose and how its prediction held up (``PruneReport.latency``).
+
+    Attributes:
+        objective: the problem solved, in words.
+        runtimes: the runtimes with a latency target.
+        target_speedup: the speedup asked for (``None`` when a budget in ms was given).
+        budget_ms: the latency budget in ms per runtime (``T(dense) / target_speedup`` for a speedup target).
+        groups: per group ``{"name", "units", "kept", "unit_width"}``: the plan.
+        base_ms: per runtime, the unpruned model's latency in the latency table.
+        predicted_ms: per runtime, the table's additive prediction for the plan.
+        measured_dense_ms, measured_ms: per runtime, the unpruned and the pruned model timed in one run.
+        measured_speedup: ``measured_dense_ms / measured_ms``.
+        predicted_speedup: ``base_ms / predicted_ms``.
+        prediction_error: ``predicted_speedup / measured_speedup - 1`` (positive: the model was optimistic).
+        macs_before, macs_after: MACs of one example.
+        attempts: each solve and measurement of the correction loop (budget scale, predicted, measured).
+        table_s: seconds spent measuring latency tables (0 when they came from the cache).
+        from_cache: per runtime, whether its table was read from the cache.
+        accuracy: left for the caller (e.g. a benchmark) to fill after fine-tuning.
+    """
+
+    objective: str
+    runtimes: list[str]
+    target_speedup: float | None
+    budget_ms: dict[str, float]
+    groups: list[dict[str, Any]]
+    base_ms: dict[str, float]
+    predicted_ms: dict[str, float]
+    measured_dense_ms: dict[str, float]
+    measured_ms: dict[str, float]
+    measured_speedup: dict[str, float]
+    predicted_speedup: dict[str, float]
+    prediction_error: dict[str, float]
+    macs_before: int | None = None
+    macs_after: int | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    table_s: float = 0.0
+    from_cache: dict[str, bool] = field(default_factory=dict)
+    accuracy: float | None = None
+
+    def widths(self) -> str:
+        """``name kept/units`` for every group whose width changed."""
+        return ", ".join(f"{g['name']} {g['kept']}/{g['units']}" for g in self.groups if g["kept"] != g["units"])
+
+    def table(self) -> str:
+        """The plan and, per runtime, predicted vs measured latency."""
+        lines = [f"latency-aware allocation: {self.objective}", f"plan: {self.widths() or 'unchanged'}"]
+        if self.macs_before:
+            lines.append(f"MACs: {_k(self.macs_before)} -> {_k(self.macs_after)} "
+                         f"({(self.macs_after or 0) / self.macs_before:.3f}x)")
+        if self.accuracy is not None:
+            lines.append(f"accuracy: {self.accuracy:.4f}")
+        for r in self.runtimes:
+            lines.append(
+                f"{r}: budget {self.budget_ms[r]:.2f} ms; predicted {self.predicted_ms[r]:.2f} ms "
+                f"({self.predicted_speedup[r]:.2f}x), measured {self.measured_ms[r]:.2f} ms vs dense "
+                f"{self.measured_dense_ms[r]:.2f} ms ({self.measured_speedup[r]:.2f}x); prediction error "
+                f"{self.prediction_error[r]:+.1%}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+@dataclass
 class PruneReport:
     """Per-layer and whole-model effect of a pruning call.
 
@@ -72,6 +138,8 @@ class PruneReport:
         macs_before: dense MACs for ``example_inputs`` before (``None`` when no inputs were given).
         macs_after: after; for masks, dense MACs minus the MACs of the zeroed weights of pruned layers.
         extra: method-specific numbers (thresholds, the schedule's steps, ...).
+        latency: the plan and predicted vs measured latency of a latency-aware channel allocation
+            (``Channel(allocation="latency")``), else None.
     """
 
     method: str
@@ -83,6 +151,7 @@ class PruneReport:
     macs_before: int | None = None
     macs_after: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    latency: LatencyPlan | None = None
 
     @property
     def sparsity(self) -> float:
@@ -149,6 +218,8 @@ class PruneReport:
         out.insert(1, "  ".join("-" * w for w in widths))
         if self.nonzeros_after:
             out.append(f"compression (params before / nonzeros after): {self.compression:.2f}x")
+        if self.latency is not None:
+            out.append(self.latency.table())
         return "\n".join(out)
 
     def __str__(self) -> str:

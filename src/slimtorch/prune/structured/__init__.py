@@ -31,6 +31,9 @@ from slimtorch.prune.structured.importance import (
     register_importance,
     taylor_scores,
 )
+from slimtorch.prune.structured.latency_alloc import solve, solve_greedy, solve_knapsack
+from slimtorch.prune.structured.latency_model import GroupCurve, LatencyTable, measure_table
+from slimtorch.prune.structured.latency_search import latency_allocation  # registers allocation="latency"
 from slimtorch.prune.structured.surgery import (
     LayerSurgery,
     PinnedSurgery,
@@ -54,6 +57,13 @@ __all__ = [
     "group_taylor_scores",
     "Channel",
     "ChannelGroup",
+    "GroupCurve",
+    "LatencyTable",
+    "latency_allocation",
+    "measure_table",
+    "solve",
+    "solve_greedy",
+    "solve_knapsack",
     "CoupledTensor",
     "DependencyGraph",
     "LayerSurgery",

@@ -21,6 +21,7 @@ from torch import nn
 from slimtorch.core.batches import ModelInputs, output_tensor, split_batch
 from slimtorch.core.config import Config, check_choice, check_positive, check_range
 from slimtorch.core.labels import IGNORE_INDEX, align, forward_batch
+from slimtorch.core.registry import Registry
 from slimtorch.core.selection import ROOT_NAME, FilterFn, as_patterns, check_overrides, override_for
 from slimtorch.prune.api import register_pruner
 from slimtorch.prune.report import LayerReport, PruneReport
@@ -29,8 +30,13 @@ from slimtorch.prune.structured.graph import ChannelGroup, DependencyGraph, buil
 from slimtorch.prune.structured.importance import IMPORTANCE, NEEDS_GRADIENTS, CoupledTensor
 from slimtorch.prune.structured.surgery import WeightSlice, find_surgery, slice_tensor_
 
-ALLOCATIONS = ("uniform", "global")
+ALLOCATIONS = ("uniform", "global", "latency")
 GQA_MODES = ("query", "kv")
+
+#: Allocations implemented outside this module: ``name -> fn(model, graph, scores, config, constraints,
+#: macs_before, warnings) -> (removed per group, LatencyPlan)``. ``latency`` is registered by
+#: :mod:`.latency_search` (imported by the package), which builds on this module.
+ALLOCATORS: Registry[Any] = Registry("allocation")
 
 
 @dataclass
@@ -51,9 +57,27 @@ class Channel(Config):
             ``latency_batch`` copies of the example input. Latency is far from proportional to MACs on
             CPUs (thin layers are memory-bound; runtimes block channels by 8 or 16), so this is how to
             ask for a real speedup. With ``target_macs`` too, both must hold.
-        latency_runtimes: runtimes of ``target_speedup`` (``"torch"``, ``"onnxruntime"``).
+        latency_runtimes: runtimes of ``target_speedup`` / ``latency_budget_ms`` (``"torch"``,
+            ``"onnxruntime"``, ``"onnxruntime-int8"``: the model as an int8 QDQ graph on ONNX Runtime).
         latency_batch, latency_threads, latency_repeats: the latency measurement's batch size, intra-op
             threads and timed runs per model.
+        latency_budget_ms: with ``allocation="latency"``, a latency budget in milliseconds (for a batch of
+            ``latency_batch`` on ``latency_threads`` threads) on every runtime of ``latency_runtimes``,
+            instead of ``target_speedup``.
+        latency_points: widths measured per group for the latency table (``allocation="latency"``);
+            latency between them is interpolated.
+        latency_combine: how per-group latency changes combine into a plan's predicted latency:
+            ``"product"`` (default; relative savings multiply) or ``"additive"`` (milliseconds add), see
+            :mod:`.latency_model`.
+        latency_solver: ``"knapsack"`` (exact dynamic programming on the predicted latency) or
+            ``"greedy"`` (least importance lost per millisecond saved), see :mod:`.latency_alloc`.
+        latency_corrections: re-solves after the first plan when its measured speedup misses the target
+            (the budget is tightened) or exceeds it by more than 3% (loosened); secant steps, then bisection
+            between a budget that met the target and one that missed it.
+        latency_cache: read and write latency tables in ``$SLIMTORCH_CACHE/latency``.
+        latency_measurer: ``measurer(models, inputs, runtime, threads, repeats) -> [ms]`` used instead of
+            real timing for the latency table and the verification (tests, simulators); see
+            :mod:`.latency_model`.
         importance: criterion name from :data:`IMPORTANCE` (``l1``, ``l2``, ``bn_scale``, ``taylor``,
             ``fpgm``, ``lamp``, ``random``). ``taylor`` needs calibration batches as ``data=``.
         round_to: kept channel counts are multiples of this (e.g. 8 for SIMD-friendly widths), the
@@ -65,8 +89,11 @@ class Channel(Config):
         overrides: ``{pattern: ratio}`` per-layer ratios; a group takes the first pattern that
             matches a layer whose output channels are in the group (e.g. ``"layer3.*"``) and is then
             pruned at that ratio (also under ``global``).
-        allocation: ``"uniform"`` (same ratio in every group) or ``"global"`` (rank all units by score
-            normalized by its group's mean score, remove the lowest).
+        allocation: ``"uniform"`` (same ratio in every group), ``"global"`` (rank all units by score
+            normalized by its group's mean score, remove the lowest) or ``"latency"`` (per-group widths
+            that keep the most normalized importance under a latency predicted by a table measured on the
+            target runtime, then verified by measurement; needs ``target_speedup`` or
+            ``latency_budget_ms``; HALP, Shen et al. 2022; see docs/structured_pruning.md).
         group_reduce: how a unit's scores over its coupled tensors combine: ``"mean"`` or ``"sum"``.
         tracer: ``"concrete"`` (record a real forward; default), ``"fx"`` (``torch.fx.symbolic_trace``
             first; an error naming the module if fx cannot trace it) or ``"auto"`` (fx, else concrete).
@@ -94,6 +121,13 @@ class Channel(Config):
     latency_batch: int = 32
     latency_threads: int = 1
     latency_repeats: int = 15
+    latency_budget_ms: float | None = None
+    latency_points: int = 5
+    latency_combine: str = "product"
+    latency_solver: str = "knapsack"
+    latency_corrections: int = 6
+    latency_cache: bool = True
+    latency_measurer: Any = field(default=None, repr=False, compare=False)
     importance: str = "l1"
     round_to: int = 1
     exclude: tuple[str, ...] = ()
@@ -120,8 +154,10 @@ class Channel(Config):
         self.latency_runtimes = tuple(self.latency_runtimes)
         if not self.latency_runtimes:
             raise ValueError("latency_runtimes must name at least one runtime")
+        from slimtorch.metrics import RUNTIMES
+
         for rt in self.latency_runtimes:
-            check_choice("latency_runtimes", rt, ("torch", "onnxruntime"))
+            check_choice("latency_runtimes", rt, RUNTIMES.names())
         for name in ("latency_batch", "latency_threads", "latency_repeats"):
             check_positive(name, getattr(self, name))
         IMPORTANCE.get(self.importance)  # unknown names list the valid ones
@@ -131,11 +167,45 @@ class Channel(Config):
         self.exclude = exclude + tuple(p for p in as_patterns(ignore) if p not in exclude)
         check_overrides(self.overrides)
         check_choice("allocation", self.allocation, ALLOCATIONS)
+        self._check_latency_allocation()
         check_choice("group_reduce", self.group_reduce, ("mean", "sum"))
         check_choice("tracer", self.tracer, ("auto", "fx", "concrete"))
         if self.max_batches is not None:
             check_positive("max_batches", self.max_batches)
         check_choice("gqa", self.gqa, GQA_MODES)
+
+    def _check_latency_allocation(self) -> None:
+        from slimtorch.prune.structured.latency_alloc import SOLVERS
+
+        if self.latency_budget_ms is not None:
+            if not self.latency_budget_ms > 0:
+                raise ValueError(f"latency_budget_ms must be > 0 (milliseconds), got {self.latency_budget_ms!r}")
+            if self.allocation != "latency":
+                raise ValueError(f"latency_budget_ms needs allocation='latency' (got allocation={self.allocation!r}); "
+                                 "the uniform and global allocations take target_speedup")
+            if self.target_speedup is not None:
+                raise ValueError(f"give target_speedup ({self.target_speedup}) or latency_budget_ms "
+                                 f"({self.latency_budget_ms}), not both")
+        if self.allocation == "latency":
+            if self.target_speedup is None and self.latency_budget_ms is None:
+                raise ValueError("allocation='latency' needs a target: target_speedup=1.6 (on latency_runtimes) "
+                                 "or latency_budget_ms=...")
+            if self.target_macs is not None:
+                raise ValueError("allocation='latency' allocates for latency, not MACs: drop target_macs, or use "
+                                 "allocation='uniform' with target_macs and target_speedup together")
+        if isinstance(self.latency_points, bool) or not isinstance(self.latency_points, int) or self.latency_points < 2:
+            raise ValueError(f"latency_points must be an integer >= 2 (widths measured per group), got "
+                             f"{self.latency_points!r}")
+        if isinstance(self.latency_corrections, bool) or not isinstance(self.latency_corrections, int) \
+                or self.latency_corrections < 0:
+            raise ValueError(f"latency_corrections must be an integer >= 0, got {self.latency_corrections!r}")
+        check_choice("latency_solver", self.latency_solver, SOLVERS)
+        from slimtorch.prune.structured.latency_model import COMBINE
+
+        check_choice("latency_combine", self.latency_combine, COMBINE)
+        if self.latency_measurer is not None and not callable(self.latency_measurer):
+            raise ValueError(f"latency_measurer must be callable (models, inputs, runtime, threads, repeats) -> "
+                             f"[ms], got {type(self.latency_measurer).__name__}")
 
 
 # ---- scores --------------------------------------------------------------------------------------
@@ -393,6 +463,7 @@ class _Constraints:
                  max_macs: float | None) -> None:
         self.model, self.graph, self.config, self.ex, self.max_macs = model, graph, config, ex, max_macs
         self.speedups: dict[bytes, dict[str, float]] = {}
+        self.timings: dict[bytes, dict[str, tuple[float, float]]] = {}
         self.last: dict[str, float] = {}
 
     def pruned(self, removed: list[np.ndarray]) -> nn.Module:
@@ -412,15 +483,23 @@ class _Constraints:
             x = _batch_of(self.ex, cfg.latency_batch)
             was_training = self.model.training
             self.model.eval()
+            timings = {}
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    self.speedups[key] = {
-                        rt: compare_latency(self.model, pruned, x, runtime=rt, threads=cfg.latency_threads,
-                                            warmup=3, repeats=cfg.latency_repeats, clock="cpu")["speedup"]
-                        for rt in cfg.latency_runtimes}
+                    for rt in cfg.latency_runtimes:
+                        if cfg.latency_measurer is not None:
+                            a_ms, b_ms = cfg.latency_measurer([self.model, pruned], x, rt, cfg.latency_threads,
+                                                              cfg.latency_repeats)
+                        else:
+                            r = compare_latency(self.model, pruned, x, runtime=rt, threads=cfg.latency_threads,
+                                                warmup=3, repeats=cfg.latency_repeats, clock="cpu")
+                            a_ms, b_ms = r["a_ms"], r["b_ms"]
+                        timings[rt] = (float(a_ms), float(b_ms))
             finally:
                 self.model.train(was_training)
+            self.timings[key] = timings
+            self.speedups[key] = {rt: a / b for rt, (a, b) in timings.items()}
         return self.speedups[key]
 
     def __call__(self, removed: list[np.ndarray]) -> bool:
@@ -538,7 +617,14 @@ def prune_channels_(
     if not graph.groups:
         warn.append(_nothing_removable(model, graph))
     speedups: dict[str, float] = {}
-    if config.target_macs is not None or config.target_speedup is not None:
+    latency_plan = None
+    if config.allocation in ALLOCATORS and graph.groups:
+        meets = _Constraints(model, graph, config, ex, None)
+        removed, latency_plan = ALLOCATORS.get(config.allocation)(model, graph, scores, config, meets, macs_before,
+                                                                  warn)
+        speedups = latency_plan.measured_speedup
+        ratio = sum(len(r) for r in removed) / max(1, sum(g.n_units for g in graph.groups))
+    elif config.target_macs is not None or config.target_speedup is not None:
         target = None
         if config.target_macs is not None:
             target = config.target_macs * macs_before if config.target_macs <= 1 else config.target_macs
@@ -605,4 +691,5 @@ def prune_channels_(
             "measured_speedups": speedups,
             "model": model_info,
         },
+        latency=latency_plan,
     )
