@@ -28,6 +28,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from slimtorch.core.errors import SlimtorchError
+from slimtorch.metrics.named_export import needs_named_export
 from slimtorch.metrics.ort import export_onnx_fp32, onnx_session, session_feed
 from slimtorch.quant.export import onnx_compact as C
 from slimtorch.quant.export import onnx_kernels as K
@@ -49,7 +50,8 @@ def export_float_onnx(model: nn.Module, path: str | os.PathLike[str], example_in
     The quantization-side spelling of :func:`slimtorch.metrics.ort.export_onnx_fp32` (argument order
     ``model, path, example_inputs`` like :func:`export_onnx`); that function does the work.
     """
-    return export_onnx_fp32(model, _as_tuple(example_inputs), path, dynamic_batch=dynamic_batch)
+    inputs = example_inputs if needs_named_export(model, example_inputs) else _as_tuple(example_inputs)
+    return export_onnx_fp32(model, inputs, path, dynamic_batch=dynamic_batch)
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: Any,
@@ -61,8 +63,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
         model: a model quantized by :func:`slimtorch.quant.quantize_` (a float model exports as
             plain fp32 ONNX).
         path: output ``.onnx`` file.
-        example_inputs: a tensor or tuple of tensors of the model's input (any batch size).
-        dynamic_batch: make the first dimension of inputs and outputs symbolic.
+        example_inputs: a tensor or tuple of tensors of the model's input (any batch size), or a dict of
+            named tensors (``input_ids``, ``attention_mask``, ``pixel_values``): Hugging Face models and dict
+            inputs export through :mod:`slimtorch.quant.export.hf_export` (``torch.export``-based exporter,
+            graph inputs named after the model's arguments).
+        dynamic_batch: make the first dimension of inputs and outputs symbolic (and, for named token
+            inputs, the sequence dimension).
         pad_input_channels: zero-pad the channels of an input read only by quantized convolutions (the
             first conv of an image model, 1 or 3 channels) to a multiple of this, so ONNX Runtime runs that
             conv on its symmetric int8 kernel (:mod:`slimtorch.quant.export.onnx_kernels`); exact. None: the
@@ -99,6 +105,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
     if pad_input_channels < 0:
         raise SlimtorchError(f"pad_input_channels must be >= 0, got {pad_input_channels}")
     check_weights_fit_target(model, tgt)
+    if needs_named_export(model, example_inputs):
+        # HF models / dict inputs: torch.export-based exporter with named dynamic axes (hf_export.py)
+        from slimtorch.quant.export.hf_export import export_named_qdq
+
+        return export_named_qdq(model, path, example_inputs, dynamic=dynamic_batch, target=tgt, check=check,
+                                tolerance=CHECK_TOLERANCE)
     inputs = _as_tuple(example_inputs)
     out = _export(model, Path(path), inputs, dynamic_batch, tidy=True,
                   pad_input_channels=pad_input_channels, functions=functions,
