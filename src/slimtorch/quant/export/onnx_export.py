@@ -28,12 +28,13 @@ from onnx import numpy_helper
 from torch import nn
 
 from slimtorch.core.errors import SlimtorchError
-from slimtorch.metrics.named_export import needs_named_export
+from slimtorch.metrics.named_export import export_named, needs_named_export, wrap_for_export
 from slimtorch.metrics.ort import export_onnx_fp32, onnx_session, session_feed
 from slimtorch.quant.export import onnx_compact as C
 from slimtorch.quant.export import onnx_kernels as K
 from slimtorch.quant.export import targets as T
 from slimtorch.quant.export.experimental import onnx_functions as F
+from slimtorch.quant.modules.onnx_ops import export_constants
 
 #: Opset of exported models (per-axis QuantizeLinear/DequantizeLinear need >= 13).
 OPSET = 17
@@ -65,7 +66,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
         path: output ``.onnx`` file.
         example_inputs: a tensor or tuple of tensors of the model's input (any batch size), or a dict of
             named tensors (``input_ids``, ``attention_mask``, ``pixel_values``): Hugging Face models and dict
-            inputs export through :mod:`slimtorch.quant.export.hf_export` (``torch.export``-based exporter,
+            inputs export through :func:`export_named_qdq` (``torch.export``-based exporter,
             graph inputs named after the model's arguments).
         dynamic_batch: make the first dimension of inputs and outputs symbolic (and, for named token
             inputs, the sequence dimension).
@@ -106,9 +107,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
         raise SlimtorchError(f"pad_input_channels must be >= 0, got {pad_input_channels}")
     check_weights_fit_target(model, tgt)
     if needs_named_export(model, example_inputs):
-        # HF models / dict inputs: torch.export-based exporter with named dynamic axes (hf_export.py)
-        from slimtorch.quant.export.hf_export import export_named_qdq
-
+        # HF models / dict inputs: torch.export-based exporter with named dynamic axes
         return export_named_qdq(model, path, example_inputs, dynamic=dynamic_batch, target=tgt, check=check,
                                 tolerance=CHECK_TOLERANCE)
     inputs = _as_tuple(example_inputs)
@@ -123,6 +122,55 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
                 # a file that computes something other than the model must not be left for deployment
                 out.unlink(missing_ok=True)
                 raise ExportCheckError(f"{e} (the file was removed)") from None
+    return out
+
+
+def export_named_qdq(model: nn.Module, path: str | os.PathLike[str], example_inputs: Any, *,
+                     dynamic: bool, target: T.Target, check: bool, tolerance: float) -> Path:
+    """Write the quantized ``model`` (a HF model, or named inputs) as an ONNX QDQ file, no wrapper needed.
+
+    ``export_onnx`` sends a model here when it is a HF model or its example inputs are a dict
+    (``{"input_ids": ..., "attention_mask": ...}``). The export itself is
+    :func:`slimtorch.metrics.named_export.export_named` (``torch.export``-based exporter first, KV cache off,
+    attention implementation switched to ``eager`` if SDPA fails, TorchScript as the checked last resort,
+    named inputs with dynamic ``batch`` / ``sequence`` axes, one short error). Under ``torch.export`` the
+    fake-quant modules emit their ``QuantizeLinear`` / ``DequantizeLinear`` nodes through
+    :mod:`slimtorch.quant.modules.onnx_ops`, with the integer codes registered as buffers for the trace
+    (:func:`~slimtorch.quant.modules.onnx_ops.export_constants`); embeddings export as ``Gather`` of int8 rows
+    + per-row ``DequantizeLinear`` (:mod:`slimtorch.quant.modules.embedding`). The graph is then tidied like
+    every QDQ export (:func:`slimtorch.quant.export.onnx_export.tidy_qdq_graph`) and checked against the
+    simulation on the example inputs.
+
+    Args:
+        model: a model quantized by :func:`slimtorch.quant.quantize_`.
+        path: output file.
+        example_inputs: a dict of named tensors (or a tensor for the model's first input).
+        dynamic: dynamic ``batch`` / ``sequence`` axes.
+        target: deployment target, stored in the file's metadata.
+        check: run the file with ONNX Runtime on the example and compare with the simulation.
+        tolerance: the check's allowance, a fraction of the peak |output|.
+
+    Returns:
+        The path written.
+
+    Raises:
+        SlimtorchError: the export failed (one short message) or the check failed (the file is removed).
+    """
+    out = export_named(model, example_inputs, path, dynamic=dynamic, check_rtol=tolerance,
+                       prepare=lambda: export_constants(model))
+    proto = onnx.load(str(out))
+    tidy_qdq_graph(proto)
+    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
+                                        "slimtorch.target": target.name})
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(out))
+    if check and _quantized_layers(model) and T.warn_if_host_cannot_check(target, f"the exported file {out}"):
+        wrapper, _, tensors = wrap_for_export(model, example_inputs)
+        try:
+            check_export(wrapper, out, tensors)
+        except ExportCheckError as e:
+            out.unlink(missing_ok=True)
+            raise ExportCheckError(f"{e} (the file was removed)") from None
     return out
 
 

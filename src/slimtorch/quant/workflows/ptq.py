@@ -79,6 +79,12 @@ class Int8Static(Config):
             exact on the CPUs the model will run on (:mod:`slimtorch.quant.export.targets`).
         quantize_embeddings: store the selected ``nn.Embedding`` tables as int8 rows with per-row scales
             (8-bit on every target: :mod:`slimtorch.quant.modules.embedding`).
+        float_islands: keep a traced ``Conv2d`` in float when it would be an int8 *island*: its input comes
+            from a float op (HardSwish, an SE gate's Mul, ...) and its output goes to one, so no other
+            quantized layer shares its input or output grid. Such a conv pays a QuantizeLinear, a
+            DequantizeLinear and (ONNX Runtime runs int8 convs in NHWC, float ops in NCHW) two layout
+            Transposes for one integer conv; measured on a MobileNetV3-like CNN it made int8 slower than
+            fp32 (see docs/quantization.md). Chains of two or more tied layers stay int8.
     """
 
     observer: str = "minmax"
@@ -97,6 +103,7 @@ class Int8Static(Config):
     filter_fn: Callable[[nn.Module, str], bool] | None = field(default=None, repr=False)
     target: str = DEFAULT_TARGET
     quantize_embeddings: bool = True
+    float_islands: bool = True
 
     def __post_init__(self) -> None:
         check_target(self.target)
@@ -207,6 +214,19 @@ def plan_layers(model: nn.Module, graph: fx.Graph | None, names: list[str], quan
     return plans
 
 
+def conv_islands(model: nn.Module, plans: dict[str, _LayerPlan]) -> list[str]:
+    """Convolutions that would be int8 islands: no quantized layer feeds their input or reads their output.
+
+    With the plan of :func:`plan_layers`, a layer's input is shared with an upstream quantized output when
+    ``tied_to`` is set, and its output is shared when another layer is tied to it. A conv with neither
+    needs its own QuantizeLinear before and DequantizeLinear after (plus NCHW/NHWC transposes on ONNX
+    Runtime), which costs more than one integer conv saves (see :class:`Int8Static` ``float_islands``).
+    """
+    fed = {p.tied_to for p in plans.values() if p.tied_to is not None}
+    return [n for n, p in plans.items()
+            if p.tied_to is None and n not in fed and isinstance(model.get_submodule(n), nn.Conv2d)]
+
+
 _ADD_FUNCS = {operator.add, torch.add, operator.iadd}
 
 
@@ -304,6 +324,8 @@ def prepare_(model: nn.Module, config: Int8Static) -> QuantReport:
                              f"{'set' if config.filter_fn else 'none'}); candidates: "
                              f"{[display_name(n) for n in candidates][:10]}")
     plans = plan_layers(model, graph, names, config.quantize_outputs)
+    islands = conv_islands(model, plans) if config.float_islands and graph is not None else []
+    names = [n for n in names if n not in islands]
     target = get_target(config.target)
     weight_bits = target.weight_bits(config.weight_bits)
 
@@ -338,7 +360,10 @@ def prepare_(model: nn.Module, config: Int8Static) -> QuantReport:
     embeddings = _quantize_embeddings(model, config)
     excluded = set(candidates) - set(names)
     skipped = _float_leftovers(model, set(names), excluded, graph)
-    details: dict[str, Any] = {"traced": graph is not None, "config": config.to_dict(),
+    for name in islands:
+        skipped[name] = ("int8 island (float op before and after): Q/DQ and layout transposes would cost more "
+                         "than the integer conv saves; kept float (float_islands=True)")
+    details: dict[str, Any] = {"traced": graph is not None, "config": config.to_dict(), "float_islands": islands,
                                "residual_outputs": residual, "target": target.name, "weight_bits": weight_bits,
                                "embeddings": embeddings, "conv1d_as_linear": conv1d}
     mark_target(model, target)
