@@ -56,13 +56,17 @@ def test_include_exclude_and_report_lists_float_layers():
     model = nn.Sequential(nn.Embedding(20, 8), nn.LayerNorm(8), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
     model.eval()
     calib = [torch.randint(0, 20, (4, 5)) for _ in range(2)]
-    report = quantize_(model, Int8Static(exclude=("4",)), calib_data=calib)
+    report = quantize_(model, Int8Static(exclude=("4",), quantize_embeddings=False), calib_data=calib)
     assert report.quantized == ["2"]
     assert report.skipped == {
         "0": "Embedding has no quantized form",
         "1": "LayerNorm has no quantized form",
         "4": "excluded by include/exclude/filter_fn",
     }
+    # by default the embedding table is int8 with per-row scales (modules.embedding), not a float leftover
+    model = nn.Sequential(nn.Embedding(20, 8), nn.LayerNorm(8), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    report = quantize_(model, Int8Static(exclude=("4",)), calib_data=calib)
+    assert report.details["embeddings"] == ["0"] and "0" not in report.skipped
     assert "left in float" in report.summary()
 
 
