@@ -191,3 +191,13 @@ def test_loader_batches_equal_items_and_augment_per_image(tmp_path):
         assert m
         shifts.add(m[0])
     assert len(shifts) > 5  # each image draws its own shift
+
+
+def test_zero_images_is_named(tmp_path):
+    write_mnist(tmp_path / "mnist", gz=False)
+    empty = np.zeros((0, 28, 28), np.uint8)
+    (tmp_path / "mnist" / "train-images-idx3-ubyte").write_bytes(idx_bytes(empty))
+    (tmp_path / "mnist" / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(0, np.uint8)))
+    with pytest.raises(SlimtorchError, match=r"train-images-idx3-ubyte holds 0 images \(and .* 0 labels\); an MNIST "
+                       "split needs at least one"):
+        data.load("mnist", root=tmp_path)

@@ -121,3 +121,21 @@ def test_fit_forwards_sample_indices_to_a_cached_teacher(tmp_path):
         progress=False, seed=1)
     for a, b in zip(s_live.parameters(), s_off.parameters()):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_disk_full_while_caching_is_a_named_error_without_partial_files(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from slimtorch.io import atomic
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(atomic, "_fsync", full)
+    data, teacher = _setup()
+    with pytest.raises(atomic.StorageError, match=r"cannot write teacher cache .*logits\.npy: No space left on device"):
+        cache_teacher_outputs(teacher, data, tmp_path / "c", batch_size=16)
+    assert [p.name for p in (tmp_path / "c").iterdir()] == []  # no logits, no meta, no temp file
+    monkeypatch.undo()
+    assert len(cache_teacher_outputs(teacher, data, tmp_path / "c", batch_size=16)) == 40  # rebuilt cleanly

@@ -56,7 +56,9 @@ def test_adaround_and_gptq_beat_rtn_at_two_bits(digits_model, digits_data, metho
 def test_bad_input(digits_model):
     with pytest.raises(ValueError, match=r"bits_w must be an integer in \[2, 8\], got 9"):
         LowBitStatic(bits_w=9)
-    with pytest.raises(ValueError, match="method: 'awq' is not one of"):
+    with pytest.raises(ValueError, match="method: 'hqq' is not one of"):
+        LowBitStatic(method="hqq")
+    with pytest.raises(ValueError, match=r"needs rounding=AWQ\(explicit_scales=False\)"):
         LowBitStatic(method="awq")
     with pytest.raises(ValueError, match="LowBitStatic needs calibration data"):
         quantize_(digits_model, LowBitStatic())

@@ -115,8 +115,8 @@ def test_bits_outside_2_to_8_are_refused(bits):
 
 
 def test_bad_method_and_group_size_values():
-    with pytest.raises(ValueError, match="method: 'awq' is not one of"):
-        WeightOnly(method="awq")
+    with pytest.raises(ValueError, match="method: 'hqq' is not one of"):
+        WeightOnly(method="hqq")
     with pytest.raises(ValueError, match="group_size must be a positive integer or None, got 0"):
         WeightOnly(group_size=0)
 

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import slimtorch
+from slimtorch.io.atomic import StorageError
 from slimtorch.io.storage import read_spec
 from slimtorch.metrics import CpuInfo
 from slimtorch.metrics.cpu import FLAG_NAMES
@@ -221,7 +222,7 @@ def test_interrupted_checkpoint_write_keeps_previous_file(tmp_path, monkeypatch)
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(StorageError, match=r"cannot write checkpoint .*checkpoint\.pt: disk full"):
         atomic_torch_save({"epoch": 2}, path)
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 1

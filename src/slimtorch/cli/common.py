@@ -6,13 +6,13 @@ import argparse
 import copy
 import dataclasses
 import inspect
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from slimtorch.io.atomic import atomic_write_json, atomic_write_text, ensure_dir, sweep_temp_files
 from slimtorch.io.storage import MODEL_FILE
 from slimtorch.models import MODELS, create
 
@@ -139,14 +139,36 @@ def build_model(name: str, dataset: Any, overrides: dict[str, Any]) -> nn.Module
     return create(name, **model_kwargs_for_data(name, dataset, overrides))
 
 
-def check_out_dir(out: str | Path, overwrite: bool, resume: bool = False) -> Path:
-    """Refuse an output folder that already holds a run unless ``--overwrite`` (or ``--resume``)."""
+#: Written into an output folder while a command that has no ``--resume`` fills it, removed when it succeeds:
+#: a rerun of the same command after a kill replaces the interrupted attempt instead of refusing the folder.
+INCOMPLETE_FILE = ".slimtorch-incomplete"
+
+
+def check_out_dir(out: str | Path, overwrite: bool, resume: bool | None = None, command: str | None = None) -> Path:
+    """Refuse an output folder that already holds a run unless ``--overwrite`` (or ``--resume``).
+
+    Args:
+        out: the folder.
+        overwrite, resume: the command's flags (``resume=None``: the command has no ``--resume``).
+        command: for commands without ``--resume``: mark the folder as being filled by ``command`` until
+            :func:`finish_out_dir`, so a rerun after a kill is not refused.
+    """
     p = Path(out)
-    if (p / MODEL_FILE).exists() and not (overwrite or resume):
+    marker = p / INCOMPLETE_FILE
+    interrupted = command is not None and marker.is_file() and marker.read_text().strip() == command
+    if (p / MODEL_FILE).exists() and not (overwrite or resume or interrupted):
         raise FileExistsError(f"{p} already holds a run; pass --overwrite to replace it"
                               + (" or --resume to continue it" if resume is not None else ""))
-    p.mkdir(parents=True, exist_ok=True)
+    ensure_dir(p)
+    sweep_temp_files(p)
+    if command is not None:
+        atomic_write_text(marker, command + "\n")
     return p
+
+
+def finish_out_dir(out: str | Path) -> None:
+    """Mark an output folder of :func:`check_out_dir` complete."""
+    (Path(out) / INCOMPLETE_FILE).unlink(missing_ok=True)
 
 
 def load_model(path: str | Path) -> nn.Module:
@@ -177,7 +199,33 @@ def config_record(config: Any) -> dict[str, Any]:
     return {"type": type(config).__name__, **{k: v for k, v in d.items() if not callable(v)}}
 
 
+def check_model_fits_data(model: nn.Module, dataset: Any, model_label: str, data_label: str) -> None:
+    """Refuse a model whose declared input shape does not fit ``dataset`` (built for other data)."""
+    from slimtorch.core.errors import SlimtorchError
+    from slimtorch.metrics import check_input_shape
+
+    try:
+        check_input_shape(model, dataset[0])
+    except SlimtorchError as e:
+        raise SlimtorchError(f"{model_label} was built for other data than {data_label}: {e}") from None
+
+
+def check_patterns_match(model: nn.Module, patterns: list[str] | None, flag: str) -> None:
+    """Refuse module-name ``patterns`` given with ``flag`` (``--exclude``) that match no module of ``model``."""
+    from slimtorch.core.selection import unmatched_patterns
+
+    bad = unmatched_patterns(model, patterns)
+    if bad:
+        names = [n for n, _ in model.named_modules() if n]
+        raise ValueError(f"{flag} {' '.join(bad)}: matches no module of the model (fnmatch patterns on module "
+                         f"names such as {names[:8]}{' ...' if len(names) > 8 else ''})")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` atomically (:mod:`slimtorch.io.atomic`)."""
+    atomic_write_text(path, text, what="report")
+
+
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(obj, indent=2, default=float) + "\n")
+    """Write ``obj`` as indented JSON, atomically (:mod:`slimtorch.io.atomic`)."""
+    atomic_write_json(path, obj, default=float, what="report")

@@ -103,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     teacher = slimtorch.load(args.teacher)
     train_set = sdata.load(args.data, "train", root=args.root, augment=args.augment)
     test_set = sdata.load(args.data, "test", root=args.root)
+    common.check_model_fits_data(teacher, train_set, f"--teacher {args.teacher}", f"--data {args.data}")
     student = common.build_model(args.student, train_set, common.parse_kv(args.student_arg))
     distiller = Distiller(student, teacher, losses, task_weight=options.task_weight)
     out = common.check_out_dir(args.out, args.overwrite, args.resume)

@@ -49,6 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SlimtorchError, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"slimtorch {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a raw OS error a writer did not name (those raise StorageError, caught above)
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"slimtorch {args.command}: error:{where}: {e.strerror or e} (check the path, the disk space and "
+              "the permissions)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"slimtorch {args.command}: interrupted", file=sys.stderr)
         return 130

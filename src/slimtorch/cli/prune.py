@@ -41,9 +41,13 @@ from slimtorch.cli.common import (
     add_set_argument,
     apply_sets,
     check_out_dir,
+    check_patterns_match,
     config_data,
     config_record,
+    finish_out_dir,
+    flag_dest,
     write_json,
+    write_text,
 )
 from slimtorch.prune import METHODS, make_permanent_, masked_layers, prune_, save_sparse
 
@@ -175,8 +179,10 @@ def run(args: argparse.Namespace) -> int:
     trains = bool(getattr(config, "trains_during_pruning", False))
     if trains and train_set is None:
         raise ValueError(f"--method {args.method} with this schedule fine-tunes while pruning: give --data")
-    out = check_out_dir(args.out, args.overwrite)
+    out = check_out_dir(args.out, args.overwrite, command="prune")
     model = slimtorch.load(args.run)
+    for flag in ("--exclude", "--ignore"):
+        check_patterns_match(model, getattr(args, flag_dest(flag)), flag)
 
     before = accuracy(model, test_set) if test_set is not None else None
     report = prune_(model, config, example_inputs=example_inputs_for(model), data=train_set, fit_fn=fit)
@@ -204,7 +210,8 @@ def run(args: argparse.Namespace) -> int:
     if before is not None:
         text += f"\ntest accuracy: {before:.4f} -> {after:.4f}"
     text += "\n" + "\n".join(f"{k} file: {v} ({doc['file_bytes'][k]} bytes)" for k, v in files.items())
-    (out / "prune_report.txt").write_text(text + "\n")
+    write_text(out / "prune_report.txt", text + "\n")
     print(text)
+    finish_out_dir(out)
     return 0
 

@@ -107,8 +107,9 @@ def run(args: argparse.Namespace) -> int:
     config = scheme_config(scheme, args)
     if scheme.data != "none" and not args.data:
         raise ValueError(f"--scheme {args.scheme} needs data: give --data (e.g. mnist, cifar10)")
-    out = common.check_out_dir(args.out, args.overwrite)
+    out = common.check_out_dir(args.out, args.overwrite, command="quantize")
     model = slimtorch.load(args.run).eval()
+    common.check_patterns_match(model, getattr(args, common.flag_dest("--exclude")), "--exclude")
     train = sdata.load(args.data, "train", root=args.root) if args.data else None
     test = sdata.load(args.data, "test", root=args.root) if args.data else None
     batches: Any = None
@@ -162,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
             doc["accuracy"]["onnxruntime_int8"] = _ort_accuracy(int8_onnx, loader, args.threads)
     common.write_json(out / "quant_report.json", doc)
     text = _text(doc, report.summary())
-    (out / "quant_report.txt").write_text(text + "\n")
+    common.write_text(out / "quant_report.txt", text + "\n")
+    common.finish_out_dir(out)
     print(text)
     return 0
 

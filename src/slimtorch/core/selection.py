@@ -135,6 +135,12 @@ def unused_overrides(names: Sequence[str], overrides: Mapping[str, float]) -> li
     return [p for p in overrides if override_for(names, {p: 0.0}) is None]
 
 
+def unmatched_patterns(model: nn.Module, patterns: str | Sequence[str] | None) -> list[str]:
+    """The include/exclude ``patterns`` that match no module name of ``model`` (almost always a typo)."""
+    names = [n for n, _ in model.named_modules() if n]
+    return [p for p in as_patterns(patterns) if not any(_matches(n, [p]) for n in names)]
+
+
 def named_modules_matching(
     model: nn.Module,
     types: tuple[type[nn.Module], ...] = (nn.Module,),

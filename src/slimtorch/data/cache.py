@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import shutil
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from slimtorch.data.paths import cache_dir
+from slimtorch.io.atomic import StorageError, atomic_write, atomic_write_text, ensure_dir, sweep_temp_files
 
 #: Bump when the decoded layout changes so old caches are ignored.
 CACHE_VERSION = 1
@@ -61,7 +62,8 @@ def cached_arrays(
     if use_cache:
         try:
             _write(d, arrays)
-        except OSError as e:
+        except (OSError, StorageError) as e:
+            shutil.rmtree(d, ignore_errors=True)  # no half-written cache stays behind
             warnings.warn(
                 f"could not write the {dataset} cache to {d} ({e}); it will be decoded again next time",
                 stacklevel=2,
@@ -81,13 +83,15 @@ def _read(d: Path) -> dict[str, np.ndarray] | None:
 
 
 def _write(d: Path, arrays: dict[str, np.ndarray]) -> None:
-    d.mkdir(parents=True, exist_ok=True)
+    ensure_dir(d)
+    sweep_temp_files(d)  # what a killed earlier write left
     for name, arr in arrays.items():
-        tmp = d / f".{name}.npy.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-        os.replace(tmp, d / f"{name}.npy")
+        atomic_write(d / f"{name}.npy", lambda tmp, arr=arr: _save_npy(tmp, arr), what="data cache")
     # The manifest is written last: its presence means every array is complete.
-    tmp = d / f".{_MANIFEST}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"version": CACHE_VERSION, "arrays": sorted(arrays)}))
-    os.replace(tmp, d / _MANIFEST)
+    atomic_write_text(d / _MANIFEST, json.dumps({"version": CACHE_VERSION, "arrays": sorted(arrays)}),
+                      what="data cache")
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, arr, allow_pickle=False)

@@ -69,6 +69,9 @@ def read_mnist(images_path: Path, labels_path: Path) -> dict[str, np.ndarray]:
             f"{images_path} holds {images.shape[0]} images but {labels_path} holds {labels.shape[0]} "
             f"labels; the files do not belong together"
         )
+    if images.shape[0] == 0:
+        raise SlimtorchError(f"{images_path} holds 0 images (and {labels_path} 0 labels); an MNIST split needs at "
+                             "least one (60,000 train / 10,000 test in the real files)")
     if labels.size and labels.max() >= NUM_CLASSES:
         raise SlimtorchError(f"{labels_path}: label {int(labels.max())} outside 0..{NUM_CLASSES - 1}")
     return {"images": images[:, None], "labels": labels.astype(np.int64)}

@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from slimtorch.core.batches import output_tensor, split_batch
+from slimtorch.io.atomic import TEMP_PREFIX, atomic_write, atomic_write_text, ensure_dir
 
 log = logging.getLogger("slimtorch.distill")
 
@@ -182,9 +183,8 @@ def cache_teacher_outputs(
         "n": len(dataset),  # type: ignore[arg-type]
         "data_samples": data_samples,
     }
-    tmp = path / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, meta_path)  # the meta file is written last: a crash leaves a cache that is rebuilt
+    # the meta file is written last: a crash leaves a cache that is rebuilt
+    atomic_write_text(meta_path, json.dumps(meta, indent=1), what="teacher cache")
     return CachedTeacher(path)
 
 
@@ -192,7 +192,7 @@ def cache_teacher_outputs(
 def _build(
     teacher: nn.Module, dataset: Dataset, path: Path, batch_size: int, device: str | torch.device | None
 ) -> None:
-    path.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path)
     (path / META_FILE).unlink(missing_ok=True)
     if device is None:
         p = next(teacher.parameters(), None)
@@ -201,7 +201,7 @@ def _build(
     teacher.eval()
     n = len(dataset)  # type: ignore[arg-type]
     out: np.ndarray | None = None
-    tmp = path / (LOGITS_FILE + ".tmp.npy")
+    tmp = path / (TEMP_PREFIX + LOGITS_FILE)  # a memmap filled batch by batch, published when complete
     start = 0
     try:
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
@@ -215,7 +215,7 @@ def _build(
             raise ValueError("cannot cache teacher outputs of an empty dataset")
         out.flush()
         del out
-        os.replace(tmp, path / LOGITS_FILE)
+        atomic_write(path / LOGITS_FILE, lambda t: os.replace(tmp, t), what="teacher cache")
     finally:
         tmp.unlink(missing_ok=True)
         teacher.train(was_training)

@@ -11,6 +11,7 @@ architecture next to the weights and :func:`slimtorch.load` can rebuild it witho
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -42,10 +43,18 @@ def create(name: str, **kwargs: Any) -> nn.Module:
     ctor = MODELS.get(name)
     try:
         model = ctor(**kwargs)
-    except TypeError as e:
-        raise ValueError(f"bad arguments for model {name!r}: {e}") from None
+    except (TypeError, ValueError, RuntimeError, OverflowError, MemoryError) as e:
+        # e.g. hidden=[-5]: torch's "Trying to create tensor with negative dimension"
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"bad arguments for model {name!r} ({_args_text(kwargs)}): {first}; its arguments are "
+                         f"{name}{inspect.signature(ctor)}") from None
     setattr(model, SPEC_ATTR, {"name": name.lower(), "kwargs": copy.deepcopy(_plain(kwargs))})
     return model
+
+
+def _args_text(kwargs: dict[str, Any]) -> str:
+    text = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def list_models() -> list[str]:

@@ -4,7 +4,10 @@
 arguments and the structural attributes of every layer whose shape changed (e.g. a conv that channel
 pruning narrowed), so ``load(path)`` rebuilds a zoo model, pruned or not, without user code.
 
-Models that are not from the zoo load into a skeleton the caller passes (``load(path, model=net)``).
+Hugging Face models are saved with their config class, config and changed structure, and reload without
+code; ``load(folder)`` also reads a Hugging Face model folder (``config.json`` + safetensors), see
+:mod:`slimtorch.io.hf`. Other models that are not from the zoo load into a skeleton the caller passes
+(``load(path, model=net)``).
 Pickles are never unpickled implicitly: a ``.pt``/``.pth`` full-model file is refused unless the caller
 passes ``trust_pickle=True``; plain state dicts are read with ``torch.load(weights_only=True)``.
 """
@@ -13,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +25,17 @@ from safetensors.torch import save_file
 from torch import nn
 
 from slimtorch.core.errors import SlimtorchError
+from slimtorch.core.numerics import check_finite_weights
+from slimtorch.io import hf
 from slimtorch.io.architectures import SPEC_ATTR, create
+from slimtorch.io.atomic import atomic_write, default_file_mode, ensure_dir, storage_error  # noqa: F401
+from slimtorch.io.spec import STRUCTURAL_ATTRS, SpecError, build_from_spec  # noqa: F401  (re-exported)
+from slimtorch.io.structure import resize_like, structure_of
 
 FORMAT = "slimtorch"
 FORMAT_VERSION = 1
 #: File name used when ``save``/``load`` are given a directory.
 MODEL_FILE = "model.safetensors"
-
-#: Attributes that describe a layer's structure. Recorded when they differ from a freshly created zoo
-#: model; extend it for custom layers whose forward reads such an attribute.
-STRUCTURAL_ATTRS: list[str] = [
-    "in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
-    "normalized_shape", "num_embeddings", "embedding_dim", "num_heads", "embed_dim", "head_dim",
-    "num_groups", "num_channels", "use_res", "kdim", "vdim",
-]
-
 
 def resolve_model_file(path: str | os.PathLike[str]) -> Path:
     """``path`` itself if it is a file, ``path/model.safetensors`` if it is a run directory."""
@@ -47,30 +45,16 @@ def resolve_model_file(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-def _structure(model: nn.Module) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for name, m in model.named_modules():
-        attrs = {}
-        for a in STRUCTURAL_ATTRS:
-            v = getattr(type(m), a, None)
-            if isinstance(v, property):  # derived values (e.g. head_dim) are not stored
-                continue
-            v = getattr(m, a, None)
-            if isinstance(v, (bool, int, tuple, list)) and not isinstance(v, torch.Tensor):
-                attrs[a] = list(v) if isinstance(v, tuple) else v
-        if attrs:
-            out[name] = attrs
-    return out
-
-
 def _spec(model: nn.Module) -> dict[str, Any]:
     spec: dict[str, Any] = {"format": FORMAT, "version": FORMAT_VERSION}
     zoo = getattr(model, SPEC_ATTR, None)
     if zoo is not None:
         spec["model"] = zoo
-        fresh = _structure(create(zoo["name"], **zoo["kwargs"]))
-        now = _structure(model)
+        fresh = structure_of(create(zoo["name"], **zoo["kwargs"]))
+        now = structure_of(model)
         spec["changed"] = {k: v for k, v in now.items() if fresh.get(k) != v}
+    elif hf.is_hf_model(model):
+        spec.update(hf.hf_spec(model))
     return spec
 
 
@@ -87,14 +71,13 @@ def save(model: nn.Module, path: str | os.PathLike[str], metadata: dict[str, Any
     """
     p = Path(path)
     if p.suffix != ".safetensors":
-        p.mkdir(parents=True, exist_ok=True)
-        p = p / MODEL_FILE
-    p.parent.mkdir(parents=True, exist_ok=True)
+        p = ensure_dir(p) / MODEL_FILE
     if any(hasattr(m, "parametrizations") for m in model.modules()):
         raise SlimtorchError(
             "the model still carries parametrizations (e.g. pruning masks); call "
             "slimtorch.prune.make_permanent_(model) before saving"
         )
+    check_finite_weights(model, "slimtorch.save")
     # safetensors refuses shared storage; clone so tied weights (e.g. embeddings) are saved twice.
     tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     spec = _spec(model)
@@ -108,45 +91,51 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
     return _spec(model)
 
 
-def default_file_mode() -> int:
-    """The mode ``open()`` would give a new file under the current umask (usually 0o644).
-
-    ``tempfile.mkstemp`` creates 0o600 files; an atomically renamed temp file keeps that mode, so files we
-    publish that way get this mode first, as a plain ``open(path, "w")`` would have given them.
-    """
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def write_safetensors(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor],
                       spec: dict[str, Any]) -> Path:
-    """Write ``tensors`` with ``spec`` as the ``slimtorch`` metadata entry, atomically."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"slimtorch": json.dumps(spec)})
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, p)  # atomic: a crash leaves either the old file or the new one
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return p
+    """Write ``tensors`` with ``spec`` as the ``slimtorch`` metadata entry, atomically (:mod:`slimtorch.io.atomic`)."""
+    meta = {"slimtorch": json.dumps(spec)}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta), what="model file")
 
 
-def model_from_spec(spec: dict[str, Any], path: str | os.PathLike[str] = "") -> nn.Module:
-    """Rebuild the (possibly pruned) zoo model a spec describes, with uninitialised weights."""
-    if "model" not in spec:
+def model_from_spec(spec: dict[str, Any], path: str | os.PathLike[str] = "",
+                    shapes: dict[str, Any] | None = None, *, extra_ok: bool = False) -> nn.Module:
+    """Rebuild the (possibly pruned) zoo model a spec describes, with zero-filled weights.
+
+    The spec is untrusted data: :func:`slimtorch.io.spec.build_from_spec` checks every field against the
+    file's tensor ``shapes`` before any tensor is allocated.
+
+    Args:
+        spec: the file's parsed spec (:func:`read_spec`).
+        path: the file (for messages; its header gives ``shapes`` when they are not passed).
+        shapes: tensor name -> shape of the tensors the model will be loaded with.
+        extra_ok: the file may hold tensors the model lacks (loaded into modules added afterwards).
+
+    Raises:
+        SpecError: the spec is not plain structural data that fits the tensors (names the file and field).
+    """
+    if isinstance(spec, dict) and "hf" in spec:
+        return hf.model_from_hf_spec(spec)
+    if not isinstance(spec, dict) or "model" not in spec:
         raise SlimtorchError(
             f"{path or 'the file'} holds no architecture spec (it was not saved from a zoo model); pass the "
             "skeleton: slimtorch.load(path, model=MyNet())"
         )
-    zoo = spec["model"]
-    model = create(zoo["name"], **zoo["kwargs"])
-    _apply_structure(model, spec.get("changed", {}))
-    return model
+    if shapes is None:
+        shapes = header_shapes(path)
+    return build_from_spec(spec, path, shapes, extra_ok=extra_ok)
+
+
+def header_shapes(path: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a safetensors file's header (no tensor data is read)."""
+    p = resolve_model_file(path)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except OSError as e:
+        raise storage_error(e, p, "read") from None
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise SlimtorchError(f"{p} is not a readable safetensors file: {e}") from None
 
 
 def read_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -161,36 +150,18 @@ def read_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise SlimtorchError(f"{p} is not a readable safetensors file: {e}") from None
     if "slimtorch" not in meta:
         return {}
-    return json.loads(meta["slimtorch"])
-
-
-def _apply_structure(model: nn.Module, changed: dict[str, dict[str, Any]]) -> None:
-    for name, attrs in changed.items():
-        m = model.get_submodule(name) if name else model
-        for a, v in attrs.items():
-            setattr(m, a, tuple(v) if isinstance(v, list) else v)
-
-
-def _resize_like(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Replace every parameter/buffer whose shape differs from ``state`` by an empty one of the new shape."""
-    for key, t in state.items():
-        mod_name, _, attr = key.rpartition(".")
-        try:
-            m = model.get_submodule(mod_name) if mod_name else model
-        except AttributeError:
-            continue
-        cur = getattr(m, attr, None)
-        if isinstance(cur, torch.Tensor) and cur.shape != t.shape:
-            new = torch.empty(t.shape, dtype=t.dtype)
-            if isinstance(cur, nn.Parameter):
-                setattr(m, attr, nn.Parameter(new, requires_grad=cur.requires_grad))
-            else:
-                m._buffers[attr] = new
+    try:
+        spec = json.loads(meta["slimtorch"])
+    except (ValueError, RecursionError) as e:
+        raise SpecError(str(p), "", f"not valid JSON ({e})") from None
+    if not isinstance(spec, dict):
+        raise SpecError(str(p), "", f"a {type(spec).__name__}; expected a mapping")
+    return spec
 
 
 def load_state_into(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     """Load ``state`` into ``model``, resizing layers whose shapes differ (pruned checkpoints)."""
-    _resize_like(model, state)
+    resize_like(model, state)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise SlimtorchError(
@@ -201,7 +172,7 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Modu
 
 
 def load(path: str | os.PathLike[str], model: nn.Module | None = None, *, trust_pickle: bool = False,
-         map_location: str = "cpu") -> nn.Module:
+         map_location: str = "cpu", allow_code: bool = False) -> nn.Module:
     """Load a model saved by :func:`save` (or a state dict / pickle, see below).
 
     Args:
@@ -211,7 +182,13 @@ def load(path: str | os.PathLike[str], model: nn.Module | None = None, *, trust_
         trust_pickle: allow unpickling a full pickled model. Pickles run arbitrary code: only set this
             for files you trust.
         map_location: device to load onto.
+        allow_code: for a Hugging Face folder (``config.json`` + safetensors, see :mod:`slimtorch.io.hf`),
+            consent to run code the folder ships (``auto_map``); refused without it.
     """
+    if model is None and hf.is_hf_folder(path):  # save_pretrained output: model.safetensors has no spec
+        own = Path(path) / MODEL_FILE
+        if not own.is_file() or not read_spec(own):
+            return hf.load_hf_folder(path, allow_code=allow_code).to(map_location)
     p = resolve_model_file(path)
     if not p.exists():
         raise SlimtorchError(f"no model file at {p} (expected a .safetensors file or a run directory)")
@@ -224,17 +201,34 @@ def load(path: str | os.PathLike[str], model: nn.Module | None = None, *, trust_
         )
     from safetensors.torch import load_file
 
+    if model is None:  # checked against the header before anything is allocated or read
+        model = model_from_spec(spec, p, header_shapes(p))
     state = load_file(str(p), device=map_location)
-    if model is None:
-        model = model_from_spec(spec, p)
     load_state_into(model, state)
     return model.eval()
+
+
+def _holds_objects(e: Exception) -> bool:
+    """Whether ``torch.load(weights_only=True)`` failed because the file pickles objects (not because it is broken)."""
+    import pickle
+
+    text = str(e)
+    return isinstance(e, pickle.UnpicklingError) and ("Unsupported global" in text or "Weights only load failed"
+                                                       in text and "GLOBAL" in text)
 
 
 def _load_torch_file(p: Path, model: nn.Module | None, trust_pickle: bool, map_location: str) -> nn.Module:
     try:
         obj = torch.load(p, map_location=map_location, weights_only=True)
+    except OSError as e:
+        raise storage_error(e, p, "read") from None
     except Exception as e:
+        if not _holds_objects(e):  # truncated, corrupt or not a torch file at all: unpickling would not help
+            raise SlimtorchError(
+                f"{p} is not a readable PyTorch file (truncated, corrupt, or not written by torch.save: "
+                f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else 'no detail'}); give a "
+                ".safetensors file, a run folder, or a state dict saved with torch.save"
+            ) from None
         if not trust_pickle:
             raise SlimtorchError(
                 f"{p} is a pickle that holds more than tensors (e.g. a whole model). Unpickling runs "

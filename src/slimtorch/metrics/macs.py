@@ -71,8 +71,20 @@ def register_mac_rule_kind(kind: str) -> Callable[[MacRule], MacRule]:
 
 
 def find_rule(module: nn.Module) -> MacRule | None:
-    """The rule of the nearest registered type (or declared kind) in ``type(module).__mro__``, or ``None``."""
-    return MAC_RULES.find(type(module))
+    """The rule of the nearest registered type (or declared kind) in ``type(module).__mro__``, or ``None``.
+
+    Layers of transformers (never imported here) are recognised by class name: ``Conv1D`` (GPT-2's linear
+    layer, weight ``(in, out)``) and ``*RMSNorm``.
+    """
+    rule = MAC_RULES.find(type(module))
+    if rule is None and type(module).__module__.startswith("transformers."):
+        name = type(module).__name__
+        rule = _conv1d if name == "Conv1D" else (_norm if name.endswith("RMSNorm") else None)
+    return rule
+
+
+def _conv1d(m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: torch.Tensor) -> int:
+    return linear_macs(out.numel(), m.nx)
 
 
 # ---- pure formulas -------------------------------------------------------------------------------
@@ -189,9 +201,9 @@ def count_macs(model: nn.Module, example_inputs: Inputs, per_layer: bool = False
     for fqn, m in model.named_modules():
         if ".parametrizations" in f".{fqn}":  # originals and masks of parametrized weights
             continue
-        if isinstance(m, NORM_TYPES) and not include_norm:
-            continue
         rule = find_rule(m)
+        if (isinstance(m, NORM_TYPES) or rule is _norm) and not include_norm:
+            continue
         if rule is not None:
             handles.append(m.register_forward_hook(counting_hook(fqn, rule), with_kwargs=True))
         elif _is_leaf(m) and any(True for _ in m.parameters(recurse=False)):

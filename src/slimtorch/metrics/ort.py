@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from slimtorch.core.errors import SlimtorchError
+from slimtorch.io.atomic import StorageError, atomic_path
 from slimtorch.metrics._batches import Inputs, as_tuple, eval_mode
 from slimtorch.metrics.counting import permanent_copy
 from slimtorch.metrics.named_export import export_named, needs_named_export
@@ -66,10 +67,12 @@ def export_onnx_fp32(model: nn.Module, example_inputs: Inputs, path: str | os.Pa
         # (aten::_native_multi_head_attention), which the TorchScript exporter cannot translate.
         # Tracer warnings (Python-side shape checks frozen into the trace) concern shapes other than
         # the batch, which the export keeps fixed anyway.
-        with eval_mode(model), warnings.catch_warnings():
+        with atomic_path(p, what="ONNX model") as tmp, eval_mode(model), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            torch.onnx.export(model, args, str(p), dynamo=False, opset_version=opset, input_names=names,
+            torch.onnx.export(model, args, str(tmp), dynamo=False, opset_version=opset, input_names=names,
                               output_names=["output"], dynamic_axes=axes, do_constant_folding=True)
+    except StorageError:
+        raise
     except Exception as e:  # the exporter raises many unrelated types; report them uniformly
         raise SlimtorchError(f"ONNX export of {type(model).__name__} to {p} failed: {e}") from e
     return p

@@ -98,6 +98,11 @@ class DataSpec(Config):
             raise ValueError(f"augment must be true or false, got {self.augment!r}")
         if not isinstance(self.options, dict):
             raise ValueError(f"options must be a mapping, got {self.options!r}")
+        reserved = sorted(k for k in self.options if k in ("name", "split", "root", "augment"))
+        if reserved:
+            raise ValueError(f"options.{reserved[0]}: {reserved[0]} is a field of data itself (data: "
+                             f"{{{reserved[0]}: ...}}), not a dataset option; options holds only the dataset's own "
+                             "keyword arguments (e.g. {block_size: 128})")
         _check_int("calib_samples", self.calib_samples, 1)
         _check_int("calib_batch_size", self.calib_batch_size, 1)
         if self.eval_samples is not None:

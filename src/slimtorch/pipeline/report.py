@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from slimtorch.core.errors import SlimtorchError
+from slimtorch.io.atomic import atomic_write_bytes, atomic_write_text
 from slimtorch.pipeline.run_folder import RECIPE_FILE, stage_records
 
 STAGE_COLUMNS = (
@@ -172,7 +173,7 @@ def _cached_layer_plot(stage_dir: Path, row: dict[str, Any]) -> bytes:
     if path.is_file() and path.stat().st_mtime >= (stage_dir / "stage.json").stat().st_mtime:
         return path.read_bytes()
     png = plot_layers(row["stage"], row["layers"])
-    path.write_bytes(png)
+    atomic_write_bytes(path, png, what="plot")
     return png
 
 
@@ -243,9 +244,8 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     run_dir = Path(run_dir)
     rep = build_report(run_dir)
     plots_dir = run_dir / PLOTS_DIR
-    plots_dir.mkdir(exist_ok=True)
     for key, png in rep["plots"].items():
-        (plots_dir / f"{_safe(key)}.png").write_bytes(png)
+        atomic_write_bytes(plots_dir / f"{_safe(key)}.png", png, what="plot")
     rows, ratios = rep["rows"], rep["ratios"]
     base = rows[0]["stage"]
     md = [
@@ -334,8 +334,4 @@ def _safe(name: str) -> str:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    import os
-
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text, what="report")

@@ -10,18 +10,17 @@ Run folder layout::
     runs/x/report.md, report.html
 
 A stage is complete only when its ``stage.json`` exists: it is written last, atomically, after the
-stage's model and measurements. ``resume=True`` skips complete stages whose recipe part is unchanged
-(a fingerprint of model, data, seed and the stages up to it) and rebuilds their product from their
-folder; the first incomplete stage continues from its folder (training stages resume their last
-epoch checkpoint), and every stage after it runs again.
+stage's model and measurements. ``resume=True`` continues only a run of the same recipe identity (model,
+data, seed, stage names; :mod:`slimtorch.pipeline.provenance`), skips complete stages whose fingerprint
+(resolved options up to it), input hash (the previous stage's output) and output files are unchanged and
+rebuilds their product from their folder; the first incomplete stage continues from its folder (training
+stages resume their last epoch checkpoint) if its ``started.json`` matches, else it starts over and the
+log says why; every stage after it runs again. ``.tmp-*`` files a killed write left are swept at start.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,8 +28,18 @@ from typing import Any
 
 import torch
 
+from slimtorch.io.atomic import atomic_write_json, atomic_write_text, ensure_dir, sweep_temp_files
 from slimtorch.pipeline.context import StageContext
 from slimtorch.pipeline.measure import measure, public_row
+from slimtorch.pipeline.provenance import (
+    STARTED_FILE,
+    check_same_run,
+    file_hash,
+    files_hash,
+    output_files,
+    output_hash,
+    read_started,
+)
 from slimtorch.pipeline.recipe import Recipe
 from slimtorch.pipeline.run_folder import (  # noqa: F401  (re-exported: the runner's public names)
     RECIPE_FILE,
@@ -47,17 +56,8 @@ _RUN_FILES = (RECIPE_FILE, TABLE_FILE, "report.md", "report.html")
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON through a temporary file and a rename (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=_json_default)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write ``obj`` as JSON through :func:`slimtorch.io.atomic.atomic_write_json` (never a half-written file)."""
+    atomic_write_json(path, obj, default=_json_default)
 
 
 def _json_default(v: Any) -> Any:
@@ -85,6 +85,8 @@ def prepare_run_dir(out: str | Path, recipe: Recipe, resume: bool, overwrite: bo
     """Create or reuse the run folder; refuse one that holds another run unless resuming or overwriting."""
     out = Path(out)
     if holds_run(out):
+        if resume and not overwrite:
+            check_same_run(out, recipe.to_dict())
         if overwrite:
             for d in out.iterdir():
                 if d.is_dir() and STAGE_DIR_PATTERN.match(d.name):
@@ -95,10 +97,9 @@ def prepare_run_dir(out: str | Path, recipe: Recipe, resume: bool, overwrite: bo
             raise FileExistsError(
                 f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it"
             )
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".tmp-{RECIPE_FILE}"
-    tmp.write_text(recipe.to_yaml())
-    os.replace(tmp, out / RECIPE_FILE)
+    ensure_dir(out)
+    sweep_temp_files(out, recursive=True)  # what a killed write left behind
+    atomic_write_text(out / RECIPE_FILE, recipe.to_yaml(), what="recipe")
     return out
 
 
@@ -138,26 +139,42 @@ def run_recipe(
     if recipe.model.checkpoint is not None:
         rows.append(_source_row(ctx, product, resume))
     fresh = not resume
+    input_hash = _source_hash(recipe)
     n = len(recipe.stages)
     for spec in recipe.stages:
         stage = get_stage(spec.name)
         d = run_dir / stage_dir_name(spec.index, spec.name)
         label = spec.label or d.name
+        head = f"[{spec.index + 1}/{n}] {label}"
         fingerprint = recipe.stage_fingerprint(spec.index)
         record = read_record(d)
-        if not fresh and record is not None and record.get("fingerprint") == fingerprint:
-            product = stage.restore(ctx, spec, product, record)
-            product.info["stage"] = label
-            rows.append(record["row"])
-            say(f"[{spec.index + 1}/{n}] {label}: complete in an earlier run, skipped")
-            continue
+        if not fresh and record is not None:
+            why = _why_stale(record, fingerprint, input_hash, run_dir)
+            if why is None:
+                product = stage.restore(ctx, spec, product, record)
+                product.info["stage"] = label
+                rows.append(record["row"])
+                input_hash = record["output_hash"]
+                say(f"{head}: complete in an earlier run, skipped")
+                continue
+            say(f"{head}: {why}; running it again")
+        elif not fresh and d.exists():
+            started = read_started(d)
+            if started is None or started.get("fingerprint") != fingerprint or started.get("input_hash") != input_hash:
+                what = "its options" if started and started.get("input_hash") == input_hash else "its options or input"
+                say(f"{head}: {what} changed since the interrupted attempt; starting it over")
+                shutil.rmtree(d)
+            else:
+                say(f"{head}: continuing the interrupted attempt")
         if record is not None or (fresh and d.exists()):
             shutil.rmtree(d)  # a stale or complete-but-changed stage starts over; an interrupted one continues
         fresh = True  # every later stage depends on this one's new output
-        d.mkdir(parents=True, exist_ok=True)
+        ensure_dir(d)
+        write_json_atomic(d / STARTED_FILE, {"fingerprint": fingerprint, "input_hash": input_hash,
+                                             "options": spec.to_dict()[spec.name]})
         ctx.stage_dir = d
         say(
-            f"[{spec.index + 1}/{n}] {label}: {spec.name}"
+            f"{head}: {spec.name}"
             + (f" ({type(spec.technique).__name__})" if spec.technique is not None else "")
         )
         t0 = time.perf_counter()
@@ -168,11 +185,17 @@ def run_recipe(
         wall = time.perf_counter() - t0
         row = measure(ctx, label, product)
         row["stage_s"] = wall
+        files = output_files(product.artefact, product.onnx)
+        out_hash = output_hash(product.model, product.artefact, product.onnx)
         record = {
             "stage": label,
             "name": spec.name,
             "index": spec.index,
             "fingerprint": fingerprint,
+            "input_hash": input_hash,
+            "output_hash": out_hash,
+            "output_files": [str(Path(f).resolve().relative_to(run_dir.resolve())) if _inside(f, run_dir)
+                             else str(f) for f in files],
             "state": product.state,
             "artefact_name": product.artefact.name if product.artefact else None,
             "info": product.info,
@@ -180,11 +203,43 @@ def run_recipe(
             "row": row,
         }
         write_json_atomic(d / STAGE_FILE, record)  # last: marks the stage complete
+        input_hash = out_hash
         rows.append(row)
-        say(f"[{spec.index + 1}/{n}] {label}: accuracy {row['accuracy']:.4f}, {row['size_bytes']} bytes, {wall:.1f} s")
+        say(f"{head}: accuracy {row['accuracy']:.4f}, {row['size_bytes']} bytes, {wall:.1f} s")
         _write_outputs(run_dir, rows, report)
     _write_outputs(run_dir, rows, report)
     return rows
+
+
+def _source_hash(recipe: Recipe) -> str:
+    """The first stage's input: the starting checkpoint's bytes, or the recipe part that builds the model."""
+    from slimtorch.io.storage import resolve_model_file
+
+    if recipe.model.checkpoint is not None:
+        p = resolve_model_file(recipe.resolve(recipe.model.checkpoint))
+        if p.is_file():
+            return "files:" + file_hash(p)
+    return "recipe:" + recipe.stage_fingerprint(-1)
+
+
+def _inside(f: Path, run_dir: Path) -> bool:
+    return Path(f).resolve().is_relative_to(run_dir.resolve())
+
+
+def _why_stale(record: dict[str, Any], fingerprint: str, input_hash: str, run_dir: Path) -> str | None:
+    """Why a complete stage cannot be reused, or ``None`` when it can."""
+    if record.get("fingerprint") != fingerprint:
+        return "its options changed since it ran"
+    if record.get("input_hash") != input_hash:
+        return "its input (the previous stage's output) changed since it ran"
+    stored = record.get("output_hash")
+    if not isinstance(stored, str):
+        return "it was recorded without an output hash"
+    if stored.startswith("files:"):
+        files = [Path(f) if Path(f).is_absolute() else run_dir / f for f in record.get("output_files", [])]
+        if not files or not all(f.is_file() for f in files) or files_hash(files) != stored:
+            return "its output files changed or are missing since it ran"
+    return None
 
 
 def _source_row(ctx: StageContext, product: Product, resume: bool) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any
 
 from slimtorch.core.config import check_choice
 from slimtorch.core.errors import SlimtorchError
+from slimtorch.io.atomic import atomic_write_text
 from slimtorch.pipeline.recipe import Recipe, parse_recipe
 from slimtorch.pipeline.runner import run_recipe, write_json_atomic
 
@@ -184,7 +185,8 @@ def search(
     }
     if best is not None:
         path = out / BEST_RECIPE_FILE
-        path.write_text(
+        atomic_write_text(
+            path,
             f"# slimtorch search: best by {target} within {max_drop} pt of the starting model\n"
             + _recipe(base, best.stages, f"search best: {best.name}").to_yaml()
         )

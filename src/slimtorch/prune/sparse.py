@@ -156,6 +156,6 @@ def load_sparse(path: str | os.PathLike[str], model: nn.Module | None = None) ->
     """
     state, spec = read_sparse_state(path)
     if model is None:
-        model = model_from_spec(spec, path)
+        model = model_from_spec(spec, path, {k: tuple(v.shape) for k, v in state.items()})
     load_state_into(model, state)
     return model.eval()

@@ -25,6 +25,7 @@ from typing import Any
 from torch import nn
 
 from slimtorch.core.config import Config
+from slimtorch.core.numerics import check_finite_weights
 from slimtorch.core.registry import Registry, TypeRegistry
 from slimtorch.core.selection import display_name
 
@@ -180,4 +181,5 @@ def quantize_(model: nn.Module, config: Config, calib_data: Iterable[Any] | None
     if handler is None:
         known = sorted(t.__name__ for t in QUANTIZERS)
         raise ValueError(f"no quantizer registered for {type(config).__name__}; known configs: {known}")
+    check_finite_weights(model, "quantize_")
     return handler(model, config, calib_data)

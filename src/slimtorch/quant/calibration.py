@@ -8,6 +8,9 @@ yields :class:`~slimtorch.core.batches.ModelInputs`, called as ``inputs(model)``
 Errors name the offending batch (0-based index) and input so a bad sample is easy to find: an empty
 iterable, a batch whose per-sample shape differs from the model's ``input_shape`` (or, for a positional
 input, from batch 0), and any input tensor holding NaN or inf are refused.
+After calibration, :func:`warn_degenerate_ranges` warns about activation quantizers whose observed
+range is empty (all-zero or constant calibration data), naming the layers: such a quantizer maps every
+value to one code and the model's accuracy collapses silently.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from torch import nn
 
 from slimtorch.core.batches import ModelInputs, split_batch
 from slimtorch.core.errors import SlimtorchError
+
+#: An observed range narrower than this (relative to its magnitude, or absolute near zero) is degenerate.
+DEGENERATE_SPAN = 1e-8
 
 
 def batch_inputs(batch: Any) -> ModelInputs:
@@ -113,3 +119,39 @@ def iter_calibration(calib_data: Iterable[Any] | None, model: nn.Module | None =
                                  "model one input tensor only (use Int8Static/Int8Dynamic, which feed every "
                                  "named input)")
         yield inputs.first
+
+
+class DegenerateRangeWarning(UserWarning):
+    """Calibration saw a zero or constant activation range for some layers."""
+
+
+def is_degenerate(min_val: torch.Tensor, max_val: torch.Tensor) -> bool:
+    """Whether an observed ``[min_val, max_val]`` range is empty: every channel's span is ~0 (or no data)."""
+    lo, hi = min_val.detach().float(), max_val.detach().float()
+    if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+        return True
+    span = hi - lo
+    scale = torch.maximum(hi.abs(), lo.abs()).clamp_min(1.0)
+    return bool((span <= DEGENERATE_SPAN * scale).all())
+
+
+def warn_degenerate_ranges(ranges: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> list[str]:
+    """Warn (one :class:`DegenerateRangeWarning`) naming every entry of ``ranges`` whose range is degenerate.
+
+    Args:
+        ranges: a label (``"input of layer 'fc1'"``) -> the observer's ``(min_val, max_val)``.
+
+    Returns:
+        The labels warned about.
+    """
+    import warnings
+
+    bad = [f"{label} [{float(lo.min()):g}, {float(hi.max()):g}]" for label, (lo, hi) in ranges.items()
+           if is_degenerate(lo, hi)]
+    if bad:
+        more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
+        warnings.warn(
+            f"calibration saw a zero or constant activation range for {'; '.join(bad[:8])}{more}: these "
+            "quantizers map every value to one code, so accuracy will collapse. Check the calibration data "
+            "(all zeros? wrong normalisation?)", DegenerateRangeWarning, stacklevel=3)
+    return [b.split(" [")[0] for b in bad]

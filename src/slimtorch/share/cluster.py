@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from slimtorch.core.config import Config, check_choice, check_positive, check_range
+from slimtorch.core.numerics import check_finite_weights
 from slimtorch.core.selection import FilterFn, Selector, _matches
 from slimtorch.share.kmeans import KMEANS_INITS, kmeans_1d
 
@@ -237,6 +238,7 @@ def cluster_(
         parametrization (centroids trainable, original weight frozen). Call :func:`bake_` for plain
         weights, or save it directly with :func:`slimtorch.share.save`.
     """
+    check_finite_weights(model, "share.cluster_")
     if isinstance(bits, WeightSharing):
         if options:
             raise ValueError(f"pass options inside the WeightSharing config, not as {sorted(options)}")

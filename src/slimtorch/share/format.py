@@ -43,6 +43,7 @@ from torch import nn
 
 from slimtorch.core.errors import SlimtorchError
 from slimtorch.io import storage
+from slimtorch.io.atomic import atomic_path
 from slimtorch.share import huffman
 from slimtorch.share.cluster import shared_layers
 from slimtorch.share.sparse_index import from_gaps, max_gap, to_gaps
@@ -325,14 +326,12 @@ def save(
         offset += len(sec.payload)
     head = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
     prefix = _PREFIX.pack(MAGIC, VERSION, 0, len(head), zlib.crc32(head))
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".tmp-{p.name}")
-    with open(tmp, "wb") as f:
-        f.write(prefix)
-        f.write(head)
-        for b in blobs:
-            f.write(b)
-    os.replace(tmp, p)  # a crash leaves the old file or the new one, never half of one
+    with atomic_path(p, what=".slim file") as tmp:  # a crash leaves the old file or the new one
+        with open(tmp, "wb") as f:
+            f.write(prefix)
+            f.write(head)
+            for b in blobs:
+                f.write(b)
     return p
 
 
@@ -555,10 +554,7 @@ def loads(data: bytes, model: nn.Module | None = None, path: str = "<bytes>") ->
                 f"{p} holds no architecture spec (it was not saved from a zoo model); pass the "
                 "skeleton: slimtorch.share.load(path, model=MyNet())"
             )
-        try:
-            model = storage.model_from_spec(spec, p)
-        except (KeyError, TypeError, AttributeError) as e:
-            raise _err(p, "header", f"invalid architecture spec: {e}") from None
+        model = storage.model_from_spec(spec, p, {k: tuple(v.shape) for k, v in state.items()})
     _match_dtypes(model, state)
     storage.load_state_into(model, state)
     return model.eval()

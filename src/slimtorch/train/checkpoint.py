@@ -10,34 +10,20 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from slimtorch.core.errors import SlimtorchError
-from slimtorch.io.storage import default_file_mode
+from slimtorch.io.atomic import atomic_write
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` to ``path`` through a temporary file and ``os.replace`` (atomic on POSIX)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as f:  # make the bytes durable before the rename publishes them
-            os.fsync(f.fileno())
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """``torch.save`` to ``path`` through :func:`slimtorch.io.atomic.atomic_path` (temp + fsync + rename)."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp), what="checkpoint")
 
 
 def rng_state() -> dict[str, Any]:

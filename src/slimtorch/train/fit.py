@@ -41,6 +41,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from slimtorch.core.batches import ModelInputs, output_tensor, split_batch
 from slimtorch.core.errors import SlimtorchError
 from slimtorch.core.labels import align, counted, forward_batch
+from slimtorch.core.numerics import NonFiniteError, non_finite_tensors
+from slimtorch.io.atomic import atomic_write_text, ensure_dir, sweep_temp_files
 from slimtorch.io.storage import MODEL_FILE
 from slimtorch.io.storage import save as save_model
 from slimtorch.metrics import CpuInfo, check_input_shape, cpu_info, evaluate
@@ -192,6 +194,11 @@ def fit(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if lr <= 0 or not math.isfinite(lr):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if lr > torch.finfo(torch.float32).max:  # the optimizer multiplies float32 gradients by it
+        raise ValueError(f"lr={lr!r} does not fit in float32 (at most {torch.finfo(torch.float32).max:.3g}); "
+                         "typical values are 1e-4 to 1")
+    if not math.isfinite(warmup_epochs) or warmup_epochs < 0:
+        raise ValueError(f"warmup_epochs must be a non-negative number, got {warmup_epochs!r}")
     precision = resolve_precision(precision, device)
     distributed = dist_utils.maybe_init()
     is_main = dist_utils.rank() == 0
@@ -230,15 +237,15 @@ def fit(
     start_epoch = 0
     if resume and ckpt_path is not None and ckpt_path.exists():
         ck = load_checkpoint(ckpt_path)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
+        _load_resumed(ckpt_path, ck, model, opt, sched)
         start_epoch, state.step, history = ck["epoch"], ck["step"], list(ck["history"])
         set_rng_state(ck["rng"])
         if ck.get("precision", precision) != precision and is_main:
             # Legitimate (e.g. 'auto' resumed on another CPU), but the remaining epochs round differently.
             warnings.warn(f"resuming a run trained in {ck['precision']} with precision {precision!r}",
                           UserWarning, stacklevel=2)
+    if out is not None and is_main and (out / METRICS_FILE).exists():
+        write_metrics(out, history)  # lines of epochs the checkpoint does not hold (a kill) are dropped
     _call(callbacks, "on_train_begin", state)
 
     for epoch in range(start_epoch, epochs):
@@ -251,18 +258,18 @@ def fit(
             ev = evaluate(product_module(model), eval_data, batch_size=eval_batch_size)
             record.update({f"val_{k}": v for k, v in ev.items()})
         record["lr"] = opt.param_groups[0]["lr"]
+        check_finite(product_module(model), record, epoch, lr)  # before a diverged epoch is checkpointed
         history.append(record)
         state.metrics = record
         _call(callbacks, "on_epoch_end", state)
         if out is not None and is_main:
-            with open(out / METRICS_FILE, "a") as f:
-                f.write(json.dumps(record) + "\n")
             atomic_torch_save(
                 {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "epoch": epoch + 1, "step": state.step, "history": history, "rng": rng_state(),
                  "precision": precision},
                 ckpt_path,
             )
+            write_metrics(out, history)  # after the checkpoint it describes: a kill never repeats an epoch
         dist_utils.barrier()
 
     if channels_last:
@@ -297,8 +304,8 @@ def _train_one_epoch(net, model, loader, sampler, epoch, seed, opt, sched, loss_
         with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             loss, logits, out = _forward(net, model, batch, inputs, y, loss_fn, own_loss, is_loss_module, extras)
         if not torch.isfinite(loss):
-            raise SlimtorchError(f"loss became {float(loss)} at epoch {epoch + 1}, step {state.step}; lower the "
-                                 "learning rate or check the data")
+            raise NonFiniteError(f"loss became {float(loss.detach())} at epoch {epoch + 1}, step {state.step}; "
+                                 "lower the learning rate or check the data")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip is not None:
@@ -363,14 +370,51 @@ def _batch_correct(model: nn.Module, logits: torch.Tensor | None, y: Any) -> flo
 
 
 def _prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    holds_run = (out / CHECKPOINT_FILE).exists() or (out / MODEL_FILE).exists()
+    holds_run = any((out / name).exists() for name in (CHECKPOINT_FILE, MODEL_FILE, METRICS_FILE))
     if holds_run and overwrite:
-        for name in (CHECKPOINT_FILE, MODEL_FILE, METRICS_FILE):
+        # model.safetensors stays until the new run replaces it (atomically): a run that fails or diverges
+        # does not cost the good model that was there
+        for name in (CHECKPOINT_FILE, METRICS_FILE):
             (out / name).unlink(missing_ok=True)
     elif holds_run and not resume:
         raise FileExistsError(f"{out} already holds a run; pass resume=True (--resume) to continue it or "
                               "overwrite=True (--overwrite) to replace it")
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out)
+    sweep_temp_files(out)  # what a write killed in an earlier attempt left behind
+
+
+def check_finite(model: nn.Module, record: dict[str, float], epoch: int, lr: float) -> None:
+    """Raise :class:`NonFiniteError` if an epoch left NaN/inf weights or losses (nothing of it is saved)."""
+    losses = {k: v for k, v in record.items() if k.endswith("loss") and not math.isfinite(v)}
+    bad = non_finite_tensors(model)
+    if losses or bad:
+        what = ", ".join(f"{k}={v}" for k, v in losses.items()) or f"NaN/inf weights in {bad[:3]}"
+        raise NonFiniteError(
+            f"training diverged in epoch {epoch + 1} ({what}) with lr={lr:g}; this epoch was not saved (the "
+            "last checkpoint and model file are kept). Lower the learning rate or check the data"
+        )
+
+
+def write_metrics(out: Path, history: list[dict[str, float]]) -> None:
+    """Rewrite ``metrics.jsonl`` (one line per epoch of ``history``) atomically."""
+    atomic_write_text(out / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history), what="metrics")
+
+
+def _load_resumed(path: Path, ck: dict[str, Any], model: nn.Module, opt: Any, sched: Any) -> None:
+    """Load a checkpoint into the run, or say that it belongs to another model or optimizer."""
+    try:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()
+        raise SlimtorchError(
+            f"cannot resume from {path}: it was written for another model or optimizer ("
+            f"{first[0][:200] if first else type(e).__name__}"
+            f"{'; ' + first[1].strip()[:200] if len(first) > 1 else ''}). Resume with the same --model, "
+            "--model-arg and --optimizer, or pass --overwrite to start over"
+        ) from None
+
 
 
 class _SeededLoader(DataLoader):

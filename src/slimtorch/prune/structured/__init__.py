@@ -6,6 +6,8 @@
 See docs/structured_pruning.md.
 """
 
+from slimtorch.prune.structured import hf_model as _hf_model  # noqa: F401  (registers the HF adapter)
+from slimtorch.prune.structured.adapters import ADAPTERS, ModelAdapter, adapter_for, register_adapter
 from slimtorch.prune.structured.channel import (
     Channel,
     allocate,
@@ -34,6 +36,7 @@ from slimtorch.prune.structured.surgery import (
     PinnedSurgery,
     WeightSlice,
     find_surgery,
+    register_rule_provider,
     register_surgery,
     register_surgery_kind,
     registered_types,
@@ -41,6 +44,11 @@ from slimtorch.prune.structured.surgery import (
 )
 
 __all__ = [
+    "ADAPTERS",
+    "ModelAdapter",
+    "adapter_for",
+    "register_adapter",
+    "register_rule_provider",
     "IMPORTANCE",
     "NEEDS_GRADIENTS",
     "group_taylor_scores",

@@ -24,11 +24,13 @@ from slimtorch.core.labels import IGNORE_INDEX, align, forward_batch
 from slimtorch.core.selection import ROOT_NAME, FilterFn, as_patterns, check_overrides, override_for
 from slimtorch.prune.api import register_pruner
 from slimtorch.prune.report import LayerReport, PruneReport
+from slimtorch.prune.structured.adapters import adapter_for, head_space
 from slimtorch.prune.structured.graph import ChannelGroup, DependencyGraph, build_dependency_graph
 from slimtorch.prune.structured.importance import IMPORTANCE, NEEDS_GRADIENTS, CoupledTensor
 from slimtorch.prune.structured.surgery import WeightSlice, find_surgery, slice_tensor_
 
 ALLOCATIONS = ("uniform", "global")
+GQA_MODES = ("query", "kv")
 
 
 @dataclass
@@ -75,6 +77,11 @@ class Channel(Config):
             keeps its channels, as if excluded.
         ignore: the former name of ``exclude``, kept as an alias: its patterns are added to ``exclude``
             (``to_dict`` writes ``exclude``; recipes with ``ignore:`` still load).
+        heads: prune attention heads (groups whose units are heads); False keeps every head.
+        hidden: prune the model width (the residual stream). None: yes, except for Hugging Face models,
+            whose configs derive the head size from it (see :mod:`.hf_model`).
+        gqa: with grouped key-value heads, ``"query"`` removes the same number of query heads from every
+            key-value group, ``"kv"`` removes whole key-value groups (with their query heads).
     """
 
     #: Former field names still accepted by the constructor and ``from_dict``.
@@ -97,6 +104,9 @@ class Channel(Config):
     max_batches: int | None = None
     seed: int = 0
     filter_fn: FilterFn | None = field(default=None, repr=False)
+    heads: bool = True
+    hidden: bool | None = None
+    gqa: str = "query"
     ignore: InitVar[tuple[str, ...] | str | None] = None
 
     def __post_init__(self, ignore: tuple[str, ...] | str | None = None) -> None:
@@ -125,6 +135,7 @@ class Channel(Config):
         check_choice("tracer", self.tracer, ("auto", "fx", "concrete"))
         if self.max_batches is not None:
             check_positive("max_batches", self.max_batches)
+        check_choice("gqa", self.gqa, GQA_MODES)
 
 
 # ---- scores --------------------------------------------------------------------------------------
@@ -253,17 +264,22 @@ def _unit_width(group: ChannelGroup) -> int:
     return max(ks) if ks else 1
 
 
+def _rounded(group: ChannelGroup) -> bool:
+    """Whether ``round_to`` applies: groups of plain channels, not of heads."""
+    return _unit_width(group) == 1 and head_space(group) is None
+
+
 def _group_ratio(group: ChannelGroup, config: Channel, ratio: float) -> tuple[float, bool]:
     r = override_for(group.producers or group.modules, config.overrides)
     return (ratio, False) if r is None else (r, True)
 
 
 def _min_keep(group: ChannelGroup, config: Channel) -> int:
-    return min(group.n_units, config.round_to if _unit_width(group) == 1 else 1)
+    return min(group.n_units, config.round_to if _rounded(group) else 1)
 
 
 def _round_keep(group: ChannelGroup, keep: int, config: Channel) -> int:
-    if _unit_width(group) == 1 and config.round_to > 1:
+    if _rounded(group) and config.round_to > 1:
         keep = math.floor(keep / config.round_to + 0.5) * config.round_to
     return max(_min_keep(group, config), min(group.n_units, keep))
 
@@ -342,6 +358,9 @@ def apply_removal(model: nn.Module, graph: DependencyGraph, removed: list[np.nda
 def _example(model: nn.Module, example_inputs: Any) -> Any:
     if example_inputs is not None:
         return example_inputs
+    ex = adapter_for(model).example_inputs(model)
+    if ex is not None:
+        return ex
     from slimtorch.metrics.shapes import example_inputs_for
 
     return example_inputs_for(model)
@@ -510,7 +529,9 @@ def prune_channels_(
         the final ratio, notes on kept channels and warnings.
     """
     ex = _example(model, example_inputs)
+    adapter = adapter_for(model)
     graph = build_dependency_graph(model, ex, config.exclude, config.tracer, filter_fn=config.filter_fn)
+    graph = adapter.select(model, graph, config)  # family rules: heads=, hidden=, gqa= (see .adapters)
     scores = score_groups(model, graph, config, data)
     macs_before = _macs(model, ex)
     warn: list[str] = []
@@ -534,6 +555,7 @@ def prune_channels_(
     before = _shapes(model)
     params_before = sum(int(np.prod(s)) for s in before.values())
     apply_removal(model, graph, removed)
+    model_info = adapter.finish(model)  # e.g. a Hugging Face config follows the new widths
     after = _shapes(model)
     layers = []
     for name, shape in before.items():
@@ -581,5 +603,6 @@ def prune_channels_(
             "tracer": graph.tracer,
             "graph_build_s": graph.build_s,
             "measured_speedups": speedups,
+            "model": model_info,
         },
     )

@@ -249,7 +249,8 @@ class _Recorder(TorchFunctionMode):
         self.param_shapes: dict[str, tuple[int, ...]] = {}
         for mn, m in named:
             for pn, p in list(m._parameters.items()) + list(m._buffers.items()):
-                if p is not None and id(p) not in self.param_names:
+                # integer buffers (BERT's token_type_ids, position ids) are indices, not channels
+                if p is not None and p.is_floating_point() and id(p) not in self.param_names:
                     fqn = f"{mn}.{pn}" if mn else pn
                     self.param_names[id(p)] = fqn
                     self.param_shapes[fqn] = tuple(p.shape)

@@ -111,9 +111,31 @@ def register_surgery_kind(kind: str) -> Callable[[Any], Any]:
     return deco
 
 
+#: Top-level package -> ``provider(cls) -> rule | None``, asked about that package's classes on a miss, so
+#: rules for an optional library (transformers) are registered on first use without importing it.
+_PROVIDERS: dict[str, Callable[[type], LayerSurgery | None]] = {}
+
+
+def register_rule_provider(package: str, provider: Callable[[type], LayerSurgery | None]) -> None:
+    """Let ``provider`` supply rules for classes defined in ``package`` (e.g. ``"transformers"``).
+
+    On a lookup that finds no rule, each class of the MRO defined in ``package`` is offered to
+    ``provider``; a rule it returns is registered for that class (later lookups are direct).
+    """
+    _PROVIDERS[package] = provider
+
+
 def find_surgery(layer_type: type) -> LayerSurgery | None:
     """The rule registered for ``layer_type``, its declared kind or its nearest base class, else None."""
-    return _SURGERY.find(layer_type)
+    rule = _SURGERY.find(layer_type)
+    if rule is None and _PROVIDERS:
+        for cls in layer_type.__mro__:
+            provider = _PROVIDERS.get(cls.__module__.partition(".")[0])
+            found = provider(cls) if provider is not None else None
+            if found is not None:
+                _SURGERY.register(cls, found, overwrite=True)
+                return found
+    return rule
 
 
 def registered_types() -> list[type]:

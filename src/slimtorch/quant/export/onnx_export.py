@@ -30,6 +30,7 @@ from torch import nn
 from slimtorch.core.batches import ModelInputs, output_tensor, split_batch
 from slimtorch.core.errors import SlimtorchError
 from slimtorch.core.labels import takes_argument
+from slimtorch.io.atomic import atomic_path, ensure_dir
 from slimtorch.metrics._batches import eval_mode
 from slimtorch.metrics.named_export import export_named, needs_named_export, wrap_for_export
 from slimtorch.metrics.ort import export_onnx_fp32, onnx_session, session_feed
@@ -114,17 +115,19 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
         return export_named_qdq(model, path, example_inputs, dynamic=dynamic_batch, target=tgt, check=check,
                                 tolerance=CHECK_TOLERANCE)
     inputs = _as_tuple(example_inputs)
-    out = _export(model, Path(path), inputs, dynamic_batch, tidy=True,
-                  pad_input_channels=pad_input_channels, functions=functions,
-                  metadata={"slimtorch.target": tgt.name})
-    if check and _quantized_layers(model):
-        if T.warn_if_host_cannot_check(tgt, f"the exported file {out}"):
-            try:
-                check_export(model, out, inputs)
-            except ExportCheckError as e:
-                # a file that computes something other than the model must not be left for deployment
-                out.unlink(missing_ok=True)
-                raise ExportCheckError(f"{e} (the file was removed)") from None
+    out = Path(path)
+    # Exported, tidied and checked under a temporary name, published only when all of it succeeded: a kill
+    # or a failed check never leaves a partial or wrong file at ``path``.
+    try:
+        with atomic_path(out, what="ONNX model") as tmp:
+            _export(model, tmp, inputs, dynamic_batch, tidy=True, pad_input_channels=pad_input_channels,
+                    functions=functions, metadata={"slimtorch.target": tgt.name})
+            if check and _quantized_layers(model) and T.warn_if_host_cannot_check(tgt, f"the exported file {out}"):
+                check_export(model, tmp, inputs)
+    except ExportCheckError as e:
+        # a file that computes something other than the model must not be left for deployment
+        out.unlink(missing_ok=True)
+        raise ExportCheckError(f"{str(e).replace(str(tmp), str(out))} (the file was removed)") from None
     return out
 
 
@@ -336,7 +339,7 @@ def _restore_training_modes(modes: list[tuple[nn.Module, bool]]) -> None:
 def _export(model: nn.Module, path: Path, inputs: tuple[Any, ...], dynamic_batch: bool, tidy: bool,
             pad_input_channels: int = 0, functions: bool = False, metadata: dict[str, str] | None = None
             ) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(path.parent)
     in_names = [f"input{i}" if len(inputs) > 1 else "input" for i in range(len(inputs))]
     axes = {n: {0: "batch"} for n in [*in_names, "output"]} if dynamic_batch else None
     modes = _training_modes(model)

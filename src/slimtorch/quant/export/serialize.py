@@ -67,7 +67,7 @@ def load_quantized(path: str | os.PathLike[str], model: nn.Module | None = None)
         cfg["target"] = "x86-vnni"
     config = ctype.from_dict(cfg)
     if model is None:
-        model = model_from_spec(spec, path)
+        model = model_from_spec(spec, path, extra_ok=True)  # quantizer state is loaded after the preparer
     model.eval()
     PREPARERS.get(ctype)(model, config)
     load_state_into(model, load_file(str(resolve_model_file(path))))

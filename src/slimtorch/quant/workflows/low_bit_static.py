@@ -83,6 +83,9 @@ class LowBitStatic(ChoosesRounding, Config):
         check_bits(self.bits_a, "bits_a")
         check_choice("observer", self.observer, OBSERVERS.names())
         self._resolve_rounding()
+        if getattr(self.rounding, "explicit_scales", False):
+            raise ValueError("LowBitStatic with AWQ needs rounding=AWQ(explicit_scales=False): an explicit AWQ "
+                             "input scale is a float multiplication the int8 graph would have to carry")
         self.include, self.exclude = tuple(self.include), tuple(self.exclude)
 
 

@@ -35,7 +35,7 @@ from slimtorch.core.errors import SlimtorchError
 from slimtorch.core.selection import Selector, display_name, set_submodule
 from slimtorch.quant.algorithms.fold import find_conv_bn_pairs, fold_bn_
 from slimtorch.quant.api import QuantReport, register_quantizer, register_scheme
-from slimtorch.quant.calibration import iter_calibration_inputs
+from slimtorch.quant.calibration import iter_calibration_inputs, warn_degenerate_ranges
 from slimtorch.quant.export.serialize import register_preparer
 from slimtorch.quant.export.targets import DEFAULT_TARGET, check_target, get_target, mark_target
 from slimtorch.quant.modules.embedding import QuantEmbedding, quantize_embeddings_
@@ -433,13 +433,18 @@ def convert_(model: nn.Module) -> None:
         ValueError: if a quantizer saw no data (the layer was never reached during calibration).
     """
     layers = dict(quant_layers(model))
+    ranges = {}
     for name, q in model.named_modules():
         if isinstance(q, FakeQuantize) and q.observing and q.observer is not None:
             layer, _, role = name.rpartition(".")
             if not q.observer.has_data:
                 raise ValueError(f"the {role.replace('_quant', '')} quantizer of layer {display_name(layer)!r} saw no "
                                  "calibration data; is the layer used in forward()?")
+            if role != "weight_quant":  # a constant weight is legitimate (e.g. a pruned layer); activations not
+                ranges[f"{role.replace('_quant', '')} of layer {display_name(layer)!r}"] = (
+                    q.observer.min_val, q.observer.max_val)
             q.freeze()
+    warn_degenerate_ranges(ranges)
     for name, layer in layers.items():
         src = getattr(layer, "input_source", None)
         if src is not None and layer.input_quant is not None:
