@@ -16,6 +16,7 @@ from slimtorch.core.errors import SlimtorchError
 from slimtorch.io.atomic import StorageError, atomic_path
 from slimtorch.metrics._batches import Inputs, as_tuple, eval_mode
 from slimtorch.metrics.counting import permanent_copy
+from slimtorch.metrics.named_export import export_named, needs_named_export
 
 #: ONNX opset used for every export (supported by every onnxruntime >= 1.14).
 OPSET = 17
@@ -28,14 +29,19 @@ def input_names(n: int) -> list[str]:
 
 def export_onnx_fp32(model: nn.Module, example_inputs: Inputs, path: str | os.PathLike[str],
                      opset: int = OPSET, dynamic_batch: bool = True) -> Path:
-    """Export ``model`` (in eval mode) to an ONNX file with the legacy TorchScript exporter.
+    """Export ``model`` (in eval mode) to an ONNX file.
+
+    Plain modules go through the legacy TorchScript exporter. Hugging Face models and dict inputs
+    (``{"input_ids": ..., "attention_mask": ...}``) go through
+    :func:`slimtorch.metrics.named_export.export_named`: the ``torch.export``-based exporter, inputs named
+    after the model's arguments with dynamic ``batch``/``sequence`` axes, no KV cache, one short error.
 
     Parametrizations (e.g. pruning masks) are baked in on a copy first, so the graph holds plain
     weights. The first dimension of every input and of the output is dynamic when ``dynamic_batch``.
 
     Args:
         model: the module to export.
-        example_inputs: a tensor or tuple of positional tensors used for tracing.
+        example_inputs: a tensor or tuple of positional tensors used for tracing, or a dict of named tensors.
         path: the ``.onnx`` file to write (parent directories are created).
         opset: ONNX opset version.
         dynamic_batch: mark dim 0 of inputs and output as ``batch``.
@@ -46,10 +52,14 @@ def export_onnx_fp32(model: nn.Module, example_inputs: Inputs, path: str | os.Pa
     Raises:
         SlimtorchError: if the exporter fails (the message names the model and the exporter's error).
     """
-    args = as_tuple(example_inputs)
-    p = Path(path)
     if any(parametrize.is_parametrized(m) for m in model.modules()):
         model = permanent_copy(model)
+    if needs_named_export(model, example_inputs):
+        # HF models / named inputs: torch.export-based exporter, named dynamic axes, one short error
+        return export_named(model, example_inputs, path, dynamic=dynamic_batch, opset=opset)
+    args = as_tuple(example_inputs)
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
     names = input_names(len(args))
     axes = {n: {0: "batch"} for n in [*names, "output"]} if dynamic_batch else None
     try:

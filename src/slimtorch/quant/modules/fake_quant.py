@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimtorch.core.registry import TypeRegistry
+from slimtorch.quant.modules import onnx_ops
 from slimtorch.quant.observers import Observer
 from slimtorch.quant.primitives import (
     check_bits,
@@ -147,10 +148,23 @@ class FakeQuantize(nn.Module):
         if torch.onnx.is_in_onnx_export():
             if self.group_size is not None:
                 raise ValueError("ONNX QDQ export does not support per-group activation quantization")
+            if self.bits != 8:
+                raise ValueError(f"ONNX QDQ export needs 8-bit activations, got {self.bits}-bit")
+            if onnx_ops.export_mode() == "dynamo":
+                return onnx_ops.qdq(x, getattr(self, onnx_ops.SCALE), getattr(self, onnx_ops.ZERO_POINT), self.axis)
             return _QDQ.apply(x, self.scale.flatten().tolist(), self.zero_point.flatten().tolist(), self.bits,
                               self.signed, self.axis)
         return fake_quantize(x, self.scale, self.zero_point, self.bits, self.signed, axis=self.axis,
                              group_size=self.group_size, narrow=self.narrow)
+
+    def export_buffers(self) -> dict[str, torch.Tensor]:
+        """Scale and zero point as ONNX wants them, for a ``torch.export`` trace (``onnx_ops.export_constants``)."""
+        if not self.quantizing or self.dynamic:
+            return {}
+        zdt = torch.int8 if self.signed else torch.uint8
+        shape = (-1,) if self.axis is not None else ()
+        return {onnx_ops.SCALE: self.scale.detach().float().reshape(shape).clone(),
+                onnx_ops.ZERO_POINT: self.zero_point.detach().reshape(shape).to(zdt).clone()}
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         """Integer codes of ``x`` with the frozen parameters."""
@@ -226,10 +240,50 @@ class _QuantMixin:
         q = torch.clamp(torch.round(self.bias.detach() / s), -(2**31), 2**31 - 1).to(torch.int32)
         return q, s
 
+    def export_buffers(self) -> dict[str, torch.Tensor]:
+        """Integer constants for a ``torch.export`` trace (:func:`onnx_ops.export_constants`)."""
+        if not self.weight_quant.quantizing:
+            return {}
+        wq = self.weight_quant
+        codes = self.integer_weight().to(torch.int8)
+        n = codes.shape[0]
+        out = {onnx_ops.CODES: codes, onnx_ops.SCALE: wq.scale.detach().float().flatten().expand(n).clone(),
+               onnx_ops.ZERO_POINT: wq.zero_point.detach().flatten().expand(n).to(torch.int8).clone()}
+        if codes.dim() == 2:
+            out[onnx_ops.CODES_T] = codes.t().contiguous()
+        ib = self.integer_bias()
+        if ib is not None:
+            out[onnx_ops.BIAS_CODES], out[onnx_ops.BIAS_SCALE] = ib[0], ib[1].float().contiguous()
+        return out
+
+    def _fake_quant_weight(self) -> torch.Tensor:
+        """``weight_quant(weight)``, cached while neither the weight nor its grid changes.
+
+        Calibration and evaluation run the same frozen weight through its quantizer on every call; without
+        a cache that rounding costs more than the layer's matmul. Training (grad enabled and a trainable
+        weight or scale) and an observing weight quantizer always recompute.
+        """
+        wq, w = self.weight_quant, self.weight
+        if wq.observing or (torch.is_grad_enabled() and (w.requires_grad or wq.scale.requires_grad)):
+            return wq(w)
+        key = (w.data_ptr(), w._version, w.shape, wq.scale.data_ptr(), wq.scale._version,
+               wq.zero_point.data_ptr(), wq.zero_point._version, wq.quantizing, id(wq), wq.bits, wq.signed,
+               wq.narrow, wq.axis, wq.group_size)
+        cache = self.__dict__.get("_weight_cache")
+        if cache is None or cache[0] != key:
+            with torch.no_grad():
+                cache = (key, wq(w))
+            self.__dict__["_weight_cache"] = cache
+        return cache[1]
+
     def _quant_weight(self, transposed: bool = False) -> torch.Tensor:
         """The fake-quant weight; during ONNX export ``DQ(int8 codes)``, ``(in, out)`` if ``transposed``."""
         if not self.weight_quant.quantizing:
             return self.weight.t() if transposed else self.weight
+        if onnx_ops.export_mode() == "dynamo":
+            codes = getattr(self, onnx_ops.CODES_T if transposed else onnx_ops.CODES)
+            return onnx_ops.dq(codes, getattr(self, onnx_ops.SCALE), getattr(self, onnx_ops.ZERO_POINT),
+                               1 if transposed else 0)
         if torch.onnx.is_in_onnx_export():
             # integer codes computed outside the trace, so the file stores them as an int8 initializer
             wq = self.weight_quant
@@ -240,12 +294,16 @@ class _QuantMixin:
             axis = wq.axis if wq.axis is not None else 0
             return _DQ.apply(codes, wq.scale.flatten().tolist(), wq.zero_point.flatten().tolist(),
                              1 - axis if transposed else axis)
-        w = self.weight_quant(self.weight)
+        w = self._fake_quant_weight()
         return w.t() if transposed else w
 
     def _export_bias(self) -> torch.Tensor | None:
         if not torch.onnx.is_in_onnx_export():
             return self.quantized_bias()
+        if onnx_ops.export_mode() == "dynamo":
+            if not hasattr(self, onnx_ops.BIAS_CODES):
+                return self.bias
+            return onnx_ops.dq(getattr(self, onnx_ops.BIAS_CODES), getattr(self, onnx_ops.BIAS_SCALE), None, 0)
         with _untraced():
             ib = self.integer_bias()
         if ib is None:
@@ -329,6 +387,9 @@ class QuantLinear(_QuantMixin, nn.Linear):
             raise ValueError("ONNX export of dynamic quantization needs Int8Dynamic(granularity='tensor') "
                              "(ONNX DynamicQuantizeLinear computes one scale per tensor)")
         wq = self.weight_quant
+        if onnx_ops.export_mode() == "dynamo":
+            return onnx_ops.dynamic_linear(x, getattr(self, onnx_ops.CODES_T), getattr(self, onnx_ops.SCALE),
+                                           getattr(self, onnx_ops.ZERO_POINT), self.bias)
         with _untraced():
             codes = self.integer_weight().t().contiguous()  # (in, out) int8
             scale = wq.scale.flatten().expand(self.out_features).tolist()

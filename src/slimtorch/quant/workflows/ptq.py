@@ -35,10 +35,12 @@ from slimtorch.core.errors import SlimtorchError
 from slimtorch.core.selection import Selector, display_name, set_submodule
 from slimtorch.quant.algorithms.fold import find_conv_bn_pairs, fold_bn_
 from slimtorch.quant.api import QuantReport, register_quantizer, register_scheme
-from slimtorch.quant.calibration import iter_calibration, warn_degenerate_ranges
+from slimtorch.quant.calibration import iter_calibration_inputs, warn_degenerate_ranges
 from slimtorch.quant.export.serialize import register_preparer
 from slimtorch.quant.export.targets import DEFAULT_TARGET, check_target, get_target, mark_target
+from slimtorch.quant.modules.embedding import QuantEmbedding, quantize_embeddings_
 from slimtorch.quant.modules.fake_quant import QUANT_MODULES, FakeQuantize, QuantConv2d, QuantLinear
+from slimtorch.quant.modules.hf_conv1d import conv1d_to_linear_
 from slimtorch.quant.observers import OBSERVERS, check_observer_kwargs, create_observer
 from slimtorch.quant.primitives import check_bits, dynamic_fake_quantize
 
@@ -75,6 +77,14 @@ class Int8Static(Config):
         filter_fn: extra predicate ``filter_fn(module, fqn) -> bool``.
         target: deployment target (``portable``, ``x86-avx2``, ``x86-vnni``): the integer scheme that is
             exact on the CPUs the model will run on (:mod:`slimtorch.quant.export.targets`).
+        quantize_embeddings: store the selected ``nn.Embedding`` tables as int8 rows with per-row scales
+            (8-bit on every target: :mod:`slimtorch.quant.modules.embedding`).
+        float_islands: keep a traced ``Conv2d`` in float when it would be an int8 *island*: its input comes
+            from a float op (HardSwish, an SE gate's Mul, ...) and its output goes to one, so no other
+            quantized layer shares its input or output grid. Such a conv pays a QuantizeLinear, a
+            DequantizeLinear and (ONNX Runtime runs int8 convs in NHWC, float ops in NCHW) two layout
+            Transposes for one integer conv. Opt-in: on a MobileNetV3-like CNN it removed 3 Q and 3 DQ at
+            run time but did not make int8 faster (0.65x fp32 with it, 0.66x without; docs/quantization.md).
     """
 
     observer: str = "minmax"
@@ -92,6 +102,8 @@ class Int8Static(Config):
     exclude: tuple[str, ...] = ()
     filter_fn: Callable[[nn.Module, str], bool] | None = field(default=None, repr=False)
     target: str = DEFAULT_TARGET
+    quantize_embeddings: bool = True
+    float_islands: bool = False
 
     def __post_init__(self) -> None:
         check_target(self.target)
@@ -120,6 +132,7 @@ class Int8Dynamic(Config):
         exclude: patterns to keep in float.
         filter_fn: extra predicate.
         target: deployment target (:mod:`slimtorch.quant.export.targets`); ``portable`` uses 7-bit weights.
+        quantize_embeddings: int8 ``nn.Embedding`` tables with per-row scales (as in :class:`Int8Static`).
     """
 
     granularity: str = "token"
@@ -128,6 +141,7 @@ class Int8Dynamic(Config):
     exclude: tuple[str, ...] = ()
     filter_fn: Callable[[nn.Module, str], bool] | None = field(default=None, repr=False)
     target: str = DEFAULT_TARGET
+    quantize_embeddings: bool = True
 
     def __post_init__(self) -> None:
         check_target(self.target)
@@ -202,6 +216,19 @@ def plan_layers(model: nn.Module, graph: fx.Graph | None, names: list[str], quan
     return plans
 
 
+def conv_islands(model: nn.Module, plans: dict[str, _LayerPlan]) -> list[str]:
+    """Convolutions that would be int8 islands: no quantized layer feeds their input or reads their output.
+
+    With the plan of :func:`plan_layers`, a layer's input is shared with an upstream quantized output when
+    ``tied_to`` is set, and its output is shared when another layer is tied to it. A conv with neither
+    needs its own QuantizeLinear before and DequantizeLinear after (plus NCHW/NHWC transposes on ONNX
+    Runtime), which can cost more than one integer conv saves (see :class:`Int8Static` ``float_islands``).
+    """
+    fed = {p.tied_to for p in plans.values() if p.tied_to is not None}
+    return [n for n, p in plans.items()
+            if p.tied_to is None and n not in fed and isinstance(model.get_submodule(n), nn.Conv2d)]
+
+
 _ADD_FUNCS = {operator.add, torch.add, operator.iadd}
 
 
@@ -261,7 +288,8 @@ def _float_leftovers(model: nn.Module, quantized: set[str], excluded: set[str], 
             continue
         if not name and any(True for _ in m.children()):
             continue  # a multi-layer model's root is a container, not a layer
-        if isinstance(m, (FakeQuantize, nn.Identity)) or not any(True for _ in m.parameters(recurse=False)):
+        if isinstance(m, (FakeQuantize, nn.Identity, QuantEmbedding)) or not any(
+                True for _ in m.parameters(recurse=False)):
             if isinstance(m, nn.MultiheadAttention):
                 out[name] = "nn.MultiheadAttention has no quantized form (its attention matmuls stay float)"
             continue
@@ -286,6 +314,7 @@ def prepare_(model: nn.Module, config: Int8Static) -> QuantReport:
     if not isinstance(config, Int8Static):
         raise ValueError(f"prepare_ expects an Int8Static config, got {type(config).__name__}")
     model.eval()
+    conv1d = conv1d_to_linear_(model)  # HF Conv1D (GPT-2) is a Linear with a transposed weight
     graph, why = trace_graph(model)
     folded = fold_bn_(model, find_conv_bn_pairs(model, graph)) if config.fold_bn else []
     selector = Selector(tuple(QUANT_MODULES), config.include, config.exclude, config.filter_fn)
@@ -297,6 +326,8 @@ def prepare_(model: nn.Module, config: Int8Static) -> QuantReport:
                              f"{'set' if config.filter_fn else 'none'}); candidates: "
                              f"{[display_name(n) for n in candidates][:10]}")
     plans = plan_layers(model, graph, names, config.quantize_outputs)
+    islands = conv_islands(model, plans) if config.float_islands and graph is not None else []
+    names = [n for n in names if n not in islands]
     target = get_target(config.target)
     weight_bits = target.weight_bits(config.weight_bits)
 
@@ -328,15 +359,39 @@ def prepare_(model: nn.Module, config: Int8Static) -> QuantReport:
         for name in residual_modules(model, names):
             attach_output_quant(model.get_submodule(name), act_quant())
             residual.append(name)
+    embeddings = _quantize_embeddings(model, config)
     excluded = set(candidates) - set(names)
     skipped = _float_leftovers(model, set(names), excluded, graph)
-    details: dict[str, Any] = {"traced": graph is not None, "config": config.to_dict(),
-                               "residual_outputs": residual, "target": target.name, "weight_bits": weight_bits}
+    for name in islands:
+        skipped[name] = ("int8 island (float op before and after): Q/DQ and layout transposes can cost more "
+                         "than the integer conv saves; kept float (float_islands)")
+    details: dict[str, Any] = {"traced": graph is not None, "config": config.to_dict(), "float_islands": islands,
+                               "residual_outputs": residual, "target": target.name, "weight_bits": weight_bits,
+                               "embeddings": embeddings, "conv1d_as_linear": conv1d}
     mark_target(model, target)
     details["config"].pop("filter_fn", None)
     if graph is None:
         details["trace_error"] = why
+        details["untraced"] = _UNTRACED_NOTE
     return QuantReport("int8_static", quantized=names, skipped=skipped, folded=folded, details=details)
+
+
+#: What Int8Static does when ``torch.fx`` cannot trace the model (Hugging Face models, data-dependent code).
+_UNTRACED_NOTE = ("torch.fx could not trace the model, so its dataflow is unknown: every selected layer gets "
+                  "an int8 weight and a calibrated uint8 input quantizer, and its output stays float (no "
+                  "ReLU fusion, no tied inputs, no int8 residual adds). ONNX Runtime runs each layer as an "
+                  "integer matmul/conv with float output (QDQ -> MatMulIntegerToFloat / QGemm / QLinearConv "
+                  "with a dequantized output); the ops between layers (softmax, layer norm, GELU, attention "
+                  "matmuls) run in float.")
+
+
+def _quantize_embeddings(model: nn.Module, config: Int8Static | Int8Dynamic) -> list[str]:
+    """Int8 per-row embedding tables for the selected ``nn.Embedding``s (see ``modules.embedding``)."""
+    if not config.quantize_embeddings:
+        return []
+    selector = Selector((nn.Embedding,), config.include, config.exclude, config.filter_fn)
+    names = [n for n, m in selector.select(model) if type(m) is nn.Embedding and n]
+    return quantize_embeddings_(model, names)
 
 
 def quant_layers(model: nn.Module) -> list[tuple[str, QuantConv2d | QuantLinear]]:
@@ -360,14 +415,15 @@ def calibrate(model: nn.Module, calib_data: Iterable[Any], num_batches: int | No
     model.eval()
     batches = samples = 0
     t0 = time.perf_counter()
-    for i, x in enumerate(iter_calibration(calib_data, model, num_batches)):
+    for i, inputs in enumerate(iter_calibration_inputs(calib_data, model, num_batches)):
         try:
-            model(x)
-        except RuntimeError as e:
-            raise SlimtorchError(f"calibration batch {i} of shape {tuple(x.shape)} failed in the model: "
-                                 f"{str(e).splitlines()[0]}") from None
+            inputs(model)  # every positional and named input (input_ids, attention_mask, ...) reaches the model
+        except (RuntimeError, TypeError, ValueError) as e:
+            shapes = {name: tuple(t.shape) for name, t in inputs.tensors()}
+            raise SlimtorchError(f"calibration batch {i} with inputs {shapes} failed in the model: "
+                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         batches += 1
-        samples += x.shape[0] if x.dim() else 1
+        samples += inputs.batch_size
     dt = time.perf_counter() - t0
     return {"batches": batches, "samples": samples, "seconds": dt, "samples_per_s": samples / max(dt, 1e-9)}
 
@@ -455,6 +511,7 @@ class DynamicFakeQuantize(FakeQuantize):
 @register_quantizer(Int8Dynamic)
 def _int8_dynamic(model: nn.Module, config: Int8Dynamic, calib_data: Iterable[Any] | None) -> QuantReport:
     model.eval()
+    conv1d = conv1d_to_linear_(model)  # HF Conv1D (GPT-2) is a Linear with a transposed weight
     graph, _ = trace_graph(model)
     selector = Selector((nn.Linear,), config.include, config.exclude, config.filter_fn)
     candidates = [n for n, m in Selector((nn.Linear,)).select(model) if type(m) is nn.Linear]
@@ -469,11 +526,13 @@ def _int8_dynamic(model: nn.Module, config: Int8Dynamic, calib_data: Iterable[An
         wrapper.input_source = None
         wrapper.calibrate_weight()
         set_submodule(model, name, wrapper)
+    embeddings = _quantize_embeddings(model, config)
     skipped = _float_leftovers(model, set(names), set(candidates) - set(names), graph)
     mark_target(model, target)
     return QuantReport("int8_dynamic", quantized=names, skipped=skipped,
                        details={"granularity": config.granularity, "target": target.name,
-                                "weight_bits": target.weight_bits(8)})
+                                "weight_bits": target.weight_bits(8), "embeddings": embeddings,
+                                "conv1d_as_linear": conv1d})
 
 
 register_scheme("int8", Int8Static, data="calib",
