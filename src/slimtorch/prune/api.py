@@ -61,6 +61,7 @@ def prune_(
     data: Any = None,
     *,
     fit_fn: FitFn | None = None,
+    calib_data: Any = None,
 ) -> PruneReport:
     """Prune ``model`` in place as ``config`` says and report what changed.
 
@@ -72,6 +73,8 @@ def prune_(
         data: what the method needs beyond weights: training data for schedules that fine-tune
             (``Iterative``/``AGP``; a Dataset, an iterable of ``(x, y)`` batches, or for ``Iterative`` a
             callable ``finetune(model, round)``), calibration batches for data-driven importance.
+        calib_data: another name for ``data`` (calibration batches of ``SparseGPT``/``Wanda``, as
+            ``quantize_`` calls them); give one of the two.
         fit_fn: the training loop those schedules run on ``data`` (``slimtorch.train.fit``'s signature:
             ``fit_fn(model, data, epochs, callbacks=[...], **kwargs)``); default: ``slimtorch.train.fit``.
             Passed to handlers that accept a ``fit_fn`` argument.
@@ -79,6 +82,10 @@ def prune_(
     Returns:
         A :class:`PruneReport` (per-layer shapes or sparsity, params, nonzeros, MACs).
     """
+    if calib_data is not None:
+        if data is not None and data is not calib_data:
+            raise ValueError("prune_ got both data= and calib_data=; they are the same argument, give one")
+        data = calib_data
     handler = _handler_for(config)
     # handlers that train take fit_fn; the others (e.g. structured surgery) never see it
     params = inspect.signature(handler).parameters

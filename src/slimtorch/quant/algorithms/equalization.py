@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from slimtorch.core.blockwise import run_inputs
 from slimtorch.core.config import Config, check_positive
 from slimtorch.quant.api import QuantReport, register_quantizer
 
@@ -256,7 +257,7 @@ def mean_layer_inputs(
     handles = [m.register_forward_pre_hook(make_hook(n)) for n, m in layers.items()]
     try:
         for args in batches:
-            model(*args)
+            run_inputs(model, args)
     finally:
         for h in handles:
             h.remove()

@@ -33,11 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimtorch.core.batches import ModelInputs
+from slimtorch.core.blockwise import calibration_inputs, run_inputs
 from slimtorch.core.config import Config
 from slimtorch.core.selection import named_modules_matching
 from slimtorch.quant.algorithms.adaround import AdaRound, adaround_weight
 from slimtorch.quant.algorithms.equalization import bias_correction_delta, mean_layer_inputs
-from slimtorch.quant.algorithms.gptq import GPTQ, gptq_quantize, layer_groups, sequential_hessians
+from slimtorch.quant.algorithms.gptq import GPTQ, layer_groups
 from slimtorch.quant.algorithms.rounding import (
     ROUNDERS,
     ChoosesRounding,
@@ -45,10 +47,8 @@ from slimtorch.quant.algorithms.rounding import (
     layer_group_size,
     register_rounding,
     replace_with_codes,
-    round_to_nearest_,
 )
 from slimtorch.quant.api import QuantReport, register_quantizer
-from slimtorch.quant.calibration import iter_calibration
 from slimtorch.quant.export.serialize import register_preparer
 from slimtorch.quant.groupwise import GroupCodes
 from slimtorch.quant.modules.packed import WEIGHT_ONLY_MODULES, flat_weight
@@ -127,76 +127,12 @@ def _forward_fn(module: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], tor
     return lambda x, w: F.conv2d(x, w.view(shape), bias, m.stride, m.padding, m.dilation, m.groups)
 
 
-def _gptq_input_matrix(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """How a layer's input becomes GPTQ's sample matrix (n, fan_in); None if GPTQ cannot handle it."""
-    if isinstance(module, nn.Linear):
-        return lambda x: x.reshape(-1, x.shape[-1])
-    if isinstance(module, nn.Conv2d) and module.groups == 1:
-        m = module
-
-        def unfold(x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B * L, C * kh * kw)
-            cols = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)  # (B, C*kh*kw, L)
-            return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-
-        return unfold
-    return None
-
-
-@register_rounding("gptq", GPTQ)
-def _gptq(
-    model: nn.Module,
-    layers: dict[str, nn.Module],
-    config: WeightOnly,
-    batches: list[tuple[torch.Tensor, ...]],
-) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    plain = {n: m for n, m in layers.items() if _gptq_input_matrix(m) is None}
-    if plain:  # grouped convolutions: GPTQ's shared Hessian does not apply, fall back to RTN
-        for n, d in round_to_nearest_(model, plain, config, batches).items():
-            out[n] = {**d, "note": "grouped conv: GPTQ not applicable, rounded to nearest"}
-    todo = {n: m for n, m in layers.items() if n not in plain}
-    if not todo:
-        return out
-    for group in layer_groups(model, todo, batches[0]):
-        hess = sequential_hessians(
-            model,
-            {n: todo[n] for n in group},
-            lambda: batches,
-            {n: _gptq_input_matrix(todo[n]) for n in group},
-        )
-        for name in group:
-            m = todo[name]
-            h, count = hess[name]
-            w = flat_weight(m)
-            g = layer_group_size(m, name, config.group_size)
-            if count == 0:  # never ran on the calibration data: nothing to compensate
-                codes, info = (
-                    GroupCodes.round_to_nearest(w, config.bits, g, config.symmetric),
-                    {"note": "not run"},
-                )
-            else:
-                codes, stats = gptq_quantize(
-                    w,
-                    h,
-                    bits=config.bits,
-                    group_size=g,
-                    symmetric=config.symmetric,
-                    block_size=config.rounding.block_size,
-                    percdamp=config.rounding.damp,
-                    act_order=config.rounding.act_order,
-                )
-                info = {"gptq_loss": stats.loss, "samples": count, "dead_inputs": stats.dead}
-            replace_with_codes(model, name, m, codes)
-            out[name] = {**info, "weight_mse": (codes.dequantize() - w).pow(2).mean().item()}
-    return out
-
-
 class _Stop(Exception):
     pass
 
 
 def _capture(
-    model: nn.Module, module: nn.Module, batches: list[tuple[torch.Tensor, ...]], output: bool
+    model: nn.Module, module: nn.Module, batches: list[ModelInputs], output: bool
 ) -> torch.Tensor | None:
     """Inputs (or outputs) of ``module`` over all batches, concatenated along dim 0; forward stops early."""
     got: list[torch.Tensor] = []
@@ -210,7 +146,7 @@ def _capture(
         with torch.no_grad():
             for args in batches:
                 try:
-                    model(*args)
+                    run_inputs(model, args)
                 except _Stop:
                     pass
     finally:
@@ -223,7 +159,7 @@ def _adaround(
     model: nn.Module,
     layers: dict[str, nn.Module],
     config: WeightOnly,
-    batches: list[tuple[torch.Tensor, ...]],
+    batches: list[ModelInputs],
 ) -> dict[str, dict[str, Any]]:
     float_model = copy.deepcopy(model)  # targets come from the float network (asymmetric reconstruction)
     float_layers = dict(float_model.named_modules())
@@ -292,14 +228,10 @@ def weight_only_(
 ) -> QuantReport:
     """Quantize the selected Linear/Conv2d weights of ``model`` in place (see the module docstring)."""
     layers, skipped = select_layers(model, config)
-    batches: list[tuple[torch.Tensor, ...]] = []
+    batches: list[ModelInputs] = []
     if config.needs_data:
-        if calib_data is None:
-            what = f"method {config.method!r}" if config.rounding.needs_data else "bias_correction"
-            raise ValueError(
-                f"WeightOnly {what} needs calibration data: pass calib_data=<iterable of batches>"
-            )
-        batches = [(x,) for x in iter_calibration(calib_data, model)]
+        what_needs = f"method {config.method!r}" if config.rounding.needs_data else "bias_correction"
+        batches = calibration_inputs(calib_data, f"WeightOnly {what_needs}")
     was_training = model.training
     model.eval()
     means = mean_layer_inputs(model, layers, batches) if config.bias_correction else {}
