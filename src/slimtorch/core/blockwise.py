@@ -37,12 +37,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from slimtorch.core.batches import ModelInputs, split_batch
+from slimtorch.core.batches import ModelInputs, output_tensor, split_batch
 from slimtorch.core.errors import SlimtorchError
 from slimtorch.core.selection import display_name
 
+#: ``run(limit=None) -> outputs``: feed the calibration data (its first ``limit`` batches) through the part
+#: of the model that holds the layers being compressed; returns that part's output tensor per batch.
+Runner = Callable[..., list[torch.Tensor]]
 #: ``step(layers, run)``: compress ``layers`` (fqn -> module); ``run()`` feeds the calibration data to them.
-Step = Callable[[dict[str, nn.Module], Callable[[], None]], None]
+Step = Callable[[dict[str, nn.Module], Runner], None]
 
 
 class _Stop(Exception):
@@ -203,7 +206,7 @@ def next_inputs(inputs: ModelInputs, hidden: torch.Tensor) -> ModelInputs:
     raise SlimtorchError("a block was called without positional arguments or hidden_states=; cannot chain blocks")
 
 
-def observe_inputs(layers: dict[str, nn.Module], run: Callable[[], None],
+def observe_inputs(layers: dict[str, nn.Module], run: Callable[[], Any],
                    observe: Callable[[str, torch.Tensor], None]) -> None:
     """Call ``observe(fqn, x)`` with the input of every layer in ``layers`` each time it runs during ``run()``.
 
@@ -275,9 +278,9 @@ def calibrate_blockwise(model: nn.Module, layers: dict[str, nn.Module], batches:
     Returns:
         :class:`BlockwiseStats`.
     """
-    def run_model() -> None:
-        for inp in batches:
-            inp(model)
+    def run_model(limit: int | None = None) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return [output_tensor(inp(model)) for inp in batches[:limit]]
 
     found = find_blocks(model) if sequential else None
     if found is None:
@@ -305,10 +308,10 @@ def calibrate_blockwise(model: nn.Module, layers: dict[str, nn.Module], batches:
     return stats
 
 
-def _runner(block: nn.Module, inputs: list[ModelInputs]) -> Callable[[], None]:
-    def run() -> None:
-        for inp in inputs:
-            inp(block)
+def _runner(block: nn.Module, inputs: list[ModelInputs]) -> Runner:
+    def run(limit: int | None = None) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return [block_output(inp(block)) for inp in inputs[:limit]]
     return run
 
 
@@ -333,12 +336,12 @@ def run_inputs(model: nn.Module, inputs: ModelInputs | tuple[Any, ...]) -> Any:
     return inputs(model) if isinstance(inputs, ModelInputs) else model(*inputs)
 
 
-def input_groups(layers: dict[str, nn.Module], run: Callable[[], None]) -> list[list[str]]:
+def input_groups(layers: dict[str, nn.Module], run: Callable[..., Any]) -> list[list[str]]:
     """``layers`` in execution order, consecutive layers reading the same input tensor grouped together.
 
     Layers of one group (the q, k and v projections of attention; gate and up of a SwiGLU MLP) see the same
     input, so they are calibrated together; a later group's inputs depend on the earlier groups' outputs.
-    ``run()`` is called once (it should run one batch at least). Layers that never run raise (see
+    ``run(1)`` is called once (the first batch). Layers that never run raise (see
     :func:`observe_inputs`).
     """
     order: list[tuple[str, torch.Tensor]] = []  # the tensors are kept alive so identity tests are sound
@@ -347,7 +350,7 @@ def input_groups(layers: dict[str, nn.Module], run: Callable[[], None]) -> list[
         if name not in {n for n, _ in order}:
             order.append((name, x))
 
-    observe_inputs(layers, run, observe)
+    observe_inputs(layers, lambda: run(1), observe)
     groups: list[list[str]] = []
     last: torch.Tensor | None = None
     for name, t in order:

@@ -122,7 +122,7 @@ def set_weight_and_mask_(module: nn.Module, weight: torch.Tensor, mask: torch.Te
 def run_calibrated_pruning(
     model: nn.Module,
     config: CalibratedPruning,
-    collect: Callable[[dict[str, nn.Module], Callable[[], None]], dict[str, Any]],
+    collect: Callable[[dict[str, nn.Module], Callable[..., Any]], dict[str, Any]],
     prune_layer: LayerPruneFn,
     example_inputs: Any = None,
     data: Any = None,
@@ -141,7 +141,7 @@ def run_calibrated_pruning(
     was_training = model.training
     model.eval()
 
-    def step(sub: dict[str, nn.Module], run: Callable[[], None]) -> None:
+    def step(sub: dict[str, nn.Module], run: Callable[..., Any]) -> None:
         stats = collect(sub, run)
         for name, mod in sub.items():
             w, mask, info = prune_layer(mod.weight.detach().float(), stats[name], config)

@@ -121,7 +121,7 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, *, sparsity: fl
     return wt.T.contiguous(), keep_t.T.contiguous(), float(losses.sum()) / 2
 
 
-def collect_hessians(layers: dict[str, nn.Module], run: Callable[[], None]) -> dict[str, torch.Tensor]:
+def collect_hessians(layers: dict[str, nn.Module], run: Callable[..., Any]) -> dict[str, torch.Tensor]:
     """``H = 2 X X^T / n`` (float32 sums) of each layer's inputs over the calibration data."""
     sums = {n: torch.zeros(m.in_features, m.in_features) for n, m in layers.items()}
     counts = dict.fromkeys(layers, 0)

@@ -55,7 +55,7 @@ def wanda_mask(weight: torch.Tensor, input_norm: torch.Tensor, sparsity: float |
     return lowest_per_row(scores, row_prune_count(weight.shape[1], float(sparsity)))
 
 
-def input_norms(layers: dict[str, nn.Module], run: Callable[[], None]) -> dict[str, torch.Tensor]:
+def input_norms(layers: dict[str, nn.Module], run: Callable[..., Any]) -> dict[str, torch.Tensor]:
     """``||X_j||_2`` over every calibration token, per input feature of each layer (float64 sums)."""
     sq = {n: torch.zeros(m.in_features, dtype=torch.float64) for n, m in layers.items()}
 

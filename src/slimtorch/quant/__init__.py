@@ -6,11 +6,13 @@ in :mod:`slimtorch.quant.observers`.
 """
 
 from slimtorch.quant.algorithms.adaround import AdaRound
+from slimtorch.quant.algorithms.awq import AWQ, InputScaled
 from slimtorch.quant.algorithms.equalization import CrossLayerEqualization, equalize_
 from slimtorch.quant.algorithms.fold import fold_bn_
 from slimtorch.quant.algorithms.gptq import GPTQ
 from slimtorch.quant.algorithms.mse_clip import MSEClip
 from slimtorch.quant.algorithms.rounding import ROUNDING, RTN, Rounding, register_rounding
+from slimtorch.quant.algorithms.smoothquant import SmoothQuant
 from slimtorch.quant.api import QUANTIZERS, SCHEMES, QuantReport, quantize_, register_quantizer, register_scheme
 from slimtorch.quant.export.onnx_export import compare_with_onnx, export_float_onnx, export_onnx
 from slimtorch.quant.export.serialize import load_quantized, register_preparer, save_quantized
@@ -32,6 +34,9 @@ from slimtorch.quant.workflows.weight_only import WeightOnly
 
 __all__ = [
     "AdaRound",
+    "AWQ",
+    "SmoothQuant",
+    "InputScaled",
     "GPTQ",
     "MSEClip",
     "ROUNDING",

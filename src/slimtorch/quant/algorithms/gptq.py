@@ -353,7 +353,7 @@ def gptq_input_matrix(module: nn.Module) -> Callable[[torch.Tensor], torch.Tenso
     return None
 
 
-def collect_hessians(layers: dict[str, nn.Module], run: Callable[[], None]) -> dict[str, tuple[torch.Tensor, int]]:
+def collect_hessians(layers: dict[str, nn.Module], run: Callable[..., Any]) -> dict[str, tuple[torch.Tensor, int]]:
     """``H = 2 X X^T / n`` (float32) of each layer's inputs over the calibration data ``run()`` feeds."""
     sums = {n: torch.zeros(m.weight[0].numel(), m.weight[0].numel()) for n, m in layers.items()}
     counts = dict.fromkeys(layers, 0)
@@ -385,7 +385,7 @@ def gptq_(
             out[n] = {**d, "note": "grouped conv: GPTQ not applicable, rounded to nearest"}
     todo = {n: m for n, m in layers.items() if n not in plain}
 
-    def step(sub: dict[str, nn.Module], run: Callable[[], None]) -> None:
+    def step(sub: dict[str, nn.Module], run: Callable[..., Any]) -> None:
         for group in input_groups(sub, run):
             hess = collect_hessians({n: sub[n] for n in group}, run)
             for name in group:

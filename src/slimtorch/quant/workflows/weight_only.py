@@ -13,6 +13,8 @@ the fly. Activations stay in float. The integer codes come from the rounding sub
   (:mod:`slimtorch.quant.algorithms.mse_clip`, no data needed);
 * ``GPTQ()`` / ``"gptq"``: Frantar et al. 2022, error-compensating column sweep with the inputs' Hessian
   (:mod:`slimtorch.quant.algorithms.gptq`), layer group by layer group on calibration data;
+* ``AWQ()`` / ``"awq"``: Lin et al. 2024, activation-aware per-input-channel scales folded into the
+  preceding norm/Linear plus a clipping search (:mod:`slimtorch.quant.algorithms.awq`), block by block;
 * ``AdaRound()`` / ``"adaround"``: Nagel et al. 2020, learned up/down rounding reconstructing each
   layer's output (:mod:`slimtorch.quant.algorithms.adaround`), layer by layer on calibration data.
 
@@ -38,6 +40,7 @@ from slimtorch.core.blockwise import calibration_inputs, run_inputs
 from slimtorch.core.config import Config
 from slimtorch.core.selection import named_modules_matching
 from slimtorch.quant.algorithms.adaround import AdaRound, adaround_weight
+from slimtorch.quant.algorithms.awq import AWQ  # noqa: F401  (registers method="awq")
 from slimtorch.quant.algorithms.equalization import bias_correction_delta, mean_layer_inputs
 from slimtorch.quant.algorithms.gptq import GPTQ, layer_groups
 from slimtorch.quant.algorithms.rounding import (
@@ -66,7 +69,7 @@ class WeightOnly(ChoosesRounding, Config):
         bits: code width, 2-8.
         group_size: input features (fan-in entries) sharing one scale; ``None`` for one scale per
             output channel. Must divide each selected layer's fan-in.
-        method: shorthand for a rounding algorithm by name (``"rtn"``, ``"mse"``, ``"gptq"``,
+        method: shorthand for a rounding algorithm by name (``"rtn"``, ``"mse"``, ``"gptq"``, ``"awq"``,
             ``"adaround"``: :data:`~slimtorch.quant.algorithms.rounding.ROUNDING`) with its default
             options; after construction it always holds the name of ``rounding``.
         rounding: the rounding sub-config (``GPTQ(act_order=True)``); default ``RTN()``.
