@@ -88,6 +88,12 @@ def test_weight_only_exports_matmul_nbits(run_dir, tmp_path, method):
     torch.testing.assert_close(again(x), load_quantized(out)(x), rtol=0, atol=0)
 
 
+def test_smoothquant_value_must_be_a_number_or_auto(run_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["quantize", str(run_dir), "--scheme", "w8a8", "--smoothquant", "half", "--out", str(tmp_path / "x")])
+    assert "--smoothquant takes a number in [0, 1] or 'auto', got 'half'" in capsys.readouterr().err
+
+
 def test_w8a8_scheme_with_smoothquant(run_dir, tmp_path):
     from slimtorch import quant
 

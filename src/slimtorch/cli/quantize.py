@@ -86,9 +86,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", type=int, default=512, help="calibration images from the training split")
     common.add_set_argument(p, "a field of the scheme's config (wins over the option flags)")
     common.add_config_flags(p.add_argument_group("config options (shorthands for --set KEY=VALUE)"), FLAGS)
-    p.add_argument("--smoothquant", type=float, default=None, metavar="ALPHA",
+    p.add_argument("--smoothquant", type=_alpha, default=None, metavar="ALPHA",
                    help="W8A8: migrate activation outliers into the weights first (SmoothQuant, Xiao et al. "
-                        "2023) with this alpha in [0, 1] (0.5 is the paper's default); int8 schemes only")
+                        "2023) with this alpha in [0, 1] (0.5 is the paper's default) or 'auto' (searched); "
+                        "int8 schemes only")
     p.add_argument("--qat-epochs", type=int, default=0, help="quantization-aware training epochs (QAT schemes)")
     p.add_argument("--lr", type=float, default=None, help="learning rate for schemes that train")
     p.add_argument("--grad-clip", type=float, default=QAT_GRAD_CLIP,
@@ -188,7 +189,17 @@ def run(args: argparse.Namespace) -> int:
 SMOOTHQUANT_SCHEMES = ("Int8Static", "Int8Dynamic")
 
 
-def smoothquant_config(alpha: float | None, config: Config) -> Config | None:
+def _alpha(text: str) -> float | str:
+    """``--smoothquant`` value: ``auto`` or a number (its range is checked with the scheme)."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--smoothquant takes a number in [0, 1] or 'auto', got {text!r}") from None
+
+
+def smoothquant_config(alpha: float | str | None, config: Config) -> Config | None:
     """``SmoothQuant(alpha)`` for ``--smoothquant ALPHA``, or None when the flag is not given.
 
     Raises:
@@ -196,7 +207,7 @@ def smoothquant_config(alpha: float | None, config: Config) -> Config | None:
     """
     if alpha is None:
         return None
-    if not 0.0 <= alpha <= 1.0:  # also refuses nan
+    if alpha != "auto" and not 0.0 <= alpha <= 1.0:  # also refuses nan
         raise ValueError(f"--smoothquant takes alpha in [0, 1] (the share of the activation range moved into "
                          f"the weights; 0.5 is the paper's default), got {alpha}")
     if type(config).__name__ not in SMOOTHQUANT_SCHEMES:
