@@ -22,7 +22,8 @@ Perplexity = exp(mean next-character cross-entropy) over the 64 x 128 validation
 5. llm-compressor (GPTQ, AWQ) rows are read from ``bench/results/llm_int4_llmcompressor.json`` when
    ``bench/llmc_peer.py`` has written it (it runs in its own virtual environment).
 
-Run: ``.venv/bin/python bench/llm_int4.py`` (``--quick``: fewer windows, Llama only).
+Run: ``.venv/bin/python bench/llm_int4.py`` then ``--merge`` (``--parts ours4,ort`` runs sections; on a busy machine
+run them as separate processes, each writes ``bench/results/llm_int4.<part>.json``; ``--quick``: fewer windows).
 """
 
 from __future__ import annotations
@@ -242,54 +243,15 @@ def pick(rows: list[dict], model: str, impl: str, method: str, bits: int, group:
                  and r.get("bits") == bits and r.get("group") == group and "ppl" in r), None)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="smoke run: 16 val / 16 calibration windows, Llama only")
-    ap.add_argument("--skip-w8a8", action="store_true")
-    ap.add_argument("--repeats", type=int, default=40, help="timed runs per model for latency")
-    ap.add_argument("--methods", default="rtn,gptq,awq", help="our rounding methods (those registered run)")
-    ap.add_argument("--calib", type=int, default=32, help="calibration windows")
-    ap.add_argument("--char-gpt", action="store_true", help="also run our methods on char_gpt")
-    args = ap.parse_args()
-    torch.set_num_threads(2)
-    torch.manual_seed(SEED)
-    timer = Timer()
-    train_ids, val_ids, _ = load_corpus()
-    n = 16 if args.quick else 64
-    vx, vy, cx = windows(val_ids, n, 16 if args.quick else args.calib, train_ids)
-    calib = list(cx.split(8))
-    methods = [m for m in args.methods.split(",") if m in ROUNDING.names()]
-    rows: list[dict] = []
-    keep: dict[str, nn.Module] = {}
-
-    llama = Logits(load_llama()).eval()
-    base = ppl_torch(llama, vx, vy)
-    rows.append(row("llama", "fp32", "-", 32, None, base, base))
-    print(f"llama fp32 ppl {base:.4f}", flush=True)
-    rows += ours("llama", llama, vx, vy, calib, base, methods, keep)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        fp32 = export_float_onnx(llama, work / "fp32.onnx", vx[:1])
-        fp32_ppl = ppl_onnx(fp32, vx, vy)
-        rows.append(row("llama", "onnxruntime fp32", "-", 32, None, fp32_ppl, base, bytes=fp32.stat().st_size))
-        rows += ort_quantizer(fp32, work, vx, vy, cx, base)
-        rows += deploy({m: keep[m] for m in ("gptq", "awq", "rtn") if m in keep}, fp32, work, vx, vy, base,
-                       args.repeats)
-    if not args.skip_w8a8:
-        rows += w8a8(llama, vx, vy, cx, calib, base)
-
-    if args.char_gpt and not args.quick:
-        gpt = slimtorch.load(CHECKPOINTS_DIR / "char_gpt.safetensors").eval()
-        gbase = ppl_torch(gpt, vx, vy)
-        rows.append(row("char_gpt", "fp32", "-", 32, None, gbase, gbase))
-        rows += ours("char_gpt", gpt, vx, vy, calib, gbase, methods, {})
-
+def save(rows: list[dict], n: int, n_cal: int, methods: list[str], timer: Timer) -> None:
+    """Checks from the rows so far, and the result file (called after each section, so a long run that is
+    stopped keeps what it measured)."""
+    base = next(r["ppl"] for r in rows if r["model"] == "llama" and r["impl"] == "fp32")
+    rows = list(rows)
     peer = RESULTS_DIR / "llm_int4_llmcompressor.json"
     if peer.exists():
         for r in json.loads(peer.read_text()).get("rows", []):
             rows.append({**r, "ppl_increase_pct": round(100 * (r["ppl"] / base - 1), 3)} if "ppl" in r else r)
-
     checks = []
     for model_name in ("llama", "char_gpt"):
         mbase = next((r["ppl"] for r in rows if r["model"] == model_name and r["impl"] == "fp32"), None)
@@ -332,12 +294,82 @@ def main() -> None:
     extra = {
         "llama_train": info,
         "val": f"first {n} non-overlapping windows of {BLOCK} characters of the validation split",
-        "calibration": f"{len(cx)} random training windows of {BLOCK} (seed {SEED}), batches of 8",
+        "calibration": f"{n_cal} random training windows of {BLOCK} (seed {SEED}), batches of 8",
         "quantized": "every Linear (q/k/v/o, gate/up/down, lm_head); embeddings and norms fp32",
         "ort_note": "MatMulNBitsQuantizer has no 3-bit mode; its RTN, k_quant and GPTQ configs are 4-bit only",
         "methods": methods,
     }
     write_result("llm_int4", rows, checks, seeds=[SEED], wall_s=timer.elapsed, extra=extra)
+
+
+PARTS = ("ours4", "ours3", "ort", "deploy", "w8a8", "chargpt")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: 16 val / 16 calibration windows")
+    ap.add_argument("--repeats", type=int, default=30, help="timed runs per model for latency")
+    ap.add_argument("--methods", default="rtn,gptq,awq", help="our rounding methods (those registered run)")
+    ap.add_argument("--calib", type=int, default=32, help="calibration windows")
+    ap.add_argument("--parts", default=",".join(PARTS[:-1]),
+                    help=f"sections to run ({', '.join(PARTS)}); each writes bench/results/llm_int4.<part>.json, "
+                         "so parts can run as separate processes; --merge combines them")
+    ap.add_argument("--merge", action="store_true", help="combine the part files into llm_int4.json with checks")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    torch.manual_seed(SEED)
+    timer = Timer()
+    train_ids, val_ids, _ = load_corpus()
+    n = 16 if args.quick else 64
+    vx, vy, cx = windows(val_ids, n, 16 if args.quick else args.calib, train_ids)
+    calib = list(cx.split(8))
+    methods = [m for m in args.methods.split(",") if m in ROUNDING.names()]
+    if args.merge:
+        rows = []
+        for part in PARTS:
+            f = RESULTS_DIR / f"llm_int4.{part}.json"
+            if f.exists():
+                rows += [r for r in json.loads(f.read_text())["rows"] if r not in rows]
+        save(rows, n, len(cx), methods, timer)
+        return
+    llama = Logits(load_llama()).eval()
+    base = ppl_torch(llama, vx, vy)
+    print(f"llama fp32 ppl {base:.4f}", flush=True)
+    for part in args.parts.split(","):
+        rows: list[dict] = [row("llama", "fp32", "-", 32, None, base, base)]
+        t = time.perf_counter()
+        if part in ("ours4", "ours3"):
+            global BITS
+            BITS = (int(part[-1]),)
+            rows += ours("llama", llama, vx, vy, calib, base, methods, {})
+        elif part in ("ort", "deploy"):
+            with tempfile.TemporaryDirectory() as tmp:
+                work = Path(tmp)
+                fp32 = export_float_onnx(llama, work / "fp32.onnx", vx[:1])
+                if part == "ort":
+                    rows.append(row("llama", "onnxruntime fp32", "-", 32, None, ppl_onnx(fp32, vx, vy), base,
+                                    bytes=fp32.stat().st_size))
+                    rows += ort_quantizer(fp32, work, vx, vy, cx, base)
+                else:
+                    keep = {}
+                    for m in methods:
+                        q = copy.deepcopy(llama)
+                        quantize_(q, WeightOnly(bits=4, group_size=32, method=m), calib_data=calib)
+                        keep[m] = q
+                    rows += deploy(keep, fp32, work, vx, vy, base, args.repeats)
+        elif part == "w8a8":
+            rows += w8a8(llama, vx, vy, cx, calib, base)
+        elif part == "chargpt":
+            gpt = slimtorch.load(CHECKPOINTS_DIR / "char_gpt.safetensors").eval()
+            gbase = ppl_torch(gpt, vx, vy)
+            rows = [row("char_gpt", "fp32", "-", 32, None, gbase, gbase)]
+            rows += ours("char_gpt", gpt, vx, vy, calib, gbase, methods, {})
+        else:
+            raise SystemExit(f"unknown part {part!r}; parts: {PARTS}")
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        (RESULTS_DIR / f"llm_int4.{part}.json").write_text(json.dumps(
+            {"part": part, "wall_s": round(time.perf_counter() - t, 1), "rows": rows}, indent=2) + "\n")
+        print(f"part {part} done in {time.perf_counter() - t:.0f}s", flush=True)
 
 
 if __name__ == "__main__":

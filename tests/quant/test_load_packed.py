@@ -76,3 +76,16 @@ def test_file_and_model_disagree_on_a_packed_layer(tmp_path):
         load_quantized(path, nn.Sequential(nn.Conv2d(32, 8, 1)))
     with pytest.raises(SlimtorchError, match="packed layer '0' that the model lacks"):
         load_quantized(path, nn.Module())
+
+
+def test_awq_input_scales_reload(tmp_path):
+    if "awq" not in __import__("slimtorch.quant", fromlist=["ROUNDING"]).ROUNDING.names():
+        pytest.skip("AWQ is not on this branch")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    config = WeightOnly(bits=4, group_size=16, method="awq")
+    quantize_(model, config, calib_data=[torch.randn(16, 32) * torch.linspace(0.1, 5, 32)])
+    path = save_quantized(model, tmp_path / "q.safetensors", config)
+    again = load_quantized(path, nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4)))
+    x = torch.randn(3, 32)
+    torch.testing.assert_close(again(x), model(x), rtol=0, atol=0)

@@ -33,6 +33,7 @@ from slimtorch.io.storage import (
     resolve_model_file,
 )
 from slimtorch.quant import primitives as P
+from slimtorch.quant.algorithms.awq import InputScaled
 from slimtorch.quant.groupwise import GroupCodes
 from slimtorch.quant.modules.fake_quant import FakeQuantize
 from slimtorch.quant.modules.packed import WeightOnlyConv2d, WeightOnlyLinear
@@ -60,6 +61,10 @@ def save_quantized(model: nn.Module, path: str | os.PathLike[str], config: Confi
     packed = packed_layer_table(model)
     if packed:
         meta["packed"] = packed
+    wrappers = {n: {"type": type(m).__name__, "in_features": int(m.inv_scale.numel())}
+                for n, m in model.named_modules() if isinstance(m, InputScaled)}
+    if wrappers:
+        meta["wrappers"] = wrappers
     hf = _hf_architecture(model)
     if hf is not None:
         meta["hf"] = hf
@@ -107,6 +112,21 @@ def rebuild_packed_layers_(model: nn.Module, table: dict[str, dict[str, Any]]) -
             new.bias = nn.Parameter(torch.zeros(out_f))
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, new)
+
+
+def rebuild_wrappers_(model: nn.Module, table: dict[str, dict[str, Any]]) -> None:
+    """Wrap each layer named in ``table`` as the file recorded (AWQ's ``InputScaled`` input scale that could not
+    be folded); the scale itself comes with the saved tensors."""
+    for name, row in table.items():
+        if row.get("type") != "InputScaled":
+            raise SlimtorchError(f"unknown layer wrapper {row.get('type')!r} at {name!r} in the file")
+        try:
+            layer = model.get_submodule(name)
+        except AttributeError:
+            raise SlimtorchError(f"the file wraps a layer {name!r} that the model lacks") from None
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr,
+                InputScaled(layer, torch.ones(int(row["in_features"]))))
 
 
 def _hf_architecture(model: nn.Module) -> dict[str, Any] | None:
@@ -160,6 +180,7 @@ def load_quantized(path: str | os.PathLike[str], model: nn.Module | None = None)
     if model is None:
         model = _hf_model(meta["hf"]) if "hf" in meta and "model" not in spec else model_from_spec(spec, path)
     model.eval()
+    rebuild_wrappers_(model, meta.get("wrappers") or {})
     rebuild_packed_layers_(model, meta.get("packed") or {})
     PREPARERS.get(ctype)(model, config)
     load_state_into(model, load_file(str(resolve_model_file(path))))
