@@ -109,7 +109,8 @@ def test_bad_data():
     model = nn.Linear(6, 4)
     with pytest.raises(ValueError, match="evaluate got no data"):
         evaluate(model, [])
-    with pytest.raises(ValueError, match="each batch must be an \\(inputs, targets\\) pair"):
+    with pytest.raises(ValueError,
+                       match="each batch needs a target: an \\(inputs, targets\\) pair or a dict with 'labels'; got"):
         accuracy(model, [torch.zeros(2, 6)])
     with pytest.raises(ValueError, match="do not fit targets"):
         accuracy(model, [(torch.zeros(2, 6), torch.zeros(2, 3, dtype=torch.long))])

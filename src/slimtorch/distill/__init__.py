@@ -1,5 +1,7 @@
 """Knowledge distillation: pure loss functions, loss configs, the ``Distiller`` module, teacher caching,
-online (mutual) and self (born-again) distillation, and parameter initialisation from a teacher.
+online (mutual) and self (born-again) distillation, parameter initialisation from a teacher, and
+TinyBERT-style layer distillation of a transformer into fewer layers (``layer_drop_student`` +
+``TinyBERTDistiller``).
 
 Quick start::
 
@@ -31,6 +33,7 @@ from slimtorch.distill.functional import (
     soft_target_loss,
     soft_targets,
 )
+from slimtorch.distill.layer_drop import find_layers, layer_drop_student, uniform_mapping
 from slimtorch.distill.losses import (
     KD,
     LOSSES,
@@ -48,6 +51,14 @@ from slimtorch.distill.losses import (
 from slimtorch.distill.mutual import MutualLearning
 from slimtorch.distill.param_init import init_from_teacher
 from slimtorch.distill.self_distill import born_again
+from slimtorch.distill.tinybert import (
+    TinyBERT,
+    TinyBERTDistiller,
+    attention_mse_loss,
+    embedding_cosine_loss,
+    hidden_mse_loss,
+    soft_cross_entropy,
+)
 
 __all__ = [
     "DIST",
@@ -66,6 +77,15 @@ __all__ = [
     "LossTerm",
     "MutualLearning",
     "SimilarityPreserving",
+    "TinyBERT",
+    "TinyBERTDistiller",
+    "attention_mse_loss",
+    "embedding_cosine_loss",
+    "find_layers",
+    "hidden_mse_loss",
+    "layer_drop_student",
+    "soft_cross_entropy",
+    "uniform_mapping",
     "attention_map",
     "attention_transfer_loss",
     "average_soft_targets",

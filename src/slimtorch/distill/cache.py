@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+
+from slimtorch.core.batches import output_tensor, split_batch
 
 log = logging.getLogger("slimtorch.distill")
 
@@ -37,6 +40,8 @@ META_FILE = "meta.json"
 
 class IndexedDataset(Dataset):
     """Wraps a dataset of ``(x, y)`` so items become ``(x, y, index)`` (index = position in ``dataset``).
+
+    Dict items (``{"input_ids", "attention_mask", "labels"}``) become ``(named inputs, labels, index)``.
 
     Args:
         dataset: any map-style dataset of ``(x, y)`` pairs.
@@ -49,7 +54,14 @@ class IndexedDataset(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, i: int) -> tuple[Any, Any, int]:
-        x, y = self.dataset[i][:2]
+        item = self.dataset[i]
+        if isinstance(item, Mapping):  # named inputs with their labels: ({input_ids, ...}, labels, i)
+            inputs, y = split_batch(item)
+            if y is None:
+                raise ValueError(f"IndexedDataset item {i} is a dict without 'labels' (it has {sorted(item)}); "
+                                 "the (inputs, labels, index) triples need a label per sample")
+            return inputs.kwargs, y, i
+        x, y = item[:2]
         return x, y, i
 
 
@@ -64,6 +76,8 @@ def model_hash(model: nn.Module) -> str:
 
 
 def _item_bytes(v: Any) -> bytes:
+    if isinstance(v, Mapping):  # named inputs: every one, in key order
+        return b"".join(k.encode() + _item_bytes(v[k]) for k in sorted(v))
     if isinstance(v, torch.Tensor):
         return v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
     if isinstance(v, np.ndarray):
@@ -77,9 +91,9 @@ def data_hash(dataset: Dataset, samples: int | None = 256) -> str:
     h = hashlib.sha256(f"n={n}".encode())
     idx = range(n) if samples is None or samples >= n else np.linspace(0, n - 1, samples).round().astype(int)
     for i in idx:
-        x, y = dataset[int(i)][:2]
-        h.update(_item_bytes(x))
-        h.update(_item_bytes(y))
+        item = dataset[int(i)]
+        for part in ((item,) if isinstance(item, Mapping) else item[:2]):
+            h.update(_item_bytes(part))
     return h.hexdigest()
 
 
@@ -191,8 +205,8 @@ def _build(
     start = 0
     try:
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            x = batch[0] if isinstance(batch, (list, tuple)) else batch
-            z = teacher(x.to(device)).float().cpu()  # (B, C) or (B, T, C)
+            inputs = split_batch(batch)[0].to(device)  # every named input (input_ids, attention_mask, ...)
+            z = output_tensor(inputs(teacher)).float().cpu()  # (B, C) or (B, T, C)
             if out is None:
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, *z.shape[1:]))
             out[start : start + len(z)] = z.numpy()

@@ -8,6 +8,11 @@ It plugs into ``slimtorch.train.fit`` (``computes_loss = True``; ``fit`` optimis
     for x, y in loader:
         out = distiller(x, y)
         opt.zero_grad(); out["loss"].backward(); opt.step()
+
+Hugging Face models work as they are: the inputs may be a dict of named tensors (``input_ids``,
+``attention_mask``, ...; every one reaches student and teachers), the logits are a ``ModelOutput``'s
+``logits``, and a feature may be an output field (``Hint(student_layer="hidden_states.2",
+teacher_layer="hidden_states.4")``, ``"attentions.1"``; see :mod:`slimtorch.distill.output_fields`).
 """
 
 from __future__ import annotations
@@ -20,8 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimtorch.core.batches import ModelInputs, output_tensor, split_batch
 from slimtorch.core.config import check_positive
+from slimtorch.core.labels import align, forward_batch
 from slimtorch.core.selection import get_submodule
+from slimtorch.distill import output_fields
 from slimtorch.distill.cache import CachedTeacher
 from slimtorch.distill.functional import normalize_weights
 from slimtorch.distill.losses import DistillContext, DistillLoss, LossTerm, build_term
@@ -39,6 +47,12 @@ def _first_tensor(output: Any) -> torch.Tensor:
     while isinstance(output, (tuple, list)):
         output = output[0]
     return output
+
+
+def as_inputs(inputs: Any) -> ModelInputs:
+    """The model inputs a distiller is given: a tensor, a tuple of tensors, a dict of named tensors or
+    :class:`~slimtorch.core.batches.ModelInputs`."""
+    return split_batch((inputs,))[0]
 
 
 def freeze_(model: nn.Module) -> nn.Module:
@@ -67,9 +81,12 @@ class Distiller(nn.Module):
             ``SimilarityPreserving``) or dicts with a ``type`` key.
         task_weight: weight of the hard-label loss (>= 0; 0 = soft targets only).
         teacher_weights: one weight per teacher for averaged soft targets (default: equal).
-        task_loss: ``task_loss(logits, targets)``; cross-entropy by default.
-        example_inputs: a batch used once to discover feature shapes (for adapters) and check class
-            counts; by default built from ``student.input_shape`` (and ``input_dtype``) when present.
+        task_loss: ``task_loss(logits, targets)`` (causal-LM logits already shifted against their labels);
+            default: the student's own loss when its ``forward`` takes ``labels`` (Hugging Face heads),
+            else cross-entropy.
+        example_inputs: a batch of inputs (tensor, tuple, or dict of named tensors) used once to discover
+            feature shapes (for adapters) and check class counts; by default built from
+            ``student.input_shape`` (and ``input_dtype``) when present.
     """
 
     computes_loss = True
@@ -96,6 +113,7 @@ class Distiller(nn.Module):
         self.teachers = nn.ModuleList(freeze_(t) for t in teacher_list)
         self.teacher_weights = normalize_weights(teacher_weights, len(teacher_list))
         self.task_weight = float(task_weight)
+        self._own_task_loss = task_loss is None
         self.task_loss = task_loss or task_cross_entropy
         self.terms = nn.ModuleList(build_term(c) for c in losses)
         if self.task_weight == 0 and not len(self.terms):
@@ -119,6 +137,9 @@ class Distiller(nn.Module):
         """Module objects for every feature a term reads; unknown names list the closest ones."""
         student_layers: dict[str, nn.Module] = {}
         teacher_layers: list[dict[str, nn.Module]] = [{} for _ in self.teachers]
+        # Features that are fields of the model output ("hidden_states.3"), read after the forward.
+        self._student_fields: set[str] = set()
+        self._teacher_fields: list[set[str]] = [set() for _ in self.teachers]
         for term in self.terms:
             cfg = term.config
             if not (cfg.student_modules() or cfg.teacher_modules()):
@@ -134,14 +155,23 @@ class Distiller(nn.Module):
                     "(it stores logits only); pass the live teacher module"
                 )
             for name in cfg.student_modules():
-                student_layers[name] = _layer(self.student, name, "student")
+                if output_fields.is_output_field(self.student, name):
+                    self._student_fields.add(name)
+                else:
+                    student_layers[name] = _layer(self.student, name, "student")
             for name in cfg.teacher_modules():
-                teacher_layers[t][name] = _layer(self.teachers[t], name, f"teacher {t}")
+                if output_fields.is_output_field(self.teachers[t], name):
+                    self._teacher_fields[t].add(name)
+                else:
+                    teacher_layers[t][name] = _layer(self.teachers[t], name, f"teacher {t}")
+        output_fields.prepare_model(self.student, self._student_fields)
+        for teacher, fields in zip(self.teachers, self._teacher_fields):
+            output_fields.prepare_model(teacher, fields)
         return student_layers, teacher_layers
 
-    def _example(self, example_inputs: torch.Tensor | None) -> torch.Tensor | None:
+    def _example(self, example_inputs: Any) -> ModelInputs | None:
         if example_inputs is not None:
-            return example_inputs
+            return as_inputs(example_inputs)
         shape = getattr(self.student, "input_shape", None)
         if shape is None:
             return None
@@ -149,15 +179,15 @@ class Distiller(nn.Module):
         device = p.device if p is not None else torch.device("cpu")
         dtype = getattr(self.student, "input_dtype", torch.float32)
         if dtype == torch.long:
-            return torch.zeros((2, *shape), dtype=torch.long, device=device)
+            return ModelInputs((torch.zeros((2, *shape), dtype=torch.long, device=device),))
         g = torch.Generator().manual_seed(0)
-        return torch.randn((2, *shape), generator=g).to(device=device, dtype=dtype)
+        return ModelInputs((torch.randn((2, *shape), generator=g).to(device=device, dtype=dtype),))
 
     @torch.no_grad()
-    def _probe(self, example_inputs: torch.Tensor | None) -> None:
+    def _probe(self, example_inputs: Any) -> None:
         """One eval-mode forward to check class counts and let terms build adapters from real shapes."""
         x = self._example(example_inputs)
-        needs_shapes = bool(self._student_layers)
+        needs_shapes = bool(self._student_layers) or bool(self._student_fields)
         if x is None:
             if needs_shapes:
                 raise ValueError(
@@ -168,8 +198,8 @@ class Distiller(nn.Module):
         was_training = self.student.training
         self.student.eval()
         try:
-            index = torch.arange(x.shape[0], device=x.device)
-            ctx = self._context(x, None, index)
+            index = torch.arange(x.batch_size, device=x.first.device)
+            ctx = self._context(x, None, index)[0]
         finally:
             self.student.train(was_training)
         for term in self.terms:
@@ -200,51 +230,70 @@ class Distiller(nn.Module):
                 h.remove()
 
     def _context(
-        self, inputs: torch.Tensor, targets: torch.Tensor | None, index: torch.Tensor | None
-    ) -> DistillContext:
+        self, inputs: ModelInputs, targets: Any, index: torch.Tensor | None
+    ) -> tuple[DistillContext, torch.Tensor | None]:
+        """Student and teacher forwards; returns the loss context and the student's own loss (or ``None``)."""
+        own = self._own_task_loss and self.task_weight > 0
         with self._capture() as (student_feats, teacher_feats):
-            logits = self.student(inputs)
+            student_in = self._with_flags(inputs, self._student_fields)
+            out, own_loss = forward_batch(self.student, student_in, targets, with_labels=own)
+            logits = output_tensor(out)
+            student_feats.update({f: output_fields.read(out, f, "student") for f in self._student_fields})
             with torch.no_grad():
-                teacher_logits = [self._run_teacher(t, inputs, index) for t in self.teachers]
+                teacher_logits = []
+                for i, t in enumerate(self.teachers):
+                    z, t_out = self._run_teacher(t, self._with_flags(inputs, self._teacher_fields[i]), index)
+                    teacher_logits.append(z)
+                    teacher_feats[i].update(
+                        {f: output_fields.read(t_out, f, f"teacher {i}") for f in self._teacher_fields[i]})
         for i, z in enumerate(teacher_logits):
             if z.shape[-1] != logits.shape[-1]:
                 raise ValueError(
                     f"student has {logits.shape[-1]} classes but teacher {i} has {z.shape[-1]}; "
                     "distillation needs the same class set"
                 )
-        return DistillContext(
-            logits, teacher_logits, self.teacher_weights, targets, student_feats, teacher_feats
-        )
+        ctx = DistillContext(logits, teacher_logits, self.teacher_weights, targets, student_feats, teacher_feats)
+        return ctx, own_loss
 
     @staticmethod
-    def _run_teacher(teacher: nn.Module, inputs: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    def _with_flags(inputs: ModelInputs, fields: set[str]) -> ModelInputs:
+        flags = output_fields.forward_flags(fields)
+        return ModelInputs(inputs.args, {**inputs.kwargs, **flags}) if flags else inputs
+
+    @staticmethod
+    def _run_teacher(teacher: nn.Module, inputs: ModelInputs, index: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
         if isinstance(teacher, CachedTeacher):
             if index is None:
                 raise ValueError(
                     "a CachedTeacher needs the sample indices: wrap the dataset in IndexedDataset "
                     "and call distiller(x, y, index=index)"
                 )
-            return teacher(index)
-        return _first_tensor(teacher(inputs))
+            z = teacher(index)
+            return z, z
+        out = inputs(teacher)
+        return output_tensor(out), out
 
     def forward(
-        self, inputs: torch.Tensor, targets: torch.Tensor | None = None, index: torch.Tensor | None = None
+        self, inputs: Any, targets: torch.Tensor | None = None, index: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         """Student forward, teacher forwards (no grad), every loss term.
 
         Args:
-            inputs: a batch for the student (and the live teachers).
+            inputs: a batch for the student (and the live teachers): a tensor, a tuple of tensors, a dict
+                of named tensors (``input_ids``, ``attention_mask``, ...) or ``ModelInputs``.
             targets: hard labels for the task loss (``None`` = no task term, e.g. an unlabeled transfer set).
             index: ``(B,)`` dataset positions, needed only by cached teachers.
 
         Returns:
             dict with ``loss``, ``output`` (student logits), ``task`` and one entry per loss term.
         """
-        ctx = self._context(inputs, targets, index)
+        ctx, own_loss = self._context(as_inputs(inputs), targets, index)
         out: dict[str, torch.Tensor] = {"output": ctx.student_logits}
         total = ctx.student_logits.new_zeros(())
         if targets is not None and self.task_weight > 0:
-            task = self.task_weight * self.task_loss(ctx.student_logits, targets)
+            if own_loss is None:
+                own_loss = self.task_loss(*align(self.student, ctx.student_logits, targets))
+            task = self.task_weight * own_loss
             out["task"] = task.detach()
             total = total + task
         for name, term in zip(self._names, self.terms):

@@ -14,12 +14,14 @@ predictions on the same batch).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from slimtorch.core.batches import output_tensor
 from slimtorch.core.config import check_positive
-from slimtorch.distill.distiller import task_cross_entropy
+from slimtorch.distill.distiller import as_inputs, task_cross_entropy
 from slimtorch.distill.functional import kd_loss
 
 
@@ -71,8 +73,10 @@ class MutualLearning(nn.Module):
         """Student 0 (what ``fit`` saves as the product of the run)."""
         return self.students[0]
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor | None = None) -> dict[str, object]:
-        logits = [s(inputs) for s in self.students]  # K x (B, C)
+    def forward(self, inputs: Any, targets: torch.Tensor | None = None) -> dict[str, object]:
+        """``inputs``: a tensor, a tuple of tensors or a dict of named tensors (every one reaches each student)."""
+        x = as_inputs(inputs)
+        logits = [output_tensor(x(s)) for s in self.students]  # K x (B, C); a ModelOutput gives its logits
         c = {z.shape[-1] for z in logits}
         if len(c) != 1:
             raise ValueError(

@@ -3,37 +3,42 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from slimtorch.core.batches import ModelInputs, split_batch
+
 #: What the metrics accept as example inputs: one tensor or a tuple/list of positional tensors.
 Inputs = torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor]
 
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+def iter_batches(data: Dataset | Iterable[Any], batch_size: int) -> Iterator[tuple[ModelInputs, Any]]:
+    """Yield ``(inputs, target)`` from a ``Dataset`` (batched here, in order) or any iterable of batches.
 
-
-def iter_batches(data: Dataset | Iterable[Any], batch_size: int) -> Iterator[Batch]:
-    """Yield ``(x, y)`` batches from a ``Dataset`` (batched here, in order) or any iterable of batches.
+    A batch is anything :func:`slimtorch.core.batches.split_batch` takes with a target: an ``(x, y)`` pair,
+    a tuple of inputs and a target, or a dict of named inputs (``input_ids``, ``attention_mask``, ...)
+    with ``labels``. Every named input reaches the model.
 
     Raises:
-        ValueError: if ``batch_size`` is not positive or a batch is not an ``(inputs, targets)`` pair.
+        ValueError: if ``batch_size`` is not positive or a batch carries no target.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     source: Iterable[Any] = DataLoader(data, batch_size=batch_size, shuffle=False) if isinstance(
         data, Dataset) else data
     for batch in source:
-        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-            length = f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""
+        inputs, target = split_batch(batch)
+        if target is None:
+            keys = f" with keys {sorted(batch)}" if isinstance(batch, Mapping) else ""
             raise ValueError(
-                f"each batch must be an (inputs, targets) pair; got {type(batch).__name__}{length}"
+                f"each batch needs a target: an (inputs, targets) pair or a dict with 'labels'; got "
+                f"{type(batch).__name__}{keys}"
             )
-        yield batch[0], batch[1]
+        yield inputs, target
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import onnxruntime as ort
@@ -100,8 +101,17 @@ def onnx_session(path: str | os.PathLike[str], threads: int = 1,
         raise SlimtorchError(f"ONNX Runtime cannot load {p}: {e}") from e
 
 
-def session_feed(session: ort.InferenceSession, example_inputs: Inputs) -> dict[str, object]:
-    """Map the session's graph inputs, in order, to numpy copies of ``example_inputs``."""
+def session_feed(session: ort.InferenceSession, example_inputs: Inputs | Mapping[str, torch.Tensor]
+                 ) -> dict[str, object]:
+    """Map the session's graph inputs to numpy copies of ``example_inputs``: positional tensors in graph-input
+    order, or a dict of named tensors (``input_ids``, ``attention_mask``, ...) by name (other keys ignored)."""
+    if isinstance(example_inputs, Mapping):
+        names = [gi.name for gi in session.get_inputs()]
+        missing = [n for n in names if n not in example_inputs]
+        if missing:
+            raise ValueError(f"the ONNX graph takes the inputs {names}; {missing} are missing from the given "
+                             f"{sorted(example_inputs)}")
+        return {n: example_inputs[n].detach().cpu().numpy() for n in names}
     args = as_tuple(example_inputs)
     graph_inputs = session.get_inputs()
     if len(graph_inputs) != len(args):

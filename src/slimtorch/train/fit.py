@@ -1,8 +1,14 @@
 """``fit``: one model-agnostic training loop.
 
-It trains any ``nn.Module`` on any dataset or iterable of ``(inputs, targets)`` batches, with a loss
-callable (cross-entropy by default) or a *loss module*: a module with ``computes_loss = True`` (the
-distillation ``Distiller``) is called as ``module(inputs, targets)`` (plus ``index=`` when batches carry a
+It trains any ``nn.Module`` on any dataset or iterable of batches (``(inputs, targets)`` pairs, a tuple of
+inputs with a target, or dicts of named inputs such as ``input_ids``/``attention_mask`` with ``labels``;
+every input reaches the model, see :func:`slimtorch.core.batches.split_batch`), with a loss callable or a
+*loss module*. Without a ``loss_fn``, a model whose ``forward`` takes ``labels`` (Hugging Face heads) is
+called with ``labels=target`` and its own ``loss`` is trained on (cross-entropy over labels that are not
+-100, shifted for causal LMs, MSE for a regression head); any other model gets cross-entropy on its
+logits (a ``ModelOutput``'s ``logits``). A given ``loss_fn`` always gets ``(logits, targets)``, shifted by
+one position for causal LMs. A *loss module*, a module with ``computes_loss = True`` (the
+distillation ``Distiller``), is called as ``module(inputs, targets)`` (plus ``index=`` when batches carry a
 third item, e.g. sample indices for cached teacher outputs) and returns a dict with ``loss``
 (what is backpropagated) and ``output`` (logits, for accuracy); its other entries are logged.
 
@@ -23,7 +29,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +38,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from slimtorch.core.batches import ModelInputs, output_tensor, split_batch
 from slimtorch.core.errors import SlimtorchError
+from slimtorch.core.labels import align, counted, forward_batch
 from slimtorch.io.storage import MODEL_FILE
 from slimtorch.io.storage import save as save_model
 from slimtorch.metrics import CpuInfo, check_input_shape, cpu_info, evaluate
+from slimtorch.metrics.accuracy import loss_module_input
 from slimtorch.train import distributed as dist_utils
 from slimtorch.train.checkpoint import (
     CHECKPOINT_FILE,
@@ -141,9 +150,11 @@ def fit(
 
     Args:
         model: the module to train (or a loss module, see the module docstring).
-        train_data: a Dataset (batched and shuffled here, seeded) or any iterable of ``(x, y)`` batches.
+        train_data: a Dataset (batched and shuffled here, seeded) or any iterable of ``(x, y)`` batches or
+            dict batches (``input_ids``, ``attention_mask``, ..., ``labels``).
         epochs: number of epochs.
-        loss_fn: ``loss_fn(outputs, targets) -> scalar``; cross-entropy by default.
+        loss_fn: ``loss_fn(logits, targets) -> scalar``; default: the model's own loss when it takes
+            ``labels`` (Hugging Face), else cross-entropy (see the module docstring).
         eval_data: evaluated after every epoch (loss, accuracy, perplexity) when given.
         optimizer: ``"sgd"`` (Nesterov momentum), ``"adam"``, ``"adamw"`` or an optimizer instance.
         lr, momentum, weight_decay: optimizer settings (ignored for an optimizer instance, except lr schedule).
@@ -196,6 +207,8 @@ def fit(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     is_loss_module = bool(getattr(model, "computes_loss", False))
+    # No loss_fn: a model that takes labels (Hugging Face heads) computes its own loss, others cross-entropy.
+    own_loss = loss_fn is None
     loss_fn = loss_fn or cross_entropy
     loader, sampler = _make_loader(train_data, batch_size, seed, distributed)
     _check_first_batch(product_module(model), loader)
@@ -230,8 +243,9 @@ def fit(
 
     for epoch in range(start_epoch, epochs):
         state.epoch = epoch
-        record = _train_one_epoch(net, model, loader, sampler, epoch, seed, opt, sched, loss_fn, is_loss_module,
-                                  grad_clip, device, state, callbacks, progress and is_main, log_every)
+        record = _train_one_epoch(net, model, loader, sampler, epoch, seed, opt, sched, loss_fn, own_loss,
+                                  is_loss_module, grad_clip, device, state, callbacks, progress and is_main,
+                                  log_every)
         if eval_data is not None:
             # A loss module is judged by what it produces (the student), with the plain task loss.
             ev = evaluate(product_module(model), eval_data, batch_size=eval_batch_size)
@@ -259,8 +273,8 @@ def fit(
     return FitResult(model=model, history=history, precision=precision)
 
 
-def _train_one_epoch(net, model, loader, sampler, epoch, seed, opt, sched, loss_fn, is_loss_module, grad_clip,
-                     device, state, callbacks, show, log_every) -> dict[str, float]:
+def _train_one_epoch(net, model, loader, sampler, epoch, seed, opt, sched, loss_fn, own_loss, is_loss_module,
+                     grad_clip, device, state, callbacks, show, log_every) -> dict[str, float]:
     from tqdm.auto import tqdm
 
     net.train()
@@ -274,13 +288,14 @@ def _train_one_epoch(net, model, loader, sampler, epoch, seed, opt, sched, loss_
     loss_sum, correct, seen, n_batches = 0.0, 0.0, 0, 0
     extras: dict[str, float] = {}
     for batch in bar:
-        x, y = _split_batch(batch)
-        x, y = x.to(device), y.to(device)
-        if state.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        inputs, y = _split_batch(batch, is_loss_module)
+        inputs = inputs.to(device)
+        y = y.to(device) if isinstance(y, torch.Tensor) else y
+        if state.channels_last:
+            inputs = _channels_last(inputs)
         dtype = PRECISIONS[state.precision]
         with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            loss, logits, out = _forward(net, model, batch, x, y, loss_fn, is_loss_module, extras)
+            loss, logits, out = _forward(net, model, batch, inputs, y, loss_fn, own_loss, is_loss_module, extras)
         if not torch.isfinite(loss):
             raise SlimtorchError(f"loss became {float(loss)} at epoch {epoch + 1}, step {state.step}; lower the "
                                  "learning rate or check the data")
@@ -291,13 +306,11 @@ def _train_one_epoch(net, model, loader, sampler, epoch, seed, opt, sched, loss_
         opt.step()
         sched.step()
         state.step += 1
-        n = y.shape[0]
+        n = inputs.batch_size
         loss_sum += float(loss.detach()) * n
         seen += n
         n_batches += 1
-        if logits is not None and logits.dim() >= 2 and y.dtype == torch.long:
-            logits = logits.detach().float()
-            correct += float((logits.argmax(-1) == y).float().mean()) * n  # also right for (B, T) targets
+        correct += _batch_correct(product_module(model), logits, y) * n
         state.metrics = {"loss": float(loss.detach())}
         state.batch_output = out
         _call(callbacks, "on_step_end", state)
@@ -311,13 +324,22 @@ def _train_one_epoch(net, model, loader, sampler, epoch, seed, opt, sched, loss_
     return record
 
 
-def _forward(net, model, batch, x, y, loss_fn, is_loss_module, extras):
-    """One forward pass and its loss: ``(loss, logits, output)``; a loss module's extra scalars go to ``extras``."""
+def _forward(net, model, batch, inputs, y, loss_fn, own_loss, is_loss_module, extras):
+    """One forward pass and its loss: ``(loss, logits, output)``; a loss module's extra scalars go to ``extras``.
+
+    A plain model's loss is its own ``loss`` when ``own_loss`` and its ``forward`` takes ``labels``
+    (Hugging Face heads, see :mod:`slimtorch.core.labels`), else ``loss_fn`` on its logits (a
+    ``ModelOutput``'s ``logits``) against the target, shifted by one position for causal LMs.
+    """
     if not is_loss_module:
-        logits = net(x)
-        return loss_fn(logits, y), logits, logits
+        out, model_loss = forward_batch(net, inputs, y, with_labels=own_loss, signature_of=model)
+        logits = output_tensor(out)
+        if model_loss is not None:
+            return model_loss, logits, out
+        return loss_fn(*align(model, logits, y)), logits, out
     # A third batch item (e.g. sample indices from distill.IndexedDataset) goes to the loss module
     # as ``index=``, so a teacher whose outputs were cached can look them up.
+    x = loss_module_input(inputs)
     out = net(x, y, index=batch[2]) if isinstance(batch, (tuple, list)) and len(batch) > 2 else net(x, y)
     if not isinstance(out, dict) or "loss" not in out:
         raise SlimtorchError(f"{type(model).__name__} has computes_loss=True but did not return a dict "
@@ -326,6 +348,18 @@ def _forward(net, model, batch, x, y, loss_fn, is_loss_module, extras):
         if k not in ("loss", "output") and isinstance(v, torch.Tensor) and v.numel() == 1:
             extras[k] = extras.get(k, 0.0) + float(v.detach())
     return out["loss"], out.get("output"), out
+
+
+def _batch_correct(model: nn.Module, logits: torch.Tensor | None, y: Any) -> float:
+    """Fraction of the batch's class-index targets (those not -100) that the logits' arg-max hits."""
+    if logits is None or logits.dim() < 2 or not isinstance(y, torch.Tensor) or y.dtype != torch.long:
+        return 0.0
+    logits, y = align(model, logits.detach().float(), y)
+    if logits.shape[:-1] != y.shape:
+        return 0.0
+    keep = counted(y)
+    hits = (logits.argmax(-1) == y) & keep  # also right for (B, T) targets
+    return float(hits.sum()) / max(1, int(keep.sum()))
 
 
 def _prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -369,10 +403,19 @@ def _num_batches(loader: Any) -> int:
         raise ValueError("train_data has no len(); pass a Dataset, a DataLoader or a list of batches") from None
 
 
-def _split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
-        return batch[0], batch[1]
-    raise ValueError(f"training batches must be (inputs, targets) pairs, got {type(batch).__name__}")
+def _split_batch(batch: Any, is_loss_module: bool) -> tuple[ModelInputs, Any]:
+    inputs, target = split_batch(batch)
+    if target is None and not is_loss_module:
+        keys = f" with keys {sorted(batch)}" if isinstance(batch, Mapping) else ""
+        raise ValueError(f"training batches need a target: (inputs, targets) pairs or dicts with 'labels'; "
+                         f"got {type(batch).__name__}{keys}")
+    return inputs, target
+
+
+def _channels_last(inputs: ModelInputs) -> ModelInputs:
+    def nhwc(v: Any) -> Any:
+        return v.contiguous(memory_format=torch.channels_last) if isinstance(v, torch.Tensor) and v.dim() == 4 else v
+    return ModelInputs(tuple(nhwc(a) for a in inputs.args), {k: nhwc(v) for k, v in inputs.kwargs.items()})
 
 
 def _check_first_batch(model: nn.Module, loader: Any) -> None:

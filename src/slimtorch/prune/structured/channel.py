@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimtorch.core.batches import ModelInputs, output_tensor, split_batch
 from slimtorch.core.config import Config, check_choice, check_positive, check_range
+from slimtorch.core.labels import IGNORE_INDEX, align, forward_batch
 from slimtorch.core.selection import ROOT_NAME, FilterFn, as_patterns, check_overrides, override_for
 from slimtorch.prune.api import register_pruner
 from slimtorch.prune.report import LayerReport, PruneReport
@@ -166,27 +168,30 @@ def coupled_tensors(
     return out
 
 
-def _batches(data: Any, max_batches: int | None, seed: int = 0) -> Iterable[tuple[torch.Tensor, ...]]:
+def _batches(data: Any, max_batches: int | None, seed: int = 0) -> Iterable[tuple[ModelInputs, Any]]:
     from torch.utils.data import DataLoader, Dataset
 
     if isinstance(data, Dataset):  # shuffled (reproducibly): datasets are often sorted by class
         data = DataLoader(data, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    source = data
-    for i, b in enumerate(source):
+    for i, b in enumerate(data):
         if max_batches is not None and i >= max_batches:
             return
-        if not isinstance(b, (tuple, list)) or len(b) != 2:
-            raise ValueError("taylor importance needs (inputs, targets) batches in data=")
-        yield b[0], b[1]
+        inputs, target = split_batch(b)  # every named input (input_ids, attention_mask, ...) reaches the model
+        if target is None:
+            raise ValueError("taylor importance needs batches with targets in data=: (inputs, targets) pairs "
+                             f"or dicts with 'labels'; got {type(b).__name__}")
+        yield inputs, target
 
 
 def collect_gradients(
     model: nn.Module, data: Any, max_batches: int | None = None, seed: int = 0
 ) -> dict[int, list[torch.Tensor]]:
-    """Per-batch gradients of the cross-entropy loss for every parameter: ``{id(param): [grad_b, ...]}``.
+    """Per-batch gradients of the loss for every parameter: ``{id(param): [grad_b, ...]}``.
 
-    The model runs in eval mode (BatchNorm statistics are left untouched); logits ``(B, T, V)`` are
-    flattened for language models.
+    The loss is cross-entropy on the logits (a ``ModelOutput``'s ``logits``; ``(B, T, V)`` flattened for
+    language models, shifted for Hugging Face causal LMs, labels -100 left out), or the model's own loss
+    when its ``forward`` takes ``labels`` (Hugging Face heads). The model runs in eval mode (BatchNorm
+    statistics are left untouched).
     """
     import torch.nn.functional as F
 
@@ -203,10 +208,13 @@ def collect_gradients(
         for p in params:
             p.requires_grad_(True)
         n = 0
-        for x, y in _batches(data, max_batches, seed):
+        for inputs, y in _batches(data, max_batches, seed):
             model.zero_grad(set_to_none=True)
-            logits, targets = flatten_logits(model(x), y)
-            F.cross_entropy(logits, targets).backward()
+            out, loss = forward_batch(model, inputs, y, with_labels=True)
+            if loss is None:
+                logits, targets = flatten_logits(*align(model, output_tensor(out), y))
+                loss = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
+            loss.backward()
             for p in params:
                 if p.grad is not None:
                     grads[id(p)].append(p.grad.detach().clone())

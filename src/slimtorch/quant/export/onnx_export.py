@@ -27,7 +27,10 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from slimtorch.core.batches import ModelInputs, output_tensor, split_batch
 from slimtorch.core.errors import SlimtorchError
+from slimtorch.core.labels import takes_argument
+from slimtorch.metrics._batches import eval_mode
 from slimtorch.metrics.ort import export_onnx_fp32, onnx_session, session_feed
 from slimtorch.quant.export import onnx_compact as C
 from slimtorch.quant.export import onnx_kernels as K
@@ -505,25 +508,39 @@ def runtime_ops(path: str | os.PathLike[str], tmp_dir: str | os.PathLike[str]) -
     return onnx_qdq_summary(out)
 
 
-@torch.no_grad()
-def _model_args(batch: Any, names: list[str]) -> tuple[torch.Tensor, ...]:
-    """The positional model inputs of ``batch`` for a graph whose inputs are ``names`` (export order)."""
-    if isinstance(batch, torch.Tensor) and len(names) == 1:
-        args: tuple[Any, ...] = (batch,)
-    elif isinstance(batch, dict):
-        missing = [k for k in names if k not in batch]
-        if missing:
-            raise SlimtorchError(f"a batch dict lacks the ONNX graph inputs {missing}; it has {sorted(batch)}")
-        args = tuple(batch[k] for k in names)
-    elif isinstance(batch, (tuple, list)) and len(batch) >= len(names):
-        args = tuple(batch[: len(names)])
-    else:
+def _graph_inputs(batch: Any, names: list[str], model: nn.Module) -> ModelInputs:
+    """The inputs of ``batch`` that the graph with inputs ``names`` takes (the model gets exactly these).
+
+    A dict batch (or ``(dict, target)``) gives its entries named like the graph inputs, in any order
+    (passed to the model by name when its ``forward`` has parameters of those names, e.g. ``input_ids``,
+    else in graph order, e.g. ``input0, input1``);
+    a flat tuple of at least ``len(names)`` tensors gives its first ``len(names)`` in order (the rest,
+    e.g. targets, ignored); anything else goes through :func:`~slimtorch.core.batches.split_batch`.
+    """
+    if (len(names) > 1 and isinstance(batch, (tuple, list)) and len(batch) >= len(names)
+            and all(isinstance(t, torch.Tensor) for t in batch[: len(names)])):
+        return ModelInputs(tuple(batch[: len(names)]))
+    inputs = split_batch(batch)[0]
+    if inputs.kwargs:
+        missing = [k for k in names if k not in inputs.kwargs]
+        if missing or inputs.args:
+            raise SlimtorchError(f"a batch dict lacks the ONNX graph inputs {missing}; it has "
+                                 f"{sorted(inputs.kwargs)}")
+        if all(takes_argument(model, k) for k in names):
+            return ModelInputs((), {k: inputs.kwargs[k] for k in names})
+        return ModelInputs(tuple(inputs.kwargs[k] for k in names))
+    if len(inputs.args) < len(names):
         raise SlimtorchError(f"the ONNX graph takes {len(names)} input(s) {names}: a batch must be a tuple of at "
                              f"least {len(names)} tensor(s) (extra elements such as targets are ignored), a "
                              f"dict with those keys, or for one input a tensor; got {type(batch).__name__}")
-    if not all(isinstance(a, torch.Tensor) for a in args):
-        raise SlimtorchError(f"the graph inputs {names} must be tensors, got {[type(a).__name__ for a in args]}")
-    return args
+    return ModelInputs(tuple(inputs.args[: len(names)]))
+
+
+def _numpy_feed(inputs: ModelInputs, names: list[str]) -> dict[str, Any]:
+    values = [inputs.kwargs[k] for k in names] if inputs.kwargs else list(inputs.args)
+    if not all(isinstance(v, torch.Tensor) for v in values):
+        raise SlimtorchError(f"the graph inputs {names} must be tensors, got {[type(v).__name__ for v in values]}")
+    return {k: v.detach().cpu().numpy() for k, v in zip(names, values)}
 
 
 @torch.no_grad()
@@ -531,11 +548,16 @@ def compare_with_onnx(model: nn.Module, path: str | os.PathLike[str], batches: S
                       threads: int = 1) -> dict[str, float]:
     """Run ``model`` (our simulation) and the ONNX file on the same inputs and compare.
 
+    Every graph input is fed (``input_ids``, ``attention_mask``, ... by name), and the model is called with
+    exactly those inputs (as keywords for a dict batch), so both see the same data. The model runs in eval
+    mode; each submodule's own training flag is restored afterwards.
+
     Args:
         model: the fake-quant model.
         path: its exported ONNX file.
         batches: iterable of batches: a tensor, an ``(inputs..., targets)`` tuple (the first as many
-            elements as the graph has inputs are fed, in order), or a dict keyed by the graph's input names.
+            elements as the graph has inputs are fed, in order), an ``(inputs, targets)`` pair, or a dict
+            (e.g. a tokenizer's ``BatchEncoding``) holding the graph's input names; other keys are ignored.
         threads: ONNX Runtime threads.
 
     Returns:
@@ -545,18 +567,19 @@ def compare_with_onnx(model: nn.Module, path: str | os.PathLike[str], batches: S
     """
     sess = onnx_session(path, threads)
     names = [i.name for i in sess.get_inputs()]
-    model.eval()
     max_diff, sum_diff, n_el, agree, n = 0.0, 0.0, 0, 0, 0
-    for batch in batches:
-        args = _model_args(batch, names)
-        ours = _first_tensor(model(*args)).float()
-        theirs = torch.from_numpy(sess.run(None, {k: a.numpy() for k, a in zip(names, args)})[0]).float()
-        d = (ours - theirs).abs()
-        max_diff = max(max_diff, float(d.max()))
-        sum_diff += float(d.sum())
-        n_el += d.numel()
-        agree += int((ours.argmax(-1) == theirs.argmax(-1)).sum())
-        n += ours.argmax(-1).numel()
+    with eval_mode(model):
+        for batch in batches:
+            inputs = _graph_inputs(batch, names, model)
+            feed = _numpy_feed(inputs, names)
+            ours = output_tensor(inputs(model)).float().cpu()  # a ModelOutput gives its logits
+            theirs = torch.from_numpy(sess.run(None, feed)[0]).float()
+            d = (ours - theirs).abs()
+            max_diff = max(max_diff, float(d.max()))
+            sum_diff += float(d.sum())
+            n_el += d.numel()
+            agree += int((ours.argmax(-1) == theirs.argmax(-1)).sum())
+            n += ours.argmax(-1).numel()
     if n == 0:
         raise SlimtorchError("compare_with_onnx got no batches")
     return {"max_abs_diff": max_diff, "mean_abs_diff": sum_diff / n_el, "top1_agreement": agree / n,
