@@ -177,6 +177,15 @@ def load_quantized(path: str | os.PathLike[str], model: nn.Module | None = None)
         cfg["target"] = "x86-vnni"
     config = ctype.from_dict(cfg)
     meta = spec.get("metadata") or {}
+    if model is None and meta.get("wrappers"):
+        # the recorded layer structure names wrapped layers as "<name>.layer"; the float skeleton has "<name>"
+        changed = {}
+        for key, attrs in (spec.get("changed") or {}).items():
+            for name in meta["wrappers"]:
+                if key == f"{name}.layer" or key.startswith(f"{name}.layer."):
+                    key = name + key[len(name) + len(".layer"):]
+            changed[key] = attrs
+        spec = {**spec, "changed": changed}
     if model is None:
         model = _hf_model(meta["hf"]) if "hf" in meta and "model" not in spec else model_from_spec(spec, path)
     model.eval()
