@@ -18,6 +18,8 @@ A config whose ``trains_during_pruning`` is true (iterative and AGP schedules) f
     slimtorch prune runs/lenet --method magnitude --sparsity 0.9 --schedule agp --data mnist \\
         --finetune-epochs 3 --out runs/lenet-p90
     slimtorch prune runs/lenet --method nm --n 2 --m 4 --exclude features.0 --data mnist --out runs/lenet-24
+    slimtorch prune runs/gpt --method sparsegpt --sparsity 0.5 --data tinyshakespeare --out runs/gpt-sgpt50
+    slimtorch prune runs/gpt --method wanda --nm 2:4 --data tinyshakespeare --out runs/gpt-wanda24
     slimtorch prune runs/r20 --method channel --ratio 0.5 --importance taylor --data cifar10 --out runs/r20-p
     slimtorch prune runs/r20 --method channel --set ratio=0.5 --set round_to=8 --set exclude=[fc] --out runs/r20-q
 
@@ -64,6 +66,8 @@ FLAGS: list[ConfigFlag] = [
     ("--sparsity", "sparsity", {"type": float, "help": "magnitude: fraction of weights to zero, in [0, 1)"}),
     ("--scope", "scope", {"choices": ["global", "layer"], "help": "magnitude: one threshold or one per layer"}),
     ("--criterion", "criterion", {"help": "magnitude: magnitude or std"}),
+    ("--nm", ("nm",), {"type": lambda text: parse_nm(text),
+                       "help": "N:M pattern as one value, e.g. 2:4 (nm, sparsegpt, wanda); sets n and m"}),
     ("--n", "n", {"type": int, "help": "nm: weights kept per group (N of N:M)"}),
     ("--m", "m", {"type": int, "help": "nm: group size along the input dimension (M of N:M)"}),
     ("--ratio", "ratio", {"type": float, "help": "channel: fraction of channels removed per group"}),
@@ -128,9 +132,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def parse_nm(text: str) -> tuple[int, int]:
+    """``"2:4"`` -> ``(2, 4)``: N weights kept of every M; ``0 < N < M``.
+
+    Raises:
+        argparse.ArgumentTypeError: the text is not ``N:M`` with integers ``0 < N < M`` (says what was given).
+    """
+    parts = str(text).split(":")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"--nm takes N:M with two integers, e.g. 2:4; got {text!r}")
+    n, m = int(parts[0]), int(parts[1])
+    if not 0 < n < m:
+        raise argparse.ArgumentTypeError(f"--nm {text}: N must be at least 1 and smaller than M (N kept of every "
+                                         f"M weights), e.g. 2:4; got N={n}, M={m}")
+    return n, m
+
+
 def config_dict(args: argparse.Namespace, fields: set[str], fit_kwargs: dict[str, Any],
                 steps_per_epoch: int = 0) -> dict[str, Any]:
     """The plain data ``Config.from_dict`` builds the method's config from (flags, then ``--set``)."""
+    nm = getattr(args, "cfg_nm", None)
+    if nm is not None:
+        # --nm N:M is two keys; the configs spell them n and m
+        if not {"n", "m"} <= fields:
+            raise ValueError(f"--nm sets n and m, which {METHODS.get(args.method).__name__} does not have; "
+                             f"allowed keys: {sorted(fields)} (--set KEY=VALUE)")
+        if args.cfg_n is not None or args.cfg_m is not None:
+            raise ValueError("give either --nm N:M or --n/--m, not both")
+        args = argparse.Namespace(**{**vars(args), "cfg_nm": None, "cfg_n": nm[0], "cfg_m": nm[1]})
     d = config_data(args, FLAGS, METHODS.get(args.method))
     if CALIB_KEY in fields:
         d[CALIB_KEY] = args.calib_batches

@@ -23,6 +23,12 @@ fine-tunes it for N epochs. Examples::
     slimtorch quantize runs/gpt --scheme int8-dynamic --out runs/gpt-q
     slimtorch quantize runs/gpt --scheme w4-gptq --set group_size=32 --set rounding.act_order=true \
         --data tinyshakespeare --out runs/gpt-w4
+    slimtorch quantize runs/gpt --scheme weight-only --method awq --bits 4 --group-size 32 \
+        --data tinyshakespeare --out runs/gpt-awq
+    slimtorch quantize runs/gpt --scheme w8a8 --smoothquant 0.5 --data tinyshakespeare --out runs/gpt-sq
+
+A weight-only model is exported as ``model.int8.onnx`` with ONNX Runtime's ``MatMulNBits`` operator (its own
+codes, scales and zero points; the name is kept for every scheme) when its group size is a power of two >= 16.
 
 A scheme registered in the former form (a ``build(options) -> Config`` function) receives the options as a
 dict; ``--set`` then changes the config it returns.
@@ -79,6 +85,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", type=int, default=512, help="calibration images from the training split")
     common.add_set_argument(p, "a field of the scheme's config (wins over the option flags)")
     common.add_config_flags(p.add_argument_group("config options (shorthands for --set KEY=VALUE)"), FLAGS)
+    p.add_argument("--smoothquant", type=_alpha, default=None, metavar="ALPHA",
+                   help="W8A8: migrate activation outliers into the weights first (SmoothQuant, Xiao et al. "
+                        "2023) with this alpha in [0, 1] (0.5 is the paper's default) or 'auto' (searched); "
+                        "int8 schemes only")
     p.add_argument("--qat-epochs", type=int, default=0, help="quantization-aware training epochs (QAT schemes)")
     p.add_argument("--lr", type=float, default=None, help="learning rate for schemes that train")
     p.add_argument("--grad-clip", type=float, default=QAT_GRAD_CLIP,
@@ -104,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--grad-clip must be > 0 (inf: no clipping), got {args.grad_clip}")
     scheme = SCHEMES.get(args.scheme)
     config = scheme_config(scheme, args)
+    smooth = smoothquant_config(args.smoothquant, config)
     if scheme.data != "none" and not args.data:
         raise ValueError(f"--scheme {args.scheme} needs data: give --data (e.g. mnist, cifar10)")
     ref = common.model_ref(args, "run")
@@ -119,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
         batches = sdata.make_loader(subset, batch_size=args.batch_size)
     elif scheme.data == "train":
         batches = sdata.make_loader(train, batch_size=args.batch_size, shuffle=True, seed=args.seed)
+    if smooth is not None and batches is None:
+        raise ValueError(f"--smoothquant needs calibration batches, which --scheme {args.scheme} does not read; "
+                         "use --scheme w8a8 (or int8) with --data")
     example = _example_input(model, test if test is not None else train, args.batch_size)
     eval_set = None
     if test is not None and args.eval_n > 0:
@@ -126,6 +140,9 @@ def run(args: argparse.Namespace) -> int:
     fp32_acc = accuracy(model, eval_set) if eval_set is not None else None
     fp32_onnx = export_float_onnx(model, out / "model.fp32.onnx", example[:1])
 
+    if smooth is not None:
+        # a float pre-pass (outputs unchanged up to float error) before the int8 scheme calibrates
+        quantize_(model, smooth, calib_data=batches)
     report = quantize_(model, config, calib_data=batches)
     if isinstance(config, QAT):
         # QAT: the prepared model (LSQ fake quantizers, BN folded) trains on the training split, then its
@@ -137,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         "source": ref,
         "scheme": args.scheme,
         "config": common.config_record(config),
+        "smoothquant": None if smooth is None else common.config_record(smooth),
         "report": report.to_dict(),
         "accuracy": {"fp32": fp32_acc},
         "target": report.details.get("target"),
@@ -168,6 +186,42 @@ def run(args: argparse.Namespace) -> int:
     common.finish_out_dir(out)
     print(text)
     return 0
+
+
+#: Config types ``--smoothquant`` composes with (SmoothQuant prepares activations for int8 activation grids).
+SMOOTHQUANT_SCHEMES = ("Int8Static", "Int8Dynamic")
+
+
+def _alpha(text: str) -> float | str:
+    """``--smoothquant`` value: ``auto`` or a number (its range is checked with the scheme)."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--smoothquant takes a number in [0, 1] or 'auto', got {text!r}") from None
+
+
+def smoothquant_config(alpha: float | str | None, config: Config) -> Config | None:
+    """``SmoothQuant(alpha)`` for ``--smoothquant ALPHA``, or None when the flag is not given.
+
+    Raises:
+        ValueError: ``alpha`` outside [0, 1], or a scheme whose activations stay float.
+    """
+    if alpha is None:
+        return None
+    if alpha != "auto" and not 0.0 <= alpha <= 1.0:  # also refuses nan
+        raise ValueError(f"--smoothquant takes alpha in [0, 1] (the share of the activation range moved into "
+                         f"the weights; 0.5 is the paper's default), got {alpha}")
+    if type(config).__name__ not in SMOOTHQUANT_SCHEMES:
+        raise ValueError(f"--smoothquant applies to int8 activation schemes (w8a8, int8, int8-dynamic); "
+                         f"{type(config).__name__} keeps activations in float (for weight-only use --method awq)")
+    from slimtorch import quant
+
+    cls = getattr(quant, "SmoothQuant", None)
+    if cls is None:
+        raise ValueError("--smoothquant needs slimtorch.quant.SmoothQuant, which this installation lacks")
+    return cls(alpha=alpha)
 
 
 def scheme_config(scheme: Scheme, args: argparse.Namespace) -> Config:

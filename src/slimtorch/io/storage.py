@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,20 @@ FORMAT = "slimtorch"
 FORMAT_VERSION = 1
 #: File name used when ``save``/``load`` are given a directory.
 MODEL_FILE = "model.safetensors"
+
+#: metadata key -> ``loader(path, model)`` for files that a float skeleton cannot take as they are (quantized
+#: models): :func:`load` hands such a file to the loader a higher layer registered (``slimtorch.quant``
+#: registers ``"quant"`` when imported).
+SPEC_LOADERS: dict[str, Callable[[Path, nn.Module | None], nn.Module]] = {}
+
+#: What to import to read files with each metadata key, for the error when no loader is registered yet.
+_LOADER_MODULES = {"quant": "slimtorch.quant"}
+
+
+def register_spec_loader(key: str, loader: Callable[[Path, nn.Module | None], nn.Module]) -> None:
+    """Make :func:`load` hand files whose metadata holds ``key`` to ``loader(path, model)``."""
+    SPEC_LOADERS[key] = loader
+
 
 def resolve_model_file(path: str | os.PathLike[str]) -> Path:
     """``path`` itself if it is a file, ``path/model.safetensors`` if it is a run directory."""
@@ -225,6 +240,13 @@ def load(path: str | os.PathLike[str], model: nn.Module | None = None, *, trust_
         raise SlimtorchError(
             f"{p} was written by slimtorch.prune.save_sparse; read it with slimtorch.prune.load_sparse"
         )
+    meta = spec.get("metadata") or {}
+    for key in meta:
+        if key in SPEC_LOADERS:
+            return SPEC_LOADERS[key](p, model).eval()
+        if key in _LOADER_MODULES:
+            raise SlimtorchError(f"{p} holds a {key}ized model: import {_LOADER_MODULES[key]} first (it registers "
+                                 f"the loader), or use {_LOADER_MODULES[key]}.load_{key}ized(path)")
     from safetensors.torch import load_file
 
     if model is None:  # checked against the header before anything is allocated or read

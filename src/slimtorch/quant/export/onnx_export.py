@@ -61,8 +61,13 @@ def export_float_onnx(model: nn.Module, path: str | os.PathLike[str], example_in
 
 def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: Any,
                 dynamic_batch: bool = True, pad_input_channels: int | None = None, functions: bool = False,
-                target: str | None = None, check: bool = True) -> Path:
+                target: str | None = None, check: bool = True, accuracy_level: int = 0,
+                dynamic_axes: dict[str, dict[int, str]] | None = None) -> Path:
     """Write the quantized ``model`` as an ONNX QDQ model carrying our scales and zero points.
+
+    A weight-only model (packed layers of ``WeightOnly``) is written with ONNX Runtime's ``MatMulNBits``
+    operator instead, carrying its own codes, scales and zero points
+    (:func:`slimtorch.quant.export.matmul_nbits.export_matmul_nbits`).
 
     Args:
         model: a model quantized by :func:`slimtorch.quant.quantize_` (a float model exports as
@@ -88,6 +93,11 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
         check: when this host is a CPU of the target, run the file on ``example_inputs`` with ONNX Runtime
             and raise if it disagrees with the simulation (naming the first layer that diverges); on
             another CPU, warn that the file cannot be checked here. A file that fails the check is removed.
+        accuracy_level: ``MatMulNBits`` only: 0 keeps activations fp32, 4 lets ONNX Runtime quantize them to
+            int8 per block (faster, approximate).
+        dynamic_axes: ``{graph input/output name: {dim: label}}`` (inputs ``input``/``input0..``, output
+            ``output``), e.g. ``{"input": {0: "batch", 1: "seq"}, "output": {0: "batch", 1: "seq"}}`` for a
+            language model; default from ``dynamic_batch``.
 
     Returns:
         The path written.
@@ -96,14 +106,17 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
         SlimtorchError: if the model cannot be exported (e.g. a layer quantized below 8 bits), if its
             weights are wider than the target allows, or if the check fails.
     """
-    from slimtorch.quant.modules.packed import WeightOnlyConv2d, WeightOnlyLinear
+    from slimtorch.quant.export.matmul_nbits import export_matmul_nbits, nbits_layers
 
-    packed = [n for n, m in model.named_modules() if isinstance(m, (WeightOnlyLinear, WeightOnlyConv2d))]
-    if packed:
-        # Standard ONNX has no operator for sub-byte packed weights with per-group scales (ORT's
-        # MatMulNBits is a contrib op); the packed safetensors file is the deployed form of these models.
-        raise SlimtorchError(f"weight-only packed layers have no standard ONNX form: {packed[:5]}; deploy the "
-                             "safetensors file (slimtorch.quant.save_quantized) or use Int8Static/LowBitStatic")
+    if nbits_layers(model):
+        # sub-byte packed weights with per-group scales: ONNX Runtime's MatMulNBits contrib operator
+        if _quantized_layers(model):
+            raise SlimtorchError("a model mixing weight-only packed layers with fake-quant (int8 QDQ) layers cannot "
+                                 "be exported; quantize it with one scheme")
+        if dynamic_axes is None and not dynamic_batch:
+            dynamic_axes = {}
+        return export_matmul_nbits(model, path, example_inputs, dynamic_axes=dynamic_axes,
+                                   accuracy_level=accuracy_level, check=check)
     tgt = T.get_target(target or T.model_target(model) or T.DEFAULT_TARGET)
     if pad_input_channels is None:
         pad_input_channels = tgt.pad_input_channels
@@ -121,7 +134,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
     try:
         with atomic_path(out, what="ONNX model") as tmp:
             _export(model, tmp, inputs, dynamic_batch, tidy=True, pad_input_channels=pad_input_channels,
-                    functions=functions, metadata={"slimtorch.target": tgt.name})
+                    functions=functions, metadata={"slimtorch.target": tgt.name},
+                    dynamic_axes=dynamic_axes)
             if check and _quantized_layers(model) and T.warn_if_host_cannot_check(tgt, f"the exported file {out}"):
                 check_export(model, tmp, inputs)
     except ExportCheckError as e:
@@ -337,11 +351,13 @@ def _restore_training_modes(modes: list[tuple[nn.Module, bool]]) -> None:
 
 
 def _export(model: nn.Module, path: Path, inputs: tuple[Any, ...], dynamic_batch: bool, tidy: bool,
-            pad_input_channels: int = 0, functions: bool = False, metadata: dict[str, str] | None = None
-            ) -> Path:
+            pad_input_channels: int = 0, functions: bool = False, metadata: dict[str, str] | None = None,
+            dynamic_axes: dict[str, dict[int, str]] | None = None) -> Path:
     ensure_dir(path.parent)
     in_names = [f"input{i}" if len(inputs) > 1 else "input" for i in range(len(inputs))]
     axes = {n: {0: "batch"} for n in [*in_names, "output"]} if dynamic_batch else None
+    if dynamic_axes is not None:
+        axes = dynamic_axes
     modes = _training_modes(model)
     model.eval()
     try:

@@ -30,6 +30,7 @@ from slimtorch.core.errors import SlimtorchError
 from slimtorch.quant.algorithms.rounding import ROUNDING, layer_group_size
 from slimtorch.quant.api import QuantReport, quantize_, register_quantizer
 from slimtorch.quant.calibration import iter_calibration
+from slimtorch.quant.export.serialize import register_preparer
 from slimtorch.quant.packing import packed_nbytes
 from slimtorch.quant.primitives import check_bits
 from slimtorch.quant.workflows.weight_only import WeightOnly, select_layers
@@ -257,3 +258,8 @@ def mixed_precision_(
             "config": config.to_dict(),
         },
     )
+
+
+@register_preparer(MixedPrecision)
+def _prepare_mixed_precision(model: nn.Module, config: MixedPrecision) -> None:
+    """Nothing to add: the packed layers (one width per layer) are rebuilt from the file's layer table."""

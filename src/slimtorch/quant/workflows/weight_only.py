@@ -52,6 +52,7 @@ from slimtorch.quant.algorithms.rounding import (
     replace_with_codes,
 )
 from slimtorch.quant.api import QuantReport, register_quantizer
+from slimtorch.quant.export.serialize import register_preparer
 from slimtorch.quant.groupwise import GroupCodes
 from slimtorch.quant.modules.packed import WEIGHT_ONLY_MODULES, flat_weight
 from slimtorch.quant.primitives import check_bits
@@ -254,3 +255,9 @@ def weight_only_(
         skipped=skipped,
         details={"config": config.to_dict(), "layers": details, "calib_batches": len(batches)},
     )
+
+
+@register_preparer(WeightOnly)
+def _prepare_weight_only(model: nn.Module, config: WeightOnly) -> None:
+    """Nothing to add: :func:`~slimtorch.quant.export.serialize.load_quantized` rebuilds the packed layers from
+    the layer table the file records (which layers, bits, group size), so no calibration data is needed."""
