@@ -89,3 +89,23 @@ def test_awq_input_scales_reload(tmp_path):
     again = load_quantized(path, nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4)))
     x = torch.randn(3, 32)
     torch.testing.assert_close(again(x), model(x), rtol=0, atol=0)
+
+
+def test_a_packed_table_claiming_more_weights_than_the_file_holds_is_refused(tmp_path):
+    """The packed-layer table is untrusted: its float shape must match the codes the file holds."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+    quantize_(net, WeightOnly(bits=4, group_size=32))
+    p = save_quantized(net, tmp_path / "q.safetensors", WeightOnly(bits=4, group_size=32))
+    with safe_open(str(p), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    spec = json.loads(meta["slimtorch"])
+    spec["metadata"]["packed"]["0"]["shape"] = [32000, 64]
+    save_file(tensors, str(p), metadata={**meta, "slimtorch": json.dumps(spec)})
+    with pytest.raises(SlimtorchError, match=r"packed layer '0' records a \[32000, 64\] weight at 4 bits"):
+        load_quantized(p)

@@ -26,6 +26,7 @@ from slimtorch.core.config import CONFIG_TYPES, Config
 from slimtorch.core.errors import SlimtorchError
 from slimtorch.core.registry import TypeRegistry
 from slimtorch.io.storage import (
+    header_shapes,
     load_state_into,
     model_from_spec,
     read_spec,
@@ -126,6 +127,36 @@ def rebuild_wrappers_(model: nn.Module, table: dict[str, dict[str, Any]]) -> Non
                 InputScaled(layer, torch.ones(int(row["in_features"]))))
 
 
+def float_shapes(path: str | os.PathLike[str], meta: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes of the float skeleton a quantized file is loaded into, from the file's header.
+
+    The untrusted spec is checked against these before anything is built (:mod:`slimtorch.io.spec`). A packed
+    layer holds ``qweight`` codes instead of ``weight``: its recorded float shape stands in for the weight only if
+    the packed codes in the file are exactly that many values at its bit width (so a table cannot claim more
+    weights than the file holds). A wrapped layer's tensors (``<name>.layer.*``) belong to ``<name>`` in the
+    float skeleton.
+
+    Raises:
+        SlimtorchError: a packed-layer row whose shape disagrees with the codes in the file.
+    """
+    shapes = dict(header_shapes(path))
+    for name, row in (meta.get("packed") or {}).items():
+        codes = shapes.get(f"{name}.qweight")
+        try:
+            shape, bits = tuple(int(d) for d in row["shape"]), int(row["bits"])
+        except (KeyError, TypeError, ValueError):
+            raise SlimtorchError(f"{path}: packed layer {name!r} has a malformed record {row!r}") from None
+        if codes is None or any(d < 1 for d in shape) or not 2 <= bits <= 8 \
+                or math.prod(codes) != math.ceil(math.prod(shape) * bits / 8):
+            raise SlimtorchError(f"{path}: packed layer {name!r} records a {list(shape)} weight at {bits} bits, "
+                                 f"but the file holds {list(codes) if codes else 'no'} packed codes for it")
+        shapes[f"{name}.weight"] = shape
+    for name in meta.get("wrappers") or {}:
+        for key in [k for k in shapes if k.startswith(f"{name}.layer.")]:
+            shapes[name + key[len(name) + len(".layer"):]] = shapes.pop(key)
+    return shapes
+
+
 def load_quantized(path: str | os.PathLike[str], model: nn.Module | None = None, *,
                    allow_code: bool = False) -> nn.Module:
     """Reload a model written by :func:`save_quantized`.
@@ -164,7 +195,7 @@ def load_quantized(path: str | os.PathLike[str], model: nn.Module | None = None,
     if model is None:
         # the quantizer state is loaded after the preparer; a Hugging Face model is rebuilt from the class and
         # config its spec records (slimtorch.io.hf), a zoo or factory model from its structure
-        model = model_from_spec(spec, path, extra_ok=True, allow_code=allow_code)
+        model = model_from_spec(spec, path, float_shapes(path, meta), extra_ok=True, allow_code=allow_code)
     model.eval()
     rebuild_wrappers_(model, meta.get("wrappers") or {})
     rebuild_packed_layers_(model, meta.get("packed") or {})
