@@ -44,3 +44,19 @@ def test_entry_points_refuse_nan_weights(what, call):
     after = m.state_dict()
     assert list(after) == list(before)  # nothing was changed before the refusal
     assert all(torch.equal(after[k].nan_to_num(), before[k].nan_to_num()) for k in before)
+
+
+def test_inf_in_a_buffer_is_a_sentinel_but_nan_is_refused():
+    """Observers start with +-inf running ranges and attention masks hold -inf: only NaN buffers are refused."""
+    import pytest
+    import torch
+    from torch import nn
+
+    from slimtorch.core.numerics import NonFiniteError, check_finite_weights
+
+    net = nn.Linear(2, 2)
+    net.register_buffer("mask", torch.tensor([0.0, float("-inf")]))
+    check_finite_weights(net, "quantize_")
+    net.mask[0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"quantize_: .*\['mask'\]"):
+        check_finite_weights(net, "quantize_")

@@ -94,8 +94,8 @@ def test_a_cli_method_needs_no_cli_code_its_options_come_through_set(tmp_path):
     slimtorch.save(create("mlp", in_features=4, hidden=(4,)), tmp_path / "run")
     try:
         argv = ["prune", str(tmp_path / "run"), "--method", "scale-test", "--out", str(tmp_path / "p")]
-        assert main([*argv, "--set", "factor=0.25", "--exclude", "0"]) == 0
-        assert seen == [Scale(factor=0.25, exclude=("0",))]
+        assert main([*argv, "--set", "factor=0.25", "--exclude", "net.0"]) == 0
+        assert seen == [Scale(factor=0.25, exclude=("net.0",))]
         assert main([*argv, "--overwrite", "--set", "factr=2"]) == 2  # unknown keys name the allowed ones
         assert main([*argv, "--overwrite", "--ratio", "0.5"]) == 2  # a flag for a key Scale lacks
     finally:

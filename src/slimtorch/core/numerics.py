@@ -19,10 +19,17 @@ class NonFiniteError(SlimtorchError):
 
 
 def non_finite_tensors(model: nn.Module) -> list[str]:
-    """Names of the floating-point parameters and buffers of ``model`` holding NaN or inf."""
+    """Names of the floating-point parameters holding NaN or inf, and of the buffers holding NaN.
+
+    Infinity in a buffer is a legitimate sentinel (an observer's running min/max before its first batch, an
+    additive attention mask), so buffers are refused only for NaN.
+    """
     bad = []
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+    for name, t in model.named_parameters():
         if t.is_floating_point() and t.device.type != "meta" and not bool(torch.isfinite(t).all()):
+            bad.append(name)
+    for name, t in model.named_buffers():
+        if t.is_floating_point() and t.device.type != "meta" and bool(torch.isnan(t).any()):
             bad.append(name)
     return bad
 
