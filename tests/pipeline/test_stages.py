@@ -68,10 +68,14 @@ def test_deployment_targets_in_a_recipe(tmp_path):
         _run(tmp_path / "bad2", [TEACHER, {"export": {"target": "arm9"}}])
 
 
-def test_weight_only_low_bit_is_timed_on_torch_with_its_packed_file(tmp_path):
+def test_weight_only_low_bit_is_deployed_as_matmul_nbits(tmp_path):
+    import onnx
+
     stages = [TEACHER, {"quantize": {"type": "WeightOnly", "bits": 4, "group_size": 16}}]
     teacher, w4 = _run(tmp_path, stages)
-    assert w4["runtime"] == "torch"  # packed 4-bit layers have no ONNX form
+    assert w4["runtime"] == "onnxruntime"  # packed 4-bit layers run as ONNX Runtime's MatMulNBits
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "02-quantize" / "model.onnx")).graph.node]
+    assert "MatMulNBits" in ops
     assert w4["size_bytes"] < teacher["size_bytes"] / 2  # 4-bit codes + group scales vs fp32
     assert {lay["bits"] for lay in w4["layers"]} == {4}
 
