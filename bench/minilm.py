@@ -118,6 +118,9 @@ def main() -> None:
     ap.add_argument("--prepare", action="store_true",
                     help="build the teacher-only rows and their embeddings ahead (no training), then stop")
     ap.add_argument("--reuse", action="store_true", help="reuse the teacher-only rows --prepare built")
+    ap.add_argument("--skip-distilled", action="store_true",
+                    help="no student / pruned rows (their training is the long part): the teacher-only rows, "
+                         "timed and checked; the skipped rows are listed as not run")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     student_cfg, pruned_cfg = dict(STUDENT), dict(PRUNED)
@@ -127,6 +130,11 @@ def main() -> None:
         args.texts = min(args.texts, 200)
     teacher, tok, model_path = load_teacher()
     if args.prepare:
+        from minilm_rows import run_bench
+
+        run_bench(args, teacher, tok, model_path, None, {}, None, {})
+        return
+    if args.skip_distilled:
         from minilm_rows import run_bench
 
         run_bench(args, teacher, tok, model_path, None, {}, None, {})

@@ -172,6 +172,8 @@ def run_bench(args: Any, teacher: Any, tok: Any, model_path: str, student: Any, 
 
     def add(name: str, method: str, build) -> None:
         if student is None and name not in TEACHER_ROWS:
+            if not args.prepare:
+                notes[name] = "not run: --skip-distilled (the distilled / pruned models were not trained)"
             return
         saved = out / f"{name}.json"
         if (args.reuse or args.prepare) and name in TEACHER_ROWS and saved.is_file():
