@@ -9,6 +9,7 @@ the CPU it ran on (``cpu_label``), so results measured on other CPUs stay as the
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import sys
@@ -56,6 +57,14 @@ def cpu_label(emulated: bool = False) -> str:
     """Short name of this CPU for per-CPU rows: ``AMD EPYC [x86-vnni]``; ``emulated`` marks a qemu run."""
     c = cpu()
     return f"{c['model'] or c['arch']} [{c['kind']}{', qemu-emulated' if emulated else ''}]"
+
+
+def timed_lr(step: int, frac: float, warmup: int, base_lr: float, min_lr: float) -> float:
+    """Learning rate of a wall-clock-budgeted run: linear warmup over ``warmup`` steps, then cosine decay from
+    ``base_lr`` to ``min_lr`` over the fraction ``frac`` of the time budget spent."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * frac))
 
 
 def check(name: str, value: float, floor: str, passed: bool) -> dict[str, Any]:

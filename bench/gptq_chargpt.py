@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import slimtorch  # noqa: E402
-from common import CHECKPOINTS_DIR, DATA_ROOT, Timer, check, write_result  # noqa: E402
+from common import CHECKPOINTS_DIR, DATA_ROOT, Timer, check, timed_lr, write_result  # noqa: E402
 from slimtorch.models import create  # noqa: E402
 from slimtorch.quant import WeightOnly, quantize_  # noqa: E402
 
@@ -103,10 +103,7 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: int, minutes: f
         frac = (time.perf_counter() - t0) / budget
         if frac >= 1.0:
             break
-        if i < warmup:
-            lr = base_lr * (i + 1) / warmup
-        else:
-            lr = min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * frac))
+        lr = timed_lr(i, frac, warmup, base_lr, min_lr)
         for g in opt.param_groups:
             g["lr"] = lr
         loss = step()

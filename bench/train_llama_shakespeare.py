@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CHECKPOINTS_DIR, DATA_ROOT  # noqa: E402
+from common import CHECKPOINTS_DIR, DATA_ROOT, timed_lr  # noqa: E402
 from slimtorch.data.text import TRAIN_FRACTION, tokenize  # noqa: E402
 
 CKPT = CHECKPOINTS_DIR / "llama_shakespeare.safetensors"
@@ -124,10 +123,7 @@ def main() -> None:
         frac = (time.perf_counter() - t0) / budget
         if frac >= 1.0:
             break
-        if i < warmup:
-            lr = base_lr * (i + 1) / warmup
-        else:
-            lr = min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * frac))
+        lr = timed_lr(i, frac, warmup, base_lr, min_lr)
         for g in opt.param_groups:
             g["lr"] = lr
         x, y = random_windows(train_ids, args.batch, gen)
