@@ -59,12 +59,24 @@ def cpu_label(emulated: bool = False) -> str:
     return f"{c['model'] or c['arch']} [{c['kind']}{', qemu-emulated' if emulated else ''}]"
 
 
-def timed_lr(step: int, frac: float, warmup: int, base_lr: float, min_lr: float) -> float:
-    """Learning rate of a wall-clock-budgeted run: linear warmup over ``warmup`` steps, then cosine decay from
-    ``base_lr`` to ``min_lr`` over the fraction ``frac`` of the time budget spent."""
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * frac))
+def wall_clock_steps(opt: Any, budget_s: float, warmup: int, base_lr: float, min_lr: float):
+    """Step indices of a run with a wall-clock budget, setting ``opt``'s learning rate before each step.
+
+    The CPU is shared, so the schedule follows time, not steps: linear warmup over ``warmup`` steps, then cosine
+    decay from ``base_lr`` to ``min_lr`` over the fraction of ``budget_s`` spent; it stops when the budget is
+    used up. Yields ``(step, lr)``.
+    """
+    t0 = time.perf_counter()
+    step = 0
+    while (frac := (time.perf_counter() - t0) / budget_s) < 1.0:
+        if step < warmup:
+            lr = base_lr * (step + 1) / warmup
+        else:
+            lr = min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * frac))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        yield step, lr
+        step += 1
 
 
 def check(name: str, value: float, floor: str, passed: bool) -> dict[str, Any]:

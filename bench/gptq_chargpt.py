@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import slimtorch  # noqa: E402
-from common import CHECKPOINTS_DIR, DATA_ROOT, Timer, check, timed_lr, write_result  # noqa: E402
+from common import CHECKPOINTS_DIR, DATA_ROOT, Timer, check, wall_clock_steps, write_result  # noqa: E402
 from slimtorch.models import create  # noqa: E402
 from slimtorch.quant import WeightOnly, quantize_  # noqa: E402
 
@@ -96,21 +96,13 @@ def train(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab: int, minutes: f
     model.train()
     # The CPU is shared, so the schedule is driven by wall-clock: cosine decay over the fraction of the
     # budget spent, stopping when it is used up (the number of steps taken is recorded).
-    budget = minutes * 60.0
     t0 = time.perf_counter()
-    i = 0
-    while True:
-        frac = (time.perf_counter() - t0) / budget
-        if frac >= 1.0:
-            break
-        lr = timed_lr(i, frac, warmup, base_lr, min_lr)
-        for g in opt.param_groups:
-            g["lr"] = lr
+    total = 0
+    for i, lr in wall_clock_steps(opt, minutes * 60.0, warmup, base_lr, min_lr):
         loss = step()
         if i % 100 == 0:
             print(f"step {i} loss {loss:.4f} lr {lr:.2e} {time.perf_counter() - t0:.0f}s", flush=True)
-        i += 1
-    total = i
+        total = i + 1
     vx, vy = val_windows(val_ids)
     vl = val_loss(model, vx, vy)
     CKPT.parent.mkdir(parents=True, exist_ok=True)

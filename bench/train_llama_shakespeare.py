@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CHECKPOINTS_DIR, DATA_ROOT, timed_lr  # noqa: E402
+from common import CHECKPOINTS_DIR, DATA_ROOT, wall_clock_steps  # noqa: E402
 from slimtorch.data.text import TRAIN_FRACTION, tokenize  # noqa: E402
 
 CKPT = CHECKPOINTS_DIR / "llama_shakespeare.safetensors"
@@ -115,17 +115,10 @@ def main() -> None:
     print(f"LlamaForCausalLM {params} params", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
     warmup, base_lr, min_lr = 50, 3e-3, 1e-4
-    budget = args.minutes * 60.0
     t0 = time.perf_counter()
-    i = 0
+    steps = 0
     model.train()
-    while True:
-        frac = (time.perf_counter() - t0) / budget
-        if frac >= 1.0:
-            break
-        lr = timed_lr(i, frac, warmup, base_lr, min_lr)
-        for g in opt.param_groups:
-            g["lr"] = lr
+    for i, lr in wall_clock_steps(opt, args.minutes * 60.0, warmup, base_lr, min_lr):
         x, y = random_windows(train_ids, args.batch, gen)
         loss = F.cross_entropy(model(input_ids=x).logits.flatten(0, 1), y.flatten())
         opt.zero_grad(set_to_none=True)
@@ -134,7 +127,7 @@ def main() -> None:
         opt.step()
         if i % 50 == 0:
             print(f"step {i} loss {loss.item():.4f} lr {lr:.2e} {time.perf_counter() - t0:.0f}s", flush=True)
-        i += 1
+        steps = i + 1
     vl = val_loss(model, val_ids)
     from safetensors.torch import save_file
 
@@ -143,7 +136,7 @@ def main() -> None:
     info = {
         "config": config.to_dict(),
         "train": {
-            "steps": i,
+            "steps": steps,
             "batch": args.batch,
             "block": BLOCK,
             "seed": SEED,
