@@ -90,18 +90,30 @@ def _torch_runtime(model: ModelLike, args: tuple[torch.Tensor, ...], threads: in
     return run
 
 
-@RUNTIMES.register("onnxruntime")
-def _ort_runtime(model: ModelLike, args: tuple[torch.Tensor, ...], threads: int,
-                 stack: contextlib.ExitStack) -> Callable[[], Any]:
-    if not isinstance(model, nn.Module) and Path(model).suffix == ".onnx":
-        path = Path(model)
-    else:
-        module = model if isinstance(model, nn.Module) else _load_module(model)
-        workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="slimtorch-onnx-"))
-        path = export_onnx_fp32(module, args, Path(workdir) / "model.onnx")
+def is_onnx_file(model: ModelLike) -> bool:
+    """Whether ``model`` is a path to an ONNX file (run as it is) rather than a module or a saved model."""
+    return not isinstance(model, nn.Module) and Path(model).suffix == ".onnx"
+
+
+def export_to_temp(model: ModelLike, args: tuple[torch.Tensor, ...], stack: contextlib.ExitStack) -> Path:
+    """``model`` (a module or a saved model) exported to fp32 ONNX in a temporary folder ``stack`` removes."""
+    module = model if isinstance(model, nn.Module) else _load_module(model)
+    workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="slimtorch-onnx-"))
+    return export_onnx_fp32(module, args, Path(workdir) / "model.onnx")
+
+
+def ort_runner(path: Path, args: tuple[torch.Tensor, ...], threads: int) -> Callable[[], Any]:
+    """One ONNX Runtime call of the file at ``path`` on ``args`` with ``threads`` intra-op threads."""
     session = onnx_session(path, threads)
     feed = session_feed(session, args)
     return lambda: session.run(None, feed)
+
+
+@RUNTIMES.register("onnxruntime")
+def _ort_runtime(model: ModelLike, args: tuple[torch.Tensor, ...], threads: int,
+                 stack: contextlib.ExitStack) -> Callable[[], Any]:
+    path = Path(model) if is_onnx_file(model) else export_to_temp(model, args, stack)
+    return ort_runner(path, args, threads)
 
 
 def time_calls(fn: Callable[[], Any], warmup: int, repeats: int, clock: str = "wall") -> list[float]:

@@ -16,18 +16,16 @@ here). An ``.onnx`` file is timed as it is (give an already quantized file).
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from slimtorch.core.errors import SlimtorchError
-from slimtorch.metrics.latency import RUNTIMES, ModelLike, _load_module
-from slimtorch.metrics.ort import export_onnx_fp32, onnx_session, session_feed
+from slimtorch.metrics.latency import RUNTIMES, ModelLike, export_to_temp, is_onnx_file, ort_runner
+from slimtorch.metrics.ort import onnx_session, session_feed
 
 
 class _Reader:
@@ -71,14 +69,9 @@ def quantize_qdq_int8(fp32_path: Path, out_path: Path, feed: dict[str, np.ndarra
 @RUNTIMES.register("onnxruntime-int8")
 def _ort_int8_runtime(model: ModelLike, args: tuple[torch.Tensor, ...], threads: int,
                       stack: contextlib.ExitStack) -> Callable[[], Any]:
-    if not isinstance(model, nn.Module) and Path(model).suffix == ".onnx":
+    if is_onnx_file(model):
         path = Path(model)
     else:
-        module = model if isinstance(model, nn.Module) else _load_module(model)
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="slimtorch-int8-")))
-        fp32 = export_onnx_fp32(module, args, workdir / "model.onnx")
-        feed = session_feed(onnx_session(fp32, 1), args)
-        path = quantize_qdq_int8(fp32, workdir / "model.int8.onnx", feed)
-    session = onnx_session(path, threads)
-    feed = session_feed(session, args)
-    return lambda: session.run(None, feed)
+        fp32 = export_to_temp(model, args, stack)
+        path = quantize_qdq_int8(fp32, fp32.with_name("model.int8.onnx"), session_feed(onnx_session(fp32, 1), args))
+    return ort_runner(path, args, threads)
