@@ -36,5 +36,7 @@ def test_bad_specs_are_named(spec, msg):
         import_callable(spec, allow_code=True)
 
 
-def test_require_code_consent_passes_with_consent():
-    require_code_consent("x", True)
+def test_require_code_consent_passes_with_consent_and_refuses_without():
+    assert require_code_consent("the recipe's model factory", True) is None
+    with pytest.raises(CodeConsentError, match="the recipe's model factory names Python code"):
+        require_code_consent("the recipe's model factory", False)
