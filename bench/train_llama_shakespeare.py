@@ -8,7 +8,7 @@ of 128, so group sizes 32..128 divide them all.
 
 Training: AdamW (lr 3e-3, betas 0.9/0.95, weight decay 0.1), batch 32 random windows of 128 characters
 from the first 90% of the text, linear warm-up then cosine decay over a fixed wall-clock budget (the
-CPU is shared, so the number of steps that fits is recorded, not fixed), 2 threads, seed 0.
+CPU is shared, so the number of steps that fits is recorded, not fixed), 2 threads (``--threads``), seed 0.
 
 Writes ``bench/checkpoints/llama_shakespeare.safetensors`` (weights) and ``llama_shakespeare.json``
 (``{"config": LlamaConfig.to_dict(), "train": {...}}``); :func:`load_llama` rebuilds the model.
@@ -102,8 +102,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=20.0, help="wall-clock training budget")
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(SEED)
     gen = torch.Generator().manual_seed(SEED)
     train_ids, val_ids, chars = load_corpus()
