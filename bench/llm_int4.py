@@ -32,6 +32,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -333,7 +334,7 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the part file (llm_int4.<part><tag>.json), so several "
                                               "processes can run pieces of one part")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("SLIMTORCH_THREADS", "2")))
     torch.manual_seed(SEED)
     timer = Timer()
     train_ids, val_ids, _ = load_corpus()

@@ -178,7 +178,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("SLIMTORCH_THREADS", "2")))
     torch.manual_seed(SEED)
     timer = Timer()
     train_ids, val_ids, _ = load_corpus()

@@ -53,7 +53,7 @@ CACHE = BENCH_DIR / ".cache" / "minilm"
 ST_VENV = Path(os.environ.get("SLIMTORCH_ST_VENV", "/work/venv-st"))
 SEED = 0
 #: Student: 6 -> 3 layers (teacher layers 1, 3, 5), TinyBERT losses + pooled cosine (minilm_distill).
-STUDENT = {"every": 2, "steps": 300, "lr": 5e-4, "batch": 16, "max_length": 64, "pooled_weight": 5.0,
+STUDENT = {"every": 2, "steps": 1200, "lr": 5e-4, "batch": 16, "max_length": 64, "pooled_weight": 5.0,
            "attention_weight": 1.0, "texts": 20000}
 #: Pruned: Channel(0.3) heads + FFN, then a short fine-tune (no attention term: head counts differ).
 PRUNED = {"ratio": 0.3, "steps": 40, "lr": 2e-4, "batch": 16, "max_length": 64, "pooled_weight": 5.0,
@@ -121,9 +121,12 @@ def main() -> None:
     ap.add_argument("--skip-distilled", action="store_true",
                     help="no student / pruned rows (their training is the long part): the teacher-only rows, "
                          "timed and checked; the skipped rows are listed as not run")
+    ap.add_argument("--student-steps", type=int, default=STUDENT["steps"], help="distillation steps of the student")
+    ap.add_argument("--pruned-steps", type=int, default=PRUNED["steps"], help="fine-tune steps of the pruned model")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (training)")
     args = ap.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
-    student_cfg, pruned_cfg = dict(STUDENT), dict(PRUNED)
+    torch.set_num_threads(args.threads)
+    student_cfg, pruned_cfg = dict(STUDENT, steps=args.student_steps), dict(PRUNED, steps=args.pruned_steps)
     if args.quick:
         student_cfg.update(steps=4, texts=400)
         pruned_cfg.update(steps=3, texts=400)

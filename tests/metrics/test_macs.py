@@ -169,5 +169,5 @@ def test_unknown_layer_with_weights_warns_and_custom_rule_counts():
 
 
 def test_bad_example_inputs():
-    with pytest.raises(ValueError, match="example_inputs must be a tensor or a tuple of tensors"):
+    with pytest.raises(ValueError, match="must be a tensor, a tuple of tensors .* dict of named tensors"):
         count_macs(nn.Linear(2, 2), [[1.0, 2.0]])

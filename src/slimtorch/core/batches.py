@@ -126,6 +126,30 @@ def _as_inputs(x: Any) -> ModelInputs:
     )
 
 
+def example_call(example_inputs: Any) -> ModelInputs:
+    """Example inputs as one forward call: a tensor, a tuple/list of positional tensors, or a dict of
+    keyword tensors (``{"input_ids": ..., "attention_mask": ...}``, a ``BatchEncoding``).
+
+    Unlike a batch (:func:`split_batch`), a tuple here is never ``(inputs, target)``: every item is an input.
+
+    Raises:
+        ValueError: for anything else, naming the type received.
+    """
+    if isinstance(example_inputs, ModelInputs):
+        return example_inputs
+    if isinstance(example_inputs, torch.Tensor):
+        return ModelInputs((example_inputs,))
+    if isinstance(example_inputs, Mapping) and example_inputs:
+        return ModelInputs((), dict(example_inputs))
+    if isinstance(example_inputs, (tuple, list)) and example_inputs and all(
+            isinstance(t, torch.Tensor) for t in example_inputs):
+        return ModelInputs(tuple(example_inputs))
+    raise ValueError(
+        "example_inputs must be a tensor, a tuple of tensors (the model's positional arguments) or a dict of "
+        f"named tensors (input_ids, attention_mask, ...), got {type(example_inputs).__name__}"
+    )
+
+
 def model_inputs(batch: Any) -> ModelInputs:
     """The inputs of a batch (:func:`split_batch` without the target)."""
     return split_batch(batch)[0]

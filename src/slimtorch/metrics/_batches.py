@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from slimtorch.core.batches import ModelInputs, split_batch
 
 #: What the metrics accept as example inputs: one tensor or a tuple/list of positional tensors.
-Inputs = torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor]
+Inputs = torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor] | Mapping[str, torch.Tensor]
 
 
 def iter_batches(data: Dataset | Iterable[Any], batch_size: int) -> Iterator[tuple[ModelInputs, Any]]:

@@ -35,8 +35,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimtorch.core.batches import example_call
 from slimtorch.core.registry import LayerRuleRegistry
-from slimtorch.metrics._batches import Inputs, as_tuple, eval_mode
+from slimtorch.metrics._batches import Inputs, eval_mode
 
 #: ``rule(module, args, kwargs, output) -> MACs of one call``.
 MacRule = Callable[[nn.Module, tuple[Any, ...], dict[str, Any], Any], int]
@@ -174,7 +175,8 @@ def count_macs(model: nn.Module, example_inputs: Inputs, per_layer: bool = False
 
     Args:
         model: any module.
-        example_inputs: a tensor or tuple of positional tensors, e.g. ``torch.zeros(1, 3, 32, 32)``.
+        example_inputs: a tensor, a tuple of positional tensors (e.g. ``torch.zeros(1, 3, 32, 32)``) or a
+            dict of named tensors (``{"input_ids": ids, "attention_mask": mask}``).
         per_layer: also return ``{fqn: MACs}`` of every counted layer that ran.
         include_norm: count BatchNorm/LayerNorm/GroupNorm as one MAC per output element.
 
@@ -184,7 +186,7 @@ def count_macs(model: nn.Module, example_inputs: Inputs, per_layer: bool = False
     Warns:
         UserWarning: naming leaf layers that own parameters, ran, and have no rule (counted as 0).
     """
-    args = as_tuple(example_inputs)
+    call = example_call(example_inputs)
     counts: dict[str, int] = defaultdict(int)
     uncounted: set[str] = set()
     handles = []
@@ -210,7 +212,7 @@ def count_macs(model: nn.Module, example_inputs: Inputs, per_layer: bool = False
             handles.append(m.register_forward_hook(missing_hook))
     try:
         with eval_mode(model), torch.no_grad():
-            model(*args)
+            call(model)
     finally:
         for h in handles:
             h.remove()

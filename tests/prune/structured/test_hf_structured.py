@@ -432,3 +432,26 @@ def test_recorded_structure_is_checked_as_data(entry, why, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(SlimtorchError, match=why):
         slimtorch.load(tmp_path)
+
+
+def test_dict_example_inputs_trace_the_masked_call_and_count_macs():
+    """``example_inputs`` may be a dict of named tensors (a tokenizer's output): the pruned model is the same
+    as with positional ids, and the MAC counter takes the same dict."""
+    from slimtorch.metrics import count_macs
+
+    ids = inputs("bert")
+    named = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    a, b = tiny("bert"), tiny("bert")
+    assert count_macs(a, named) == count_macs(a, ids) > 0
+    ra = prune_(a, Channel(ratio=0.5, heads=True), example_inputs=named)
+    rb = prune_(b, Channel(ratio=0.5, heads=True), example_inputs=ids)
+    assert ra.macs_after == rb.macs_after < ra.macs_before
+    assert torch.allclose(out(a, ids), out(b, ids), atol=1e-6)
+    with torch.no_grad():
+        got = a(**named).last_hidden_state
+    assert torch.allclose(got, out(b, ids), atol=1e-6)
+
+
+def test_bad_example_inputs_name_what_is_accepted():
+    with pytest.raises(ValueError, match="dict of named tensors"):
+        prune_(tiny("bert"), Channel(ratio=0.5), example_inputs="not a tensor")

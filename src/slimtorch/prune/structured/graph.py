@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from slimtorch.core.batches import example_call
 from slimtorch.core.errors import SlimtorchError
 from slimtorch.core.selection import ROOT_NAME, FilterFn, _matches, display_name
 from slimtorch.prune.structured.surgery import LayerSurgery, PinnedSurgery, find_surgery
@@ -660,14 +661,6 @@ def _leaves(
     return leaves
 
 
-def _example_tuple(example_inputs: Any) -> tuple:
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs)
-    raise ValueError(f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}")
-
-
 def _fx_module(model: nn.Module, leaves: dict[nn.Module, tuple[str, LayerSurgery]]) -> nn.Module:
     """``torch.fx.symbolic_trace`` with rule-carrying layers as leaves; on failure, says in which module."""
     import torch.fx as fx
@@ -711,7 +704,8 @@ def build_dependency_graph(
 
     Args:
         model: the model (left unchanged; traced in eval mode without gradients).
-        example_inputs: a tensor or tuple of tensors the model accepts (batch size 1 is enough).
+        example_inputs: a tensor, a tuple of positional tensors or a dict of named tensors
+            (``input_ids``, ``attention_mask``, ...) the model accepts (batch size 1 is enough).
         exclude: fnmatch patterns of module names whose channels must be kept; such modules are
             opaque (not traced inside), which also gets untraceable code out of the way.
         tracer: ``"fx"`` (``torch.fx.symbolic_trace``, error if it fails), ``"concrete"`` (run the
@@ -726,7 +720,7 @@ def build_dependency_graph(
     if tracer not in ("auto", "fx", "concrete"):
         raise ValueError(f"tracer: {tracer!r} is not one of ['auto', 'fx', 'concrete']")
     t0 = time.perf_counter()
-    args = _example_tuple(example_inputs)
+    call = example_call(example_inputs)
     exclude = tuple(exclude) + tuple(ignore)
     named = list(model.named_modules())
     leaves = _leaves(named, exclude, filter_fn)
@@ -751,10 +745,9 @@ def build_dependency_graph(
         m.training = False
     try:
         with torch.no_grad(), rec:
-            for a in args:
-                if isinstance(a, torch.Tensor):
-                    rec.set(a, _Info())  # model inputs: tracked as "seen" but with no channels
-            out = fwd(*args)
+            for _, a in call.tensors():
+                rec.set(a, _Info())  # model inputs: tracked as "seen" but with no channels
+            out = call(fwd)
     except SlimtorchError:
         raise
     except Exception as e:
