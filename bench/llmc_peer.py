@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -47,7 +48,7 @@ def tokenizer(chars: list[str], folder: Path):
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token=chars[0]))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("(?s)."), behavior="isolated")
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     fast = PreTrainedTokenizerFast(tokenizer_object=tok)
     fast.save_pretrained(folder)
     return fast
@@ -71,7 +72,7 @@ def main() -> None:
     from safetensors.torch import load_file
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("SLIMTORCH_THREADS", "2")))
     train_ids, val_ids, chars = corpus()
     vx = val_ids[: N_VAL * BLOCK].view(N_VAL, BLOCK)
     vy = val_ids[1 : N_VAL * BLOCK + 1].view(N_VAL, BLOCK)
@@ -90,6 +91,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "llama"
         base_model.save_pretrained(folder)
+        base_model.config._name_or_path = str(folder)  # oneshot looks its processor up by the model's own path
         tokenizer(chars, folder)
         for bits in (4, 3):
             for group in (32, 128):
