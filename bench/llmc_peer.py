@@ -7,9 +7,12 @@ windows (32 random training windows, ``torch.Generator().manual_seed(0)``) are r
 ``bench/llm_int4.py`` builds them. Weights: 4 and 3 bits, groups 32 and 128, asymmetric, every Linear (the
 same layers as ours). Perplexity is computed on the model llm-compressor returns (its fake-quantized forward).
 
-Writes ``bench/results/llm_int4_llmcompressor.json`` (rows merged into llm_int4's table).
+Writes ``bench/results/llm_int4_llmcompressor.json`` (rows merged into llm_int4's table). With ``--sparse``:
+llm-compressor's ``SparseGPTModifier`` and ``WandaPruningModifier`` at 50% unstructured and 2:4 on every Linear of
+the transformer blocks (LM head dense), 64 calibration windows as ``bench/llm_sparse.py`` uses, written to
+``bench/results/llm_sparse_llmcompressor.json``.
 
-Run: ``/work/venv-llmc/bin/python bench/llmc_peer.py``.
+Run: ``/work/venv-llmc/bin/python bench/llmc_peer.py [--sparse]``.
 """
 
 from __future__ import annotations
@@ -73,11 +76,13 @@ def main() -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.set_num_threads(int(os.environ.get("SLIMTORCH_THREADS", "2")))
+    sparse = "--sparse" in sys.argv[1:]
+    n_cal = 64 if sparse else N_CAL
     train_ids, val_ids, chars = corpus()
     vx = val_ids[: N_VAL * BLOCK].view(N_VAL, BLOCK)
     vy = val_ids[1 : N_VAL * BLOCK + 1].view(N_VAL, BLOCK)
     gen = torch.Generator().manual_seed(SEED)
-    starts = torch.randint(0, len(train_ids) - BLOCK - 1, (N_CAL,), generator=gen).tolist()
+    starts = torch.randint(0, len(train_ids) - BLOCK - 1, (n_cal,), generator=gen).tolist()
     cx = torch.stack([train_ids[s : s + BLOCK] for s in starts])
     info = json.loads(CKPT.with_suffix(".json").read_text())
     base_model = LlamaForCausalLM(LlamaConfig.from_dict(info["config"]))
@@ -93,7 +98,9 @@ def main() -> None:
         base_model.save_pretrained(folder)
         base_model.config._name_or_path = str(folder)  # oneshot looks its processor up by the model's own path
         tokenizer(chars, folder)
-        for bits in (4, 3):
+        if sparse:
+            rows += sparse_rows(base_model, ds, folder, vx, vy, n_cal)
+        for bits in (() if sparse else (4, 3)):
             for group in (32, 128):
                 for name in ("GPTQ", "AWQ"):
                     scheme = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(
@@ -106,7 +113,7 @@ def main() -> None:
                     t = time.perf_counter()
                     try:
                         oneshot(model=model, dataset=ds, recipe=recipe, max_seq_length=BLOCK,
-                                num_calibration_samples=N_CAL, tokenizer=str(folder))
+                                num_calibration_samples=n_cal, tokenizer=str(folder))
                         p = ppl(model, vx, vy)
                         rows.append({"model": "llama", "impl": "llm-compressor", "method": name, "bits": bits,
                                      "group": group, "ppl": round(p, 4),
@@ -115,13 +122,42 @@ def main() -> None:
                         rows.append({"model": "llama", "impl": "llm-compressor", "method": name, "bits": bits,
                                      "group": group, "error": f"{type(e).__name__}: {str(e)[:300]}"})
                     print(rows[-1], flush=True)
-    out = BENCH / "results" / "llm_int4_llmcompressor.json"
+    bench_id = "llm_sparse_llmcompressor" if sparse else "llm_int4_llmcompressor"
+    out = BENCH / "results" / f"{bench_id}.json"
     import llmcompressor
 
-    out.write_text(json.dumps({"id": "llm_int4_llmcompressor", "command": " ".join(sys.argv),
+    out.write_text(json.dumps({"id": bench_id, "command": " ".join(sys.argv),
                                "versions": {"llmcompressor": llmcompressor.__version__, "torch": torch.__version__},
                                "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def sparse_rows(base_model, ds, folder: Path, vx, vy, n_cal: int) -> list[dict]:
+    """llm-compressor's SparseGPT and Wanda at 50% and 2:4 on the block Linears (LM head dense)."""
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
+
+    rows = []
+    for pattern, structure in (("50%", "0:0"), ("2:4", "2:4")):
+        for name, cls in (("sparsegpt", SparseGPTModifier), ("wanda", WandaPruningModifier)):
+            model = copy.deepcopy(base_model)
+            t = time.perf_counter()
+            try:
+                oneshot(model=model, dataset=ds, recipe=cls(sparsity=0.5, mask_structure=structure,
+                                                            targets=["Linear"], ignore=["lm_head"]),
+                        max_seq_length=BLOCK, num_calibration_samples=n_cal, tokenizer=str(folder))
+                secs = time.perf_counter() - t
+                blocks = [m.weight for n, m in model.named_modules()
+                          if isinstance(m, torch.nn.Linear) and n.startswith("model.layers.")]
+                zeros = sum(int((w == 0).sum()) for w in blocks) / sum(w.numel() for w in blocks)
+                rows.append({"model": "llama", "impl": "llm-compressor", "pattern": pattern, "method": name,
+                             "ppl": round(ppl(model, vx, vy), 4), "sparsity": round(zeros, 4),
+                             "prune_s": round(secs, 2), "s_per_block": round(secs / len(model.model.layers), 3)})
+            except Exception as e:  # report what does not run here
+                rows.append({"model": "llama", "impl": "llm-compressor", "pattern": pattern, "method": name,
+                             "error": f"{type(e).__name__}: {str(e)[:300]}"})
+            print(rows[-1], flush=True)
+    return rows
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ SEED = 0
 STUDENT = {"every": 2, "steps": 1200, "lr": 5e-4, "batch": 16, "max_length": 64, "pooled_weight": 5.0,
            "attention_weight": 1.0, "texts": 20000}
 #: Pruned: Channel(0.3) heads + FFN, then a short fine-tune (no attention term: head counts differ).
-PRUNED = {"ratio": 0.3, "steps": 40, "lr": 2e-4, "batch": 16, "max_length": 64, "pooled_weight": 5.0,
+PRUNED = {"ratio": 0.3, "steps": 300, "lr": 2e-4, "batch": 16, "max_length": 64, "pooled_weight": 5.0,
           "attention_weight": 0.0, "texts": 20000}
 
 
