@@ -42,6 +42,35 @@ def test_wanda_mask_is_per_row_ranking_of_abs_w_times_input_norm():
         assert set(torch.nonzero(mask[r]).flatten().tolist()) == set(keep)
 
 
+def test_wanda_layer_comparison_ranks_the_whole_layer():
+    w, x = torch.randn(6, 16), _inputs(200, 16)
+    norm = x.pow(2).sum(0).sqrt()
+    mask = wanda_mask(w, norm, sparsity=0.5, comparison="layer")
+    score = (w.abs() * norm).flatten().tolist()  # reference: keep the 48 largest of all 96 scores
+    keep = sorted(range(96), key=lambda i: -score[i])[:48]
+    assert set(torch.nonzero(mask.flatten()).flatten().tolist()) == set(keep)
+    assert mask.sum(1).tolist() != [8] * 6  # rows now lose different numbers of weights
+
+
+def test_wanda_layer_comparison_through_prune_():
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4))
+    data = [_inputs(64, 16)]
+    ref = copy.deepcopy(mlp)
+    prune_(mlp, Wanda(sparsity=0.5, comparison="layer"), data=data)
+    first = get_mask(mlp[0]).mask
+    norm = data[0].pow(2).sum(0).sqrt()
+    assert torch.equal(first, wanda_mask(ref[0].weight.detach(), norm, 0.5, comparison="layer"))
+    assert abs(first.float().mean().item() - 0.5) < 1e-6
+
+
+def test_wanda_comparison_bad_values_say_what_is_allowed():
+    with pytest.raises(ValueError, match="comparison must be 'row' or 'layer', got 'column'"):
+        Wanda(comparison="column")
+    with pytest.raises(ValueError, match="comparison='layer' is for unstructured sparsity"):
+        Wanda(n=2, m=4, comparison="layer")
+
+
 @pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (4, 8)])
 def test_nm_masks_keep_exactly_n_per_group(n, m):
     w, x = torch.randn(8, 32), _inputs(100, 32)
