@@ -9,6 +9,7 @@ papers do (embeddings and the LM head stay dense). Methods:
 
 * magnitude: ``Magnitude(sparsity=0.5, scope="layer")`` / ``NM(n=2, m=4)`` (keep the largest |w|);
 * Wanda (Sun et al. 2024): ``Wanda(sparsity=0.5)`` / ``Wanda(n=2, m=4)``, score ``|W| * ||X||_2`` per output row;
+  ``wanda_layer``: ``Wanda(sparsity=0.5, comparison="layer")`` (the whole layer ranked; diagnostic row);
 * SparseGPT (Frantar & Alistarh 2023): ``SparseGPT(sparsity=0.5)`` / ``SparseGPT(n=2, m=4)``, OBS reconstruction.
 
 Also: the file size of each pruned model in CSR form (``slimtorch.prune.save_sparse``) against the dense file;
@@ -96,6 +97,8 @@ def configs(pattern: str, block_patterns: tuple[str, ...]) -> dict[str, Any]:
             out[name.lower()] = cls(**kw, include=block_patterns)
         except TypeError:  # no include= on this config: prune every Linear it selects by default
             out[name.lower()] = cls(**kw)
+    if pattern == "50%":  # the paper's comparison-group ablation (a diagnostic row, not in the checks)
+        out["wanda_layer"] = prune.Wanda(sparsity=0.5, comparison="layer", include=block_patterns)
     return out
 
 
