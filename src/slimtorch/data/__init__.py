@@ -14,8 +14,13 @@ Your own data, read from ``root=`` only: ``image_folder`` (class subfolders of i
 (a ``.npz`` with ``x``/``y`` or a ``.npy`` pair), ``text`` (a UTF-8 file, character-level LM) and
 ``hf_disk`` (a Hugging Face ``datasets`` ``save_to_disk`` folder; needs ``datasets``).
 :func:`resolve` turns a path given as the dataset (``--data ./pets``) into one of these.
+
+Language-model calibration: :func:`token_sequences` cuts ``num_samples`` random ``seq_len``-token windows
+from a 1-D token stream (e.g. ``tokenizer(text, return_tensors="pt").input_ids``), the GPTQ / AWQ recipe; a
+stream shorter than ``seq_len`` is an error that says so.
 """
 
+from slimtorch.core.blockwise import token_sequences
 from slimtorch.data import (  # noqa: F401  (registration)
     arrays,
     cifar,
@@ -57,4 +62,5 @@ __all__ = [
     "resolve",
     "search_places",
     "stratified_split",
+    "token_sequences",
 ]
