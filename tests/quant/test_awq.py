@@ -90,7 +90,29 @@ def test_tiny_llama_gqa_dict_batches_sub_config():
     assert torch.isfinite(out).all() and (out - ref).abs().mean() < 0.2 * ref.abs().mean()
 
 
+def test_block_objective_scale_search_on_block_output():
+    """``objective="block"``: each group's alpha minimises the block-output error (alpha = 0, RTN, is in the
+    grid, so the chosen loss is never above RTN's), the weights are restored between trials, and the
+    quantized model stays close to the float one."""
+    model = tiny_char_gpt()
+    with torch.no_grad():
+        model.tok.weight[:, :4] *= 20
+    calib = [torch.randint(0, 65, (8, 32)) for _ in range(3)]
+    x = torch.randint(0, 65, (8, 32))
+    ref = model(x)
+    q = copy.deepcopy(model)
+    report = quantize_(q, WeightOnly(3, 32, rounding=AWQ(objective="block", grid=5, clip=False)), calib_data=calib)
+    layers = report.details["layers"]
+    assert all(d["awq_loss"] <= d["rtn_loss"] for n, d in layers.items() if "alpha" in d)
+    assert any(d["alpha"] > 0 for d in layers.values() if "alpha" in d)
+    rtn = copy.deepcopy(model)
+    quantize_(rtn, WeightOnly(3, 32, "rtn"), calib_data=calib)
+    assert (q(x) - ref).pow(2).mean() < (rtn(x) - ref).pow(2).mean()
+
+
 def test_bad_input():
+    with pytest.raises(ValueError, match="objective must be 'layer' or 'block', got 'model'"):
+        AWQ(objective="model")
     with pytest.raises(ValueError, match=r"max_shrink: 1.0 is not in \[0.0, 1.0\)"):
         AWQ(max_shrink=1.0)
     model = tiny_char_gpt()

@@ -81,6 +81,10 @@ class AWQ(Rounding):
         sequential: one transformer block at a time on the quantized previous blocks' outputs.
         clip_skip: layers whose last name component is one of these are not clipped (query/key
             projections, fused qkv layers; module docstring).
+        objective: what the scale search minimises: ``"layer"``, the group's own output error
+            ``||Q(W diag(s)) diag(s)^-1 X^T - W X^T||^2`` (the paper's eq. 4); ``"block"``, the error of the
+            whole calibrated block's output with the group fake-quantized (closer to the reference code, which
+            measures the attention / MLP module's output; costs one block pass per ``alpha``).
     """
 
     grid: int = 20
@@ -93,6 +97,7 @@ class AWQ(Rounding):
     sequential: bool = True
     clip_skip: tuple[str, ...] = ("q", "k", "q_proj", "k_proj", "query", "key", "q_lin", "k_lin", "qkv", "Wqkv",
                                   "c_attn", "query_key_value")
+    objective: str = "layer"
 
     needs_data: ClassVar[bool] = True
 
@@ -100,6 +105,8 @@ class AWQ(Rounding):
         for name in ("grid", "clip_grid", "samples", "clip_samples"):
             check_positive(name, getattr(self, name))
         check_range("max_shrink", self.max_shrink, 0.0, 1.0, hi_open=True)
+        if self.objective not in ("layer", "block"):
+            raise ValueError(f"AWQ: objective must be 'layer' or 'block', got {self.objective!r}")
 
     def alphas(self) -> list[float]:
         """The ``alpha`` grid ``i / grid``, ``i = 0..grid-1``."""
@@ -150,6 +157,39 @@ def awq_scale_search(w: torch.Tensor, x: torch.Tensor, alphas: list[float], bits
             rtn_loss = loss
         if best is None or loss < best[0]:
             best = (loss, a, s)
+    return best[2], best[1], best[0], rtn_loss  # type: ignore[index]
+
+
+@torch.no_grad()
+def awq_block_scale_search(mods: list[nn.Module], groups: list[int], x: torch.Tensor, alphas: list[float], bits: int,
+                           symmetric: bool, run: Callable[..., list[torch.Tensor]]
+                           ) -> tuple[torch.Tensor, float, float, float]:
+    """The AWQ scale of least *block output* error: for each ``alpha`` the layers ``mods`` (reading the same
+    input, samples ``x`` (n, in)) are set to ``Q(W diag(s)) diag(s)^-1`` (group sizes ``groups``), the block
+    is run on the calibration inputs (``run()``) and compared with its output before; weights are restored.
+
+    Returns:
+        ``(s, alpha, loss, rtn_loss)`` as :func:`awq_scale_search`, the losses being block-output MSEs.
+    """
+    ref = run()
+    saved = [m.weight.detach().clone() for m in mods]
+    x_mean = x.float().abs().mean(0)
+    best: tuple[float, float, torch.Tensor] | None = None
+    rtn_loss = float("nan")
+    try:
+        for a in alphas:
+            s = x_mean.pow(a).clamp(min=1e-4)
+            s = s / (s.max() * s.min()).sqrt()
+            for m, w, g in zip(mods, saved, groups):
+                m.weight.copy_((fake_quantize_rows(w.float() * s, bits, g, symmetric) / s).to(w.dtype))
+            loss = sum((o - r).float().pow(2).mean().item() for o, r in zip(run(), ref)) / len(ref)
+            if a == 0:
+                rtn_loss = loss
+            if best is None or loss < best[0]:
+                best = (loss, a, s)
+    finally:
+        for m, w in zip(mods, saved):
+            m.weight.copy_(w)
     return best[2], best[1], best[0], rtn_loss  # type: ignore[index]
 
 
@@ -266,9 +306,15 @@ def awq_(model: nn.Module, layers: dict[str, nn.Module], config: Any, batches: l
             prev = find_producer(model, mods[0], run)
             observe_inputs({group[0]: mods[0]}, run, lambda _n, x, xs=xs: xs.append(sample_matrix(x).float()))
             x = subsample_rows(torch.cat(xs), opts.samples)  # (n, in)
-            g = layer_group_size(mods[0], group[0], config.group_size)
-            w_cat = torch.cat([flat_weight(m) for m in mods]).float()
-            s, alpha, loss, rtn_loss = awq_scale_search(w_cat, x, opts.alphas(), config.bits, g, config.symmetric)
+            if opts.objective == "block":
+                gs = [layer_group_size(m, n, config.group_size) for n, m in zip(group, mods)]
+                s, alpha, loss, rtn_loss = awq_block_scale_search(mods, gs, x, opts.alphas(), config.bits,
+                                                                  config.symmetric, run)
+            else:
+                g = layer_group_size(mods[0], group[0], config.group_size)
+                w_cat = torch.cat([flat_weight(m) for m in mods]).float()
+                s, alpha, loss, rtn_loss = awq_scale_search(w_cat, x, opts.alphas(), config.bits, g,
+                                                            config.symmetric)
             how = "none"
             if alpha > 0:
                 how = _apply_scale(prev, mods, s, run, opts.explicit_scales)
