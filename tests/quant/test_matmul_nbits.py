@@ -224,3 +224,33 @@ def test_llama_causal_lm_exports_and_agrees(tmp_path):
     assert ops.count("MatMulNBits") == 15 and "MatMul" in ops  # attention's q.k and p.v stay float matmuls
     r = compare_with_onnx(model, path, [torch.randint(0, 40, (2, 12))])
     assert r["max_abs_diff"] < 1e-3 and r["top1_agreement"] == 1.0
+
+
+def test_hf_encoder_exports_with_named_dynamic_inputs(tmp_path):
+    """A BertModel with a dict of named inputs exports without a wrapper: graph inputs ``input_ids`` /
+    ``attention_mask``, every Linear a MatMulNBits node, batch and sequence dynamic, ORT == simulation."""
+    pytest.importorskip("transformers")
+    from tests.distill.tiny_hf import bert
+
+    from slimtorch.metrics.ort import onnx_session
+
+    model = bert(layers=2)
+    ids = torch.randint(0, 50, (2, 8))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    quantize_(model, WeightOnly(bits=4, group_size=16, method="rtn"), calib_data=[{"input_ids": ids,
+                                                                                   "attention_mask": mask}])
+    was_training = model.training
+    path = export_onnx(model, tmp_path / "bert.onnx", {"input_ids": ids, "attention_mask": mask})
+    assert model.training == was_training
+    proto = onnx.load(str(path))
+    assert [i.name for i in proto.graph.input] == ["input_ids", "attention_mask"]
+    assert sum(n.op_type == "MatMulNBits" for n in proto.graph.node) == 12  # 2 layers x (q, k, v, o, up, down)
+    ids2 = torch.randint(0, 50, (3, 12))  # another batch size and sequence length
+    mask2 = torch.ones_like(ids2)
+    mask2[0, 9:] = 0
+    got = onnx_session(path).run(None, {"input_ids": ids2.numpy(), "attention_mask": mask2.numpy()})[0]
+    with torch.no_grad():
+        ref = model(input_ids=ids2, attention_mask=mask2).last_hidden_state
+    assert got.shape == (3, 12, 32)
+    torch.testing.assert_close(torch.from_numpy(got), ref, atol=1e-4, rtol=1e-4)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,21 @@ class MatMulNBitsLinear(nn.Module):
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 
 
+class KeywordCall(nn.Module):
+    """``model(**dict(zip(keys, args)))``'s main output tensor: the TorchScript exporter passes inputs by
+    position, Hugging Face models want them by name (and return a ``ModelOutput``)."""
+
+    def __init__(self, model: nn.Module, keys: list[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.keys = list(keys)
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        from slimtorch.core.batches import output_tensor
+
+        return output_tensor(self.model(**dict(zip(self.keys, args))))
+
+
 def nbits_export_copy(model: nn.Module, accuracy_level: int = 0) -> nn.Module:
     """A copy of ``model`` whose packed Linear layers are :class:`MatMulNBitsLinear` (for ``torch.onnx.export``).
 
@@ -288,7 +304,9 @@ def export_matmul_nbits(model: nn.Module, path: str | os.PathLike[str], example_
     Args:
         model: a model with :class:`~slimtorch.quant.modules.packed.WeightOnlyLinear` layers (``WeightOnly``).
         path: output ``.onnx`` file.
-        example_inputs: a tensor or tuple of tensors.
+        example_inputs: a tensor or tuple of tensors, or a dict of named tensors (``input_ids``,
+            ``attention_mask``, ...: a Hugging Face model is called with them as keywords, the graph inputs
+            keep their names, and the batch and sequence dimensions are dynamic by default).
         dynamic_axes: ``{graph input/output name: {dim: label}}`` (inputs are ``input`` or ``input0..``, the
             output ``output``); default: dim 0 of each is ``batch``.
         accuracy_level: the node attribute (:data:`ACCURACY_LEVELS`): 0 keeps activations fp32 (exact up to
@@ -304,12 +322,22 @@ def export_matmul_nbits(model: nn.Module, path: str | os.PathLike[str], example_
 
     import onnx
 
-    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     export_model = nbits_export_copy(model, accuracy_level).eval()
+    if isinstance(example_inputs, Mapping):  # named inputs (a tokenizer's output): graph inputs keep the names
+        names = list(example_inputs)
+        inputs = tuple(example_inputs[k] for k in names)
+        export_model, model = KeywordCall(export_model, names), KeywordCall(model, names)
+        default = {n: {0: "batch", 1: "sequence"} if t.dim() >= 2 else {0: "batch"} for n, t in zip(names, inputs)}
+        with torch.no_grad():
+            out_dim = export_model(*inputs).dim()  # the export copy is in eval mode; the user's model untouched
+        default["output"] = {0: "batch", 1: "sequence"} if out_dim >= 3 else {0: "batch"}
+    else:
+        inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+        names = [f"input{i}" if len(inputs) > 1 else "input" for i in range(len(inputs))]
+        default = {n: {0: "batch"} for n in [*names, "output"]}
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    names = [f"input{i}" if len(inputs) > 1 else "input" for i in range(len(inputs))]
-    axes = dynamic_axes if dynamic_axes is not None else {n: {0: "batch"} for n in [*names, "output"]}
+    axes = dynamic_axes if dynamic_axes is not None else default
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
