@@ -53,7 +53,7 @@ CACHE = BENCH_DIR / ".cache" / "minilm"
 ST_VENV = Path(os.environ.get("SLIMTORCH_ST_VENV", "/work/venv-st"))
 SEED = 0
 #: Student: 6 -> 3 layers (teacher layers 1, 3, 5), TinyBERT losses + pooled cosine (minilm_distill).
-STUDENT = {"every": 2, "steps": 1200, "lr": 5e-4, "batch": 16, "max_length": 64, "pooled_weight": 5.0,
+STUDENT = {"every": 2, "steps": 2400, "lr": 5e-4, "batch": 16, "max_length": 64, "pooled_weight": 5.0,
            "attention_weight": 1.0, "texts": 20000}
 #: Pruned: Channel(0.3) heads + FFN, then a short fine-tune (no attention term: head counts differ).
 PRUNED = {"ratio": 0.3, "steps": 300, "lr": 2e-4, "batch": 16, "max_length": 64, "pooled_weight": 5.0,
