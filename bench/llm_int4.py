@@ -79,6 +79,16 @@ def windows(ids: torch.Tensor, n_val: int, n_cal: int, train_ids: torch.Tensor) 
     return vx, vy, cx
 
 
+def bench_setup(n_val: int, n_cal: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """The LLM benchmarks' common start: torch threads (``SLIMTORCH_THREADS``, default 2) and seed, then the
+    validation inputs/targets, the calibration windows and those as batches of 8 (:func:`windows`)."""
+    torch.set_num_threads(int(os.environ.get("SLIMTORCH_THREADS", "2")))
+    torch.manual_seed(SEED)
+    train_ids, val_ids, _ = load_corpus()
+    vx, vy, cx = windows(val_ids, n_val, n_cal, train_ids)
+    return vx, vy, cx, list(cx.split(8))
+
+
 @torch.no_grad()
 def ppl_torch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 16) -> float:
     model.eval()
@@ -334,13 +344,9 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the part file (llm_int4.<part><tag>.json), so several "
                                               "processes can run pieces of one part")
     args = ap.parse_args()
-    torch.set_num_threads(int(os.environ.get("SLIMTORCH_THREADS", "2")))
-    torch.manual_seed(SEED)
     timer = Timer()
-    train_ids, val_ids, _ = load_corpus()
     n = 16 if args.quick else 64
-    vx, vy, cx = windows(val_ids, n, 16 if args.quick else args.calib, train_ids)
-    calib = list(cx.split(8))
+    vx, vy, cx, calib = bench_setup(n, 16 if args.quick else args.calib)
     methods = [m for m in args.methods.split(",") if m.removesuffix("_noclip") in ROUNDING.names()]
     if args.merge:
         rows = []

@@ -42,10 +42,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import slimtorch  # noqa: E402
 from common import CHECKPOINTS_DIR, Timer, check, write_result  # noqa: E402
-from llm_int4 import Logits, ppl_torch, windows  # noqa: E402
+from llm_int4 import Logits, bench_setup, ppl_torch  # noqa: E402
 from slimtorch import prune  # noqa: E402
 from slimtorch.prune import NM, Magnitude, make_permanent_, prune_, save_sparse  # noqa: E402
-from train_llama_shakespeare import BLOCK, load_corpus, load_llama  # noqa: E402
+from train_llama_shakespeare import BLOCK, load_llama  # noqa: E402
 
 SEED = 0
 #: LLaMA-7B, WikiText-2 perplexity (Sun et al. 2024, "A Simple and Effective Pruning Approach for LLMs", table 3).
@@ -181,13 +181,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
-    torch.set_num_threads(int(os.environ.get("SLIMTORCH_THREADS", "2")))
-    torch.manual_seed(SEED)
     timer = Timer()
-    train_ids, val_ids, _ = load_corpus()
     n = 16 if args.quick else 64
-    vx, vy, cx = windows(val_ids, n, n, train_ids)
-    calib = list(cx.split(8))
+    vx, vy, _, calib = bench_setup(n, n)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
